@@ -1,0 +1,426 @@
+"""Reader: attach to a ring by name and consume it from a seq cursor.
+
+Rules:
+- A reader never writes the ring (it is mapped read-only); its cursor and
+  counters live in its own registry entry.
+- Each ``read`` returns the next event, or the exact number of events the
+  writer overwrote before this reader got to them (``ReadResult.dropped``).
+  Loss is a counter, not an error.
+- For every reader, always: delivered + dropped + filtered == cursor - start.
+- Filtered events are judged from the slot alone: never copied, never
+  decoded, never counted as drops.
+- Blocking waits sleep on a semaphore, with a bounded timeout as a backstop;
+  they never spin. The end of the stream is an error that sticks:
+  ``RingClosed`` after a clean close, ``WriterGone`` if the writer died.
+"""
+
+import time
+from collections.abc import Iterable, Iterator
+
+import msgspec
+import posix_ipc
+
+from .errors import ConfigError, IncompatibleRing, RingClosed, ShmringError, WriterGone
+from .layout import (
+    CONFIG,
+    DETAIL_CODES,
+    DETAIL_LEVELS,
+    HDR_CONFIG,
+    HDR_MAGIC,
+    HDR_SESSION_ID,
+    HDR_VERSION,
+    HEADER_BYTES,
+    KIND_CODES,
+    LAYOUT_VERSION,
+    MAGIC,
+    ROLE_READER,
+    SESSION_ID,
+    SOURCE_KINDS,
+    U64,
+    category_field,
+    ring_bytes,
+)
+from .liveness import current_identity, is_alive
+from .registry import Registry
+from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, check_memory_model, full_fence
+from .schema import Envelope, Event, decode_envelope, validate_category
+from .segment import open_segment, open_wake_semaphore, registry_shm_name, ring_shm_name, validate_ring_name
+
+__all__ = ["Reader", "ReadResult", "Filter", "RingInfo", "open_ring_info"]
+
+IDLE_CHECK_S = 0.2
+"""Longest single sleep: bounds a lost wake-up and paces writer-liveness checks."""
+STUCK_SLOT_S = 0.5
+"""A slot odd for this long, with its writer dead, was left half-written."""
+PROGRESS_EVERY = 256
+"""Publish the cursor to the registry at least this often (and before sleeping)."""
+
+
+class ReadResult(msgspec.Struct, frozen=True):
+    """One step of a stream: an envelope, or a count of events lost here."""
+
+    envelope: Envelope | None = None
+    dropped: int = 0
+
+
+class Filter:
+    """Consumer-side selection by category, detail level and source kind.
+
+    Each argument is None (any value) or a collection of accepted values.
+    Events that don't match are skipped without being decoded.
+    """
+
+    __slots__ = ("categories", "detail_levels", "source_kinds", "_category_fields", "_detail_codes", "_kind_codes")
+
+    def __init__(
+        self,
+        categories: Iterable[str] | None = None,
+        detail_levels: Iterable[str] | None = None,
+        source_kinds: Iterable[str] | None = None,
+    ):
+        self.categories = _selector("categories", categories, validate_category)
+        self.detail_levels = _selector("detail_levels", detail_levels, _enum_check("detail level", DETAIL_LEVELS))
+        self.source_kinds = _selector("source_kinds", source_kinds, _enum_check("source kind", SOURCE_KINDS))
+        self._category_fields = None if self.categories is None else frozenset(map(category_field, self.categories))
+        self._detail_codes = None if self.detail_levels is None else frozenset(DETAIL_CODES[d] for d in self.detail_levels)
+        self._kind_codes = None if self.source_kinds is None else frozenset(KIND_CODES[k] for k in self.source_kinds)
+
+    def matches(self, event: Event) -> bool:
+        return (
+            (self.categories is None or event.category in self.categories)
+            and (self.detail_levels is None or (event.detail_level or "standard") in self.detail_levels)
+            and (self.source_kinds is None or event.source.kind in self.source_kinds)
+        )
+
+    def accepts_slot(self, kind: int, detail: int, category: bytes) -> bool:
+        return (
+            (self._kind_codes is None or kind in self._kind_codes)
+            and (self._detail_codes is None or detail in self._detail_codes)
+            and (self._category_fields is None or category in self._category_fields)
+        )
+
+    def __repr__(self) -> str:
+        parts = [
+            f"{k}={sorted(v)!r}"
+            for k, v in (("categories", self.categories), ("detail_levels", self.detail_levels),
+                         ("source_kinds", self.source_kinds))
+            if v is not None
+        ]
+        return f"Filter({', '.join(parts)})"
+
+
+def _enum_check(what: str, allowed: tuple[str, ...]):
+    def check(value: object) -> str:
+        if value not in allowed:
+            raise ConfigError(f"invalid {what} {value!r} in filter: use one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def _selector(name: str, values, check) -> frozenset | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = (values,)
+    try:
+        checked = frozenset(check(v) for v in values)
+    except ShmringError as exc:
+        raise ConfigError(str(exc)) from None
+    if not checked:
+        raise ConfigError(f"Filter {name} is empty, which matches nothing; pass None to accept any")
+    return checked
+
+
+class RingInfo(msgspec.Struct):
+    """What a ring's header says about it."""
+
+    name: str
+    capture_session_id: str
+    capacity: int
+    data_bytes: int
+    writer_pid: int
+    writer_start_time: float
+    epoch: int
+    created_us: int
+    flusher_grace_s: float
+
+
+def open_ring_info(name: str, mapping) -> RingInfo:
+    """Check that `mapping` is a ring of this layout and read its header."""
+    buf = mapping.buf
+    if mapping.size < HEADER_BYTES or U64.unpack_from(buf, HDR_MAGIC)[0] != MAGIC:
+        raise IncompatibleRing(f"{ring_shm_name(name)} is not a shmring ring (or is still being created)")
+    version = U64.unpack_from(buf, HDR_VERSION)[0]
+    if version != LAYOUT_VERSION:
+        raise IncompatibleRing(
+            f"ring {name!r} has layout version {version}; this shmring reads version {LAYOUT_VERSION}. "
+            "Use the same shmring version as the writer"
+        )
+    capacity, data_bytes, pid, start_time, epoch, created_us, grace_us = CONFIG.unpack_from(buf, HDR_CONFIG)
+    if mapping.size < ring_bytes(capacity, data_bytes):
+        raise IncompatibleRing(f"ring {name!r} is shorter than its header says; it is damaged")
+    length, raw_id = SESSION_ID.unpack_from(buf, HDR_SESSION_ID)
+    return RingInfo(name, raw_id[:length].decode(), capacity, data_bytes, pid, start_time, epoch, created_us,
+                    grace_us / 1e6)
+
+
+class Reader:
+    """A cursor over one ring. Create with ``Reader.attach(name)``."""
+
+    def __init__(self, *, _ring, _registry, _info: RingInfo, _index: int, _semaphore, _cursor: int,
+                 _filter: Filter | None):
+        self._ring = _ring
+        self._registry = _registry
+        self._info = _info
+        self._index = _index
+        self._semaphore = _semaphore
+        self._core = RingReaderCore(_ring.buf, _info.capacity, _info.data_bytes)
+        self._filter = _filter
+        self._accept = None if _filter is None else _filter.accepts_slot
+        self._start = _cursor
+        self._cursor = _cursor
+        self._delivered = 0
+        self._dropped = 0
+        self._filtered = 0
+        self._unpublished = 0
+        self._end: ShmringError | None = None
+        self._detached = False
+
+    @classmethod
+    def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None) -> "Reader":
+        """Attach to ring `name`.
+
+        after_seq=None: only events published from now on.
+        after_seq=0: from the start of the stream (a drop first if it is gone).
+        after_seq=N: resume right after seq N.
+        """
+        return cls._attach(name, after_seq=after_seq, filter=filter, role=ROLE_READER, gating=False)
+
+    @classmethod
+    def _attach(cls, name, *, after_seq, filter, role, gating) -> "Reader":
+        validate_ring_name(name)
+        if filter is not None and not isinstance(filter, Filter):
+            raise ConfigError(f"filter must be a shmring.Filter, not {type(filter).__name__}")
+        if after_seq is not None and (type(after_seq) is not int or after_seq < 0):
+            raise ConfigError(f"after_seq must be None or a seq >= 0, not {after_seq!r}")
+        check_memory_model()
+        ring = open_segment(ring_shm_name(name), writable=False)
+        registry = None
+        try:
+            info = open_ring_info(name, ring)
+            registry = Registry(open_segment(registry_shm_name(name), writable=True, keep_fd=True))
+            registry.check(info.epoch)
+            latest = RingReaderCore(ring.buf, info.capacity, info.data_bytes).latest()
+            if after_seq is None:
+                cursor = latest
+            elif after_seq > latest:
+                raise ConfigError(
+                    f"after_seq {after_seq} is beyond the latest published seq {latest} of ring {name!r} "
+                    f"(capture session {info.capture_session_id}); resume from at most {latest}"
+                )
+            else:
+                cursor = after_seq
+            pid, start_time = current_identity()
+            index = registry.claim(pid, start_time, role, gating, cursor)
+            try:
+                semaphore = open_wake_semaphore(name, index)
+            except BaseException:
+                registry.release(index)
+                raise
+        except BaseException:
+            ring.close()
+            if registry is not None:
+                registry.mapping.close()
+            raise
+        return cls(_ring=ring, _registry=registry, _info=info, _index=index, _semaphore=semaphore,
+                   _cursor=cursor, _filter=filter)
+
+    # -- properties -----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._info.name
+
+    @property
+    def capture_session_id(self) -> str:
+        return self._info.capture_session_id
+
+    @property
+    def capacity(self) -> int:
+        return self._info.capacity
+
+    @property
+    def filter(self) -> Filter | None:
+        return self._filter
+
+    @property
+    def cursor(self) -> int:
+        """The seq of the last event consumed, dropped or filtered out."""
+        return self._cursor
+
+    @property
+    def start_seq(self) -> int:
+        """The cursor at attach."""
+        return self._start
+
+    @property
+    def delivered(self) -> int:
+        return self._delivered
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    @property
+    def filtered(self) -> int:
+        return self._filtered
+
+    # -- reading --------------------------------------------------------------
+    def read(self, timeout: float | None = None) -> ReadResult | None:
+        """The next ReadResult; None only if `timeout` seconds pass first.
+
+        timeout=None waits as long as it takes; 0 only polls. Raises
+        RingClosed once the closed ring is drained, WriterGone once the
+        ring of a dead writer is drained.
+        """
+        if self._end is not None:
+            raise self._end
+        if self._detached:
+            raise ShmringError("this reader is closed; attach a new one")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = self._core.poll
+        accept = self._accept
+        stuck_since = None
+        while True:
+            seq = self._cursor + 1
+            status, payload, _ = poll(seq, accept)
+            if status == READY:
+                self._cursor = seq
+                self._delivered += 1
+                self._unpublished += 1
+                if self._unpublished >= PROGRESS_EVERY:
+                    self._publish_progress()
+                return ReadResult(decode_envelope(payload))
+            if status == FILTERED:
+                self._cursor = seq
+                self._filtered += 1
+                self._unpublished += 1
+                continue
+            if status == LAPPED:
+                return self._skip_lapped(seq)
+            if status == WRITING:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > STUCK_SLOT_S and not self._writer_alive():
+                    # The writer died mid-write: this slot will never complete.
+                    return self._drop_to(seq)
+            if not self._wait(seq, deadline):
+                return None
+
+    def try_read(self) -> ReadResult | None:
+        """``read(timeout=0)``: never blocks."""
+        return self.read(timeout=0)
+
+    def _drop_to(self, last_lost: int) -> ReadResult:
+        lost = last_lost - self._cursor
+        self._cursor = last_lost
+        self._dropped += lost
+        self._publish_progress()
+        return ReadResult(dropped=lost)
+
+    def _skip_lapped(self, seq: int) -> ReadResult:
+        core = self._core
+        oldest = core.oldest_retained(core.latest())
+        return self._drop_to(max(oldest, seq + 1) - 1)
+
+    def _writer_alive(self) -> bool:
+        return is_alive(self._info.writer_pid, self._info.writer_start_time)
+
+    def _wait(self, seq: int, deadline: float | None) -> bool:
+        """Sleep until `seq` may have changed; False on timeout. Raises at end of stream."""
+        self._publish_progress()
+        self._registry.set_waiting(self._index, True)
+        # StoreLoad: our flag must be visible before we re-check the slot, or
+        # the writer could miss the flag while we miss its publish.
+        full_fence()
+        try:
+            if self._slot_state(seq) not in (EMPTY, WRITING):
+                return True
+            if self._core.closed():
+                if self._slot_state(seq) == EMPTY:
+                    self._end = RingClosed(
+                        f"ring {self.name!r} was closed by its writer and this reader has read all of it "
+                        f"(last seq {self._cursor})"
+                    )
+                    raise self._end
+                return True
+            wait_s = IDLE_CHECK_S if deadline is None else min(deadline - time.monotonic(), IDLE_CHECK_S)
+            if wait_s <= 0:
+                return False
+            try:
+                self._semaphore.acquire(wait_s)
+                return True
+            except posix_ipc.BusyError:
+                pass
+            if not self._writer_alive() and self._slot_state(seq) == EMPTY and not self._core.closed():
+                self._end = WriterGone(
+                    f"the writer of ring {self.name!r} (pid {self._info.writer_pid}) died without closing "
+                    f"it; this reader has read all it left (last seq {self._cursor}). "
+                    "Run `shmring gc`, or create the ring again"
+                )
+                raise self._end
+            return deadline is None or time.monotonic() < deadline
+        finally:
+            self._registry.set_waiting(self._index, False)
+
+    def _slot_state(self, seq: int) -> int:
+        """EMPTY, WRITING, LAPPED or FILTERED (= complete), without copying data."""
+        return self._core.poll(seq, _reject_all)[0]
+
+    def _publish_progress(self) -> None:
+        self._unpublished = 0
+        self._registry.publish_progress(self._index, self._cursor, self._delivered, self._dropped, self._filtered)
+
+    # -- lifecycle ------------------------------------------------------------
+    def __iter__(self) -> Iterator[ReadResult]:
+        """Yield ReadResults until the ring is closed and drained."""
+        while True:
+            try:
+                result = self.read()
+            except RingClosed:
+                return
+            if result is not None:
+                yield result
+
+    def close(self) -> None:
+        """Detach: free the registry entry and unmap. Idempotent."""
+        if self._detached:
+            return
+        self._detached = True
+        try:
+            self._publish_progress()
+            self._registry.release(self._index)
+        finally:
+            self._semaphore.close()
+            self._registry.mapping.close()
+            self._ring.close()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        if not getattr(self, "_detached", True):
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
+        return (f"<Reader {self.name!r} cursor={self._cursor} delivered={self._delivered} "
+                f"dropped={self._dropped} filtered={self._filtered}>")
+
+
+def _reject_all(kind, detail, category) -> bool:
+    return False

@@ -1,0 +1,140 @@
+"""The reader registry: who is attached, where their cursors are, who sleeps.
+
+Rules:
+- Lives in its own segment, apart from the ring, so a reader can never
+  corrupt the ring. Each reader writes only its own entry and wait flag.
+- Entries are claimed and released under ``flock`` on the segment, which the
+  kernel releases if the holder dies. An entry whose owner is dead is free.
+- The writer only reads entries, and clears wait flags before posting a wake.
+"""
+
+import time
+
+from .layout import (
+    ENTRY_ACTIVE,
+    ENTRY_FREE,
+    ENTRY_IDENTITY,
+    ENTRY_PROGRESS,
+    ENTRY_PROGRESS_OFFSET,
+    ENTRY_START,
+    ENTRY_START_OFFSET,
+    MAX_READERS,
+    REG_CONFIG,
+    REG_CONFIG_FMT,
+    REG_MAGIC,
+    REG_VERSION,
+    REG_WAIT_FLAGS,
+    REGISTRY_MAGIC,
+    LAYOUT_VERSION,
+    ROLE_NAMES,
+    U64,
+    entry_offset,
+)
+from .errors import IncompatibleRing, ShmringError
+from .liveness import is_alive
+
+__all__ = ["Registry", "RegistryEntry"]
+
+
+class RegistryEntry(dict):
+    """One attached reader as seen in the registry (a plain dict with keys)."""
+
+
+class Registry:
+    """Access to a mapped registry segment (see layout for the byte map)."""
+
+    __slots__ = ("mapping", "buf")
+
+    def __init__(self, mapping):
+        self.mapping = mapping
+        self.buf = mapping.buf
+
+    # -- set-up ---------------------------------------------------------------
+    def initialise(self, epoch: int) -> None:
+        REG_CONFIG_FMT.pack_into(self.buf, REG_CONFIG, MAX_READERS, epoch)
+        U64.pack_into(self.buf, REG_VERSION, LAYOUT_VERSION)
+        U64.pack_into(self.buf, REG_MAGIC, REGISTRY_MAGIC)
+
+    def check(self, epoch: int) -> None:
+        if (
+            U64.unpack_from(self.buf, REG_MAGIC)[0] != REGISTRY_MAGIC
+            or U64.unpack_from(self.buf, REG_VERSION)[0] != LAYOUT_VERSION
+            or REG_CONFIG_FMT.unpack_from(self.buf, REG_CONFIG)[1] != epoch
+        ):
+            raise IncompatibleRing("the ring's reader registry does not match the ring; the ring is being replaced")
+
+    # -- entries --------------------------------------------------------------
+    def claim(self, pid: int, start_time: float, role: int, gating: bool, cursor: int) -> int:
+        """Take a free entry (or one whose owner died) and return its index."""
+        buf = self.buf
+        with self.mapping.locked():
+            for index in range(MAX_READERS):
+                off = entry_offset(index)
+                state, owner, owner_start, _, _ = ENTRY_IDENTITY.unpack_from(buf, off)
+                if state == ENTRY_ACTIVE and is_alive(owner, owner_start):
+                    continue
+                ENTRY_PROGRESS.pack_into(buf, off + ENTRY_PROGRESS_OFFSET, cursor, 0, 0, 0)
+                ENTRY_START.pack_into(buf, off + ENTRY_START_OFFSET, cursor, time.time_ns() // 1000)
+                buf[REG_WAIT_FLAGS + index] = 0
+                ENTRY_IDENTITY.pack_into(buf, off, ENTRY_ACTIVE, pid, start_time, role, int(gating))
+                return index
+        raise ShmringError(
+            f"all {MAX_READERS} reader entries of this ring are held by live processes; "
+            "close a reader before attaching another"
+        )
+
+    def release(self, index: int) -> None:
+        with self.mapping.locked():
+            self.buf[REG_WAIT_FLAGS + index] = 0
+            U64.pack_into(self.buf, entry_offset(index), ENTRY_FREE)
+
+    def set_gating(self, index: int, gating: bool) -> None:
+        U64.pack_into(self.buf, entry_offset(index) + 32, int(gating))
+
+    def publish_progress(self, index: int, cursor: int, delivered: int, dropped: int, filtered: int) -> None:
+        ENTRY_PROGRESS.pack_into(self.buf, entry_offset(index) + ENTRY_PROGRESS_OFFSET, cursor, delivered, dropped, filtered)
+
+    def cursor(self, index: int) -> int:
+        return U64.unpack_from(self.buf, entry_offset(index) + ENTRY_PROGRESS_OFFSET)[0]
+
+    def set_waiting(self, index: int, waiting: bool) -> None:
+        self.buf[REG_WAIT_FLAGS + index] = 1 if waiting else 0
+
+    def sleepers(self):
+        """Indices whose wait flag is set (writer side)."""
+        buf = self.buf
+        end = REG_WAIT_FLAGS + MAX_READERS
+        i = buf.find(b"\x01", REG_WAIT_FLAGS, end)
+        while i != -1:
+            yield i - REG_WAIT_FLAGS
+            i = buf.find(b"\x01", i + 1, end)
+
+    def entries(self) -> list[RegistryEntry]:
+        """Every active entry, with liveness checked."""
+        out = []
+        buf = self.buf
+        for index in range(MAX_READERS):
+            off = entry_offset(index)
+            state, pid, start_time, role, gating = ENTRY_IDENTITY.unpack_from(buf, off)
+            if state != ENTRY_ACTIVE:
+                continue
+            cursor, delivered, dropped, filtered = ENTRY_PROGRESS.unpack_from(buf, off + ENTRY_PROGRESS_OFFSET)
+            start_seq, attached_us = ENTRY_START.unpack_from(buf, off + ENTRY_START_OFFSET)
+            out.append(
+                RegistryEntry(
+                    index=index,
+                    pid=pid,
+                    alive=is_alive(pid, start_time),
+                    start_time=start_time,
+                    role=ROLE_NAMES.get(role, "unknown"),
+                    gating=bool(gating),
+                    cursor=cursor,
+                    delivered=delivered,
+                    dropped=dropped,
+                    filtered=filtered,
+                    start_seq=start_seq,
+                    attached_us=attached_us,
+                    waiting=bool(buf[REG_WAIT_FLAGS + index]),
+                )
+            )
+        return out

@@ -1,0 +1,207 @@
+"""The seqlock ring over a mapped buffer: slot writes, slot reads, no OS calls.
+
+Memory-ordering assumption: x86-64 (TSO). There, stores become visible to
+other cores in program order, loads are not reordered with other loads, and
+an aligned 8-byte ``struct`` field (CPython packs ``<Q`` with one ``memcpy``)
+is a single atomic load or store. Under that model this seqlock is correct
+without fences:
+
+    writer                               reader of seq S
+    1. slot = (2S+1, pos, len, meta)     1. (stamp, pos, len, meta) = slot
+    2. data[pos:pos+len] = payload       2. payload = data[pos:pos+len]
+    3. slot.stamp = 2S                   3. low = data_low; stamp2 = slot.stamp
+                                         accept iff stamp == stamp2 == 2S
+                                         and pos >= low
+
+Before the writer overwrites data-area bytes it raises ``data_low`` past
+them, so a reader that copied bytes being overwritten sees the raise in
+step 3. TSO does not order a store before a later load (StoreLoad); the
+sleep/wake handshake needs that, and gets it from ``full_fence``.
+
+On CPUs without TSO (arm64, POWER) plain Python cannot emit the fences this
+needs, so ``check_memory_model`` refuses to create or attach there.
+"""
+
+import platform
+import threading
+
+from .errors import UnsupportedPlatform
+from .layout import (
+    DATA_CHUNK_BYTES,
+    HDR_CLOSED,
+    HDR_DATA_LOW,
+    HDR_HEAD,
+    HEAD,
+    HEADER_BYTES,
+    SLOT,
+    SLOT_BYTES,
+    STAMP,
+    U64,
+    data_offset,
+)
+
+__all__ = [
+    "check_memory_model",
+    "full_fence",
+    "RingWriterCore",
+    "RingReaderCore",
+    "READY",
+    "EMPTY",
+    "WRITING",
+    "LAPPED",
+    "FILTERED",
+]
+
+_TSO_MACHINES = frozenset({"x86_64", "amd64"})
+
+
+def check_memory_model() -> None:
+    machine = platform.machine().lower()
+    if machine not in _TSO_MACHINES:
+        raise UnsupportedPlatform(
+            f"shmring's lock-free ring relies on x86-64 store ordering (TSO); this CPU is "
+            f"{machine or 'unknown'}, where readers could see torn records. Run on x86-64."
+        )
+
+
+_fence_lock = threading.Lock()
+
+
+def full_fence() -> None:
+    """A full (StoreLoad) barrier.
+
+    An uncontended lock round trip executes a ``lock``-prefixed instruction in
+    the C library (sem_post / cmpxchg), which is a full barrier on x86-64.
+    """
+    _fence_lock.acquire()
+    _fence_lock.release()
+
+
+READY, EMPTY, WRITING, LAPPED, FILTERED = range(5)
+
+HEAD_EVERY = 64
+"""The writer stores head_seq once per min(64, capacity) publishes (and at
+close). Slots are the truth; head_seq tells readers where to start looking,
+and since it lags by less than the capacity, no slot after it is lapped."""
+
+_pack_slot = SLOT.pack_into
+_pack_u64 = U64.pack_into
+_pack_head = HEAD.pack_into
+
+
+class RingWriterCore:
+    """Writes records into a ring buffer. Single writer; the caller serialises."""
+
+    __slots__ = ("buf", "mask", "head_mask", "data_base", "data_bytes", "data_head", "data_low")
+
+    def __init__(self, buf, capacity: int, data_bytes: int):
+        self.buf = buf
+        self.mask = capacity - 1
+        self.head_mask = min(HEAD_EVERY, capacity) - 1
+        self.data_base = data_offset(capacity)
+        self.data_bytes = data_bytes
+        self.data_head = 0
+        self.data_low = 0
+
+    def write(self, seq: int, payload: bytes, kind: int, detail: int, flags: int, ts: int, category: bytes) -> None:
+        buf = self.buf
+        length = len(payload)
+        area = self.data_bytes
+        pos = self.data_head
+        off = pos % area
+        if off + length > area:  # records never wrap: skip to the area's start
+            pos += area - off
+            off = 0
+        end = pos + length
+        if end - area > self.data_low:
+            # Raise data_low before copying over old bytes (see module doc); a
+            # chunk at a time, so this store is rare.
+            self.data_low = min(end - area + DATA_CHUNK_BYTES, pos)
+            _pack_u64(buf, HDR_DATA_LOW, self.data_low)
+        slot = HEADER_BYTES + (seq & self.mask) * SLOT_BYTES
+        _pack_slot(buf, slot, 2 * seq + 1, pos, length, kind, detail, flags, 0, ts, category)
+        start = self.data_base + off
+        buf[start : start + length] = payload
+        _pack_u64(buf, slot, 2 * seq)
+        self.data_head = end
+        if not seq & self.head_mask:
+            _pack_head(buf, HDR_HEAD, seq, end)
+
+    def publish_head(self, seq: int) -> None:
+        _pack_head(self.buf, HDR_HEAD, seq, self.data_head)
+
+    def mark_closed(self) -> None:
+        U64.pack_into(self.buf, HDR_CLOSED, 1)
+
+
+class RingReaderCore:
+    """Reads records out of a (read-only) ring buffer. One per reader."""
+
+    __slots__ = ("buf", "mask", "capacity", "data_base", "data_bytes")
+
+    def __init__(self, buf, capacity: int, data_bytes: int):
+        self.buf = buf
+        self.capacity = capacity
+        self.mask = capacity - 1
+        self.data_base = data_offset(capacity)
+        self.data_bytes = data_bytes
+
+    def poll(self, seq: int, accept=None):
+        """Try to take event `seq`: (READY, payload, slot fields) or (status, None, None).
+
+        `accept(kind, detail, category)` decides from the slot alone, without
+        copying or decoding, whether the reader wants the event (FILTERED if not).
+        """
+        buf = self.buf
+        slot = HEADER_BYTES + (seq & self.mask) * SLOT_BYTES
+        fields = SLOT.unpack_from(buf, slot)
+        want = seq << 1
+        stamp = fields[0]
+        if stamp != want:
+            if stamp < want:
+                return EMPTY, None, None
+            return (WRITING if stamp == want + 1 else LAPPED), None, None
+        if accept is not None and not accept(fields[3], fields[4], fields[8]):
+            if STAMP.unpack_from(buf, slot)[0] != want:
+                return LAPPED, None, None
+            return FILTERED, None, fields
+        pos = fields[1]
+        start = self.data_base + pos % self.data_bytes
+        payload = buf[start : start + fields[2]]
+        if U64.unpack_from(buf, HDR_DATA_LOW)[0] > pos or STAMP.unpack_from(buf, slot)[0] != want:
+            return LAPPED, None, None
+        return READY, payload, fields
+
+    def head(self) -> int:
+        """A recent seq announced by the writer (less than capacity behind the slots)."""
+        return HEAD.unpack_from(self.buf, HDR_HEAD)[0]
+
+    def closed(self) -> bool:
+        return U64.unpack_from(self.buf, HDR_CLOSED)[0] != 0
+
+    def is_complete(self, seq: int) -> bool:
+        slot = HEADER_BYTES + (seq & self.mask) * SLOT_BYTES
+        return STAMP.unpack_from(self.buf, slot)[0] == seq << 1
+
+    def latest(self) -> int:
+        """The latest fully published seq."""
+        seq = self.head()
+        while self.is_complete(seq + 1):
+            seq += 1
+        return seq
+
+    def _retained(self, seq: int, low: int) -> bool:
+        fields = SLOT.unpack_from(self.buf, HEADER_BYTES + (seq & self.mask) * SLOT_BYTES)
+        return fields[0] == seq << 1 and fields[1] >= low
+
+    def oldest_retained(self, latest: int) -> int:
+        """The oldest seq still readable; latest + 1 if none is."""
+        low = U64.unpack_from(self.buf, HDR_DATA_LOW)[0]
+        lo, hi = max(1, latest - self.capacity + 1), latest + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._retained(mid, low):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo

@@ -1,0 +1,246 @@
+"""The portable event schema, its validation, and the size rule.
+
+Rules:
+- ``Event`` is producer content; ``Envelope`` adds what the write path assigns
+  (``capture_session_id`` and ``seq``). Drops are never Events.
+- JSON is compact, fields in declaration order, map keys sorted: byte for byte
+  what Go's ``encoding/json`` writes for the same structs, except that Go also
+  escapes ``<``, ``>`` and ``&`` inside strings (both decode to the same value).
+- Fields Go tags ``omitempty`` are omitted when empty; ``ts`` and
+  ``detail_level`` are always written, as in Go.
+- ``prepare`` is the only place an Event is validated and normalised. It
+  raises ``InvalidEvent`` and never modifies the caller's object.
+"""
+
+import re
+import time
+from typing import Any, Literal
+
+import msgspec
+from msgspec import Raw
+
+from .errors import ConfigError, EventTooLarge, InvalidEvent
+from .layout import DETAIL_LEVELS, MAX_RECORD_BYTES, SOURCE_KINDS
+
+__all__ = [
+    "Source",
+    "Event",
+    "Envelope",
+    "SourceKind",
+    "DetailLevel",
+    "BUILTIN_CATEGORIES",
+    "validate_category",
+    "EventPreparer",
+    "encode_envelope",
+    "decode_envelope",
+    "decode_event",
+]
+
+SourceKind = Literal["cdp", "kernel_api", "extension", "local_process"]
+DetailLevel = Literal["minimal", "standard", "verbose", "raw"]
+
+BUILTIN_CATEGORIES = ("console", "network", "page", "interaction", "liveview", "captcha", "system")
+_CATEGORY_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_KNOWN_CATEGORIES_MAX = 4096
+
+NO_DATA = Raw()
+"""The default of ``Event.data``: no data. The identity matters: it is omitted."""
+NULL_DATA = Raw(b"null")
+
+
+def _zero() -> int:
+    return 0
+
+
+def _empty() -> str:
+    return ""
+
+
+class Source(msgspec.Struct, omit_defaults=True):
+    """Provenance: which producer emitted the event, in its own terms."""
+
+    kind: SourceKind
+    event: str = ""
+    metadata: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        # Go writes map keys sorted; keeping them sorted here makes any
+        # msgspec encoder agree with it.
+        metadata = self.metadata
+        if len(metadata) > 1 and type(metadata) is dict:
+            keys = list(metadata)
+            if keys != sorted(keys):
+                self.metadata = {k: metadata[k] for k in sorted(keys)}
+
+
+class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One event as a producer emits it.
+
+    ``ts`` is Unix microseconds (0: stamped at publish). ``data`` is raw JSON:
+    give a ``msgspec.Raw``, bytes or str holding JSON, or any object msgspec
+    can encode; publish turns it into compact ``Raw``.
+    """
+
+    # A default factory (not a plain default) keeps these in the JSON when
+    # they hold their default, as Go does for fields without omitempty.
+    ts: int = msgspec.field(default_factory=_zero)
+    type: str
+    category: str
+    source: Source
+    detail_level: Literal["minimal", "standard", "verbose", "raw", ""] = msgspec.field(default_factory=_empty)
+    url: str = ""
+    data: Raw = NO_DATA
+    truncated: bool = False
+
+
+class Envelope(msgspec.Struct):
+    """An Event as published: the session it belongs to and its seq."""
+
+    capture_session_id: str
+    seq: int
+    event: Event
+
+
+def validate_category(category: object) -> str:
+    if not isinstance(category, str) or (
+        category not in BUILTIN_CATEGORIES and not _CATEGORY_PATTERN.fullmatch(category)
+    ):
+        raise InvalidEvent(
+            f"invalid category {category!r}: use one of {', '.join(BUILTIN_CATEGORIES)}, "
+            "or a name matching [a-z][a-z0-9_]{0,31}"
+        )
+    return category
+
+
+_KINDS = frozenset(SOURCE_KINDS)
+_DETAILS = frozenset(DETAIL_LEVELS)
+_compact = msgspec.json.format
+_data_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder(order="deterministic")
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    return _encoder.encode(envelope)
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    return _envelope_decoder.decode(data)
+
+
+def decode_event(data: bytes) -> Event:
+    """Decode one JSON Event (ingest); raises InvalidEvent with the reason."""
+    try:
+        return _event_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"not a valid Event: {exc}") from None
+
+
+def _raw_data(data: Any) -> Raw:
+    """Validate and compact the event's data; NO_DATA when there is none."""
+    if data is NO_DATA or data is None:
+        return NO_DATA
+    if isinstance(data, (Raw, bytes, bytearray, memoryview, str)):
+        if len(data) == 0:
+            return NO_DATA
+        try:
+            # Validates and strips insignificant whitespace, as Go's compact does.
+            return Raw(_compact(data, indent=-1))
+        except (msgspec.DecodeError, TypeError) as exc:
+            raise InvalidEvent(f"event data is not valid JSON: {exc}") from None
+    try:
+        return Raw(_data_encoder.encode(data))
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
+        raise InvalidEvent(f"event data cannot be encoded as JSON: {exc}") from None
+
+
+class EventPreparer:
+    """Validates Events and fills in what publish defaults. One per writer."""
+
+    def __init__(self) -> None:
+        self._known_categories = set(BUILTIN_CATEGORIES)
+
+    def prepare(self, event: Event) -> Event:
+        """Return `event` validated, with ts, detail_level and data normalised.
+
+        The caller's object is never modified: a copy is made if anything
+        changes.
+        """
+        if type(event) is not Event:
+            raise InvalidEvent(f"publish takes a shmring.Event, not {type(event).__name__}")
+        etype = event.type
+        if type(etype) is not str or not etype:
+            raise InvalidEvent("event type must be a non-empty string, such as 'console.log'")
+        if event.category not in self._known_categories:
+            self._learn_category(event.category)
+        source = event.source
+        if type(source) is not Source:
+            raise InvalidEvent(f"event source must be a shmring.Source, not {type(source).__name__}")
+        if source.kind not in _KINDS:
+            raise InvalidEvent(f"invalid source kind {source.kind!r}: use one of {', '.join(SOURCE_KINDS)}")
+        if type(source.event) is not str:
+            raise InvalidEvent("source event must be a string, such as 'Runtime.consoleAPICalled'")
+        if source.metadata:
+            _check_metadata(source.metadata)
+        if type(event.url) is not str:
+            raise InvalidEvent("event url must be a string")
+        if type(event.truncated) is not bool:
+            raise InvalidEvent("event truncated must be a bool")
+        ts = event.ts
+        detail = event.detail_level
+        data = event.data
+        if type(ts) is not int or ts <= 0 or detail not in _DETAILS or data is not NO_DATA:
+            if type(ts) is not int or ts < 0:
+                raise InvalidEvent(f"event ts must be Unix microseconds as a non-negative int, not {ts!r}")
+            if detail not in _DETAILS:
+                if detail != "":
+                    raise InvalidEvent(
+                        f"invalid detail level {detail!r}: use one of {', '.join(DETAIL_LEVELS)}"
+                    )
+                detail = "standard"
+            event = _replace(
+                event,
+                ts=ts or time.time_ns() // 1000,
+                detail_level=detail,
+                data=_raw_data(data),
+            )
+        return event
+
+    def _learn_category(self, category: object) -> None:
+        validate_category(category)
+        if len(self._known_categories) < _KNOWN_CATEGORIES_MAX:
+            self._known_categories.add(category)
+
+
+_replace = msgspec.structs.replace
+
+
+def _check_metadata(metadata: object) -> None:
+    if type(metadata) is not dict:
+        raise InvalidEvent("source metadata must be a dict of strings to strings")
+    for key, value in metadata.items():
+        if type(key) is not str or type(value) is not str:
+            raise InvalidEvent(f"source metadata must map strings to strings; got {key!r}: {value!r}")
+
+
+def apply_size_rule(envelope: Envelope) -> tuple[Envelope, bytes]:
+    """Encode `envelope`; over the limit, drop its data as Go does, or raise."""
+    encoded = _encoder.encode(envelope)
+    if len(encoded) <= MAX_RECORD_BYTES:
+        return envelope, encoded
+    event = msgspec.structs.replace(envelope.event, data=NULL_DATA, truncated=True)
+    envelope = Envelope(envelope.capture_session_id, envelope.seq, event)
+    encoded = _encoder.encode(envelope)
+    if len(encoded) > MAX_RECORD_BYTES:
+        raise EventTooLarge(
+            f"event is {len(encoded)} bytes encoded even without its data, over the "
+            f"{MAX_RECORD_BYTES}-byte limit: shorten its url, type or source metadata"
+        )
+    return envelope, encoded
+
+
+def validate_capture_session_id(value: object) -> str:
+    if not isinstance(value, str) or not value or len(value.encode()) > 124:
+        raise ConfigError("capture_session_id must be a non-empty string of at most 124 bytes")
+    return value

@@ -1,0 +1,301 @@
+"""CaptureSession: the writer, the one write path into a ring.
+
+Rules:
+- One process owns a ring; ``publish`` is its only write path. It validates,
+  stamps, assigns the next seq (1, 2, 3, ... without gaps), applies the size
+  rule, writes, then wakes sleeping readers.
+- ``publish`` never waits for plain readers. It is thread-safe.
+- ``close`` (or leaving the ``with`` block, or interpreter exit) marks the
+  stream ended, wakes every reader, and removes every name the ring made.
+- ``create`` reclaims a name whose writer died; it never takes one from a
+  live writer.
+"""
+
+import os
+import secrets
+import threading
+import time
+import uuid
+import weakref
+
+import posix_ipc
+
+from .errors import ConfigError, RingBusy, RingClosed, RingNotFound
+from .layout import (
+    CONFIG,
+    DETAIL_CODES,
+    FLAG_TRUNCATED,
+    HDR_CONFIG,
+    HDR_MAGIC,
+    HDR_SESSION_ID,
+    HDR_VERSION,
+    HEADER_BYTES,
+    KIND_CODES,
+    LAYOUT_VERSION,
+    MAGIC,
+    MAX_READERS,
+    MAX_RECORD_BYTES,
+    REG_WAIT_FLAGS,
+    REGISTRY_BYTES,
+    SESSION_ID,
+    U64,
+    category_field,
+    ring_bytes,
+)
+from .liveness import current_identity, is_alive
+from .registry import Registry
+from .ring import RingWriterCore, check_memory_model
+from .schema import Envelope, Event, EventPreparer, apply_size_rule, encode_envelope, validate_capture_session_id
+from .segment import (
+    create_segment,
+    open_segment,
+    open_wake_semaphore,
+    registry_shm_name,
+    ring_shm_name,
+    unlink_registry_objects,
+    unlink_ring_objects,
+    validate_ring_name,
+)
+
+_encode = encode_envelope
+_KIND_CODES = KIND_CODES
+_DETAIL_CODES = DETAIL_CODES
+_WAIT_FLAGS_END = REG_WAIT_FLAGS + MAX_READERS
+
+__all__ = ["CaptureSession", "DEFAULT_CAPACITY", "DEFAULT_DATA_BYTES", "MIN_DATA_BYTES"]
+
+DEFAULT_CAPACITY = 65536
+"""Slots: about 330 ms of history at 200k events/s, enough to ride out stalls."""
+DEFAULT_DATA_BYTES = 64 * 1024 * 1024
+MIN_DATA_BYTES = 1024 * 1024
+"""Every envelope the size rule admits fits in the smallest data area."""
+MAX_CAPACITY = 1 << 24
+DEFAULT_FLUSHER_GRACE_S = 5.0
+
+
+def _validate_sizes(capacity: object, data_bytes: object) -> None:
+    if type(capacity) is not int or capacity < 1 or capacity & (capacity - 1) or capacity > MAX_CAPACITY:
+        raise ConfigError(
+            f"capacity must be a power of two between 1 and {MAX_CAPACITY} (the number of events "
+            f"the ring retains), not {capacity!r}; for example 65536"
+        )
+    if type(data_bytes) is not int or data_bytes < MIN_DATA_BYTES:
+        raise ConfigError(
+            f"data_bytes must be an int of at least {MIN_DATA_BYTES} (so any envelope of up to "
+            f"{MAX_RECORD_BYTES} bytes fits), not {data_bytes!r}"
+        )
+
+
+def _reclaim_stale(name: str) -> None:
+    """Remove a ring left by a dead writer; raise RingBusy if its writer lives."""
+    try:
+        mapping = open_segment(ring_shm_name(name), writable=False)
+    except RingNotFound:
+        return
+    try:
+        if mapping.size >= HEADER_BYTES:
+            _, _, pid, start_time, _, _, _ = CONFIG.unpack_from(mapping.buf, HDR_CONFIG)
+            if is_alive(pid, start_time):
+                raise RingBusy(
+                    f"ring {name!r} is served by a live writer (pid {pid}); stop it or choose another name"
+                )
+    finally:
+        mapping.close()
+    unlink_ring_objects(name)
+
+
+class _Resources:
+    """What a session holds; closed by close() or by the finalizer at exit."""
+
+    def __init__(self, name: str, owner_pid: int):
+        self.name = name
+        self.owner_pid = owner_pid
+        self.ring = None
+        self.registry = None
+        self.core = None
+        self.semaphores: dict[int, posix_ipc.Semaphore] = {}
+        self.closed = False
+        self.last_seq = 0
+
+    def wake(self, index: int) -> None:
+        sem = self.semaphores.get(index)
+        if sem is None:
+            sem = self.semaphores[index] = open_wake_semaphore(self.name, index)
+        sem.release()
+
+    def close(self) -> None:
+        if self.closed or os.getpid() != self.owner_pid:
+            return
+        self.closed = True
+        if self.core is not None:
+            self.core.publish_head(self.last_seq)
+            self.core.mark_closed()
+        if self.registry is not None:
+            # Wake every attached reader, asleep or about to sleep. The
+            # closed-flag store is ordered before the flag loads by the
+            # locked instruction in the first semaphore post.
+            for entry in self.registry.entries():
+                self.registry.set_waiting(entry["index"], False)
+                self.wake(entry["index"])
+        unlink_ring_objects(self.name)
+        for sem in self.semaphores.values():
+            sem.close()
+        self.semaphores.clear()
+        if self.registry is not None:
+            self.registry.mapping.close()
+        if self.ring is not None:
+            self.ring.close()
+
+
+class CaptureSession:
+    """The writer of one ring. Create with ``CaptureSession.create(name)``."""
+
+    def __init__(self, _resources: _Resources, capture_session_id: str, capacity: int, data_bytes: int,
+                 flusher_grace_s: float):
+        self._res = _resources
+        self._name = _resources.name
+        self._capture_session_id = capture_session_id
+        self._capacity = capacity
+        self._data_bytes = data_bytes
+        self._flusher_grace_s = flusher_grace_s
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._prepare = EventPreparer().prepare
+        self._wait_flags = _resources.registry.buf
+        self._category_fields: dict[str, bytes] = {}
+        self._finalizer = weakref.finalize(self, _resources.close)
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        capture_session_id: str | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+        data_bytes: int = DEFAULT_DATA_BYTES,
+        flusher_grace_s: float = DEFAULT_FLUSHER_GRACE_S,
+    ) -> "CaptureSession":
+        """Create ring `name` and own it.
+
+        capacity: events the ring retains (slots), a power of two.
+        data_bytes: size of the data area holding the encoded envelopes.
+        flusher_grace_s: how long publish waits for a dead gating flusher.
+        """
+        validate_ring_name(name)
+        _validate_sizes(capacity, data_bytes)
+        if capture_session_id is None:
+            capture_session_id = str(uuid.uuid4())
+        validate_capture_session_id(capture_session_id)
+        if not isinstance(flusher_grace_s, (int, float)) or flusher_grace_s < 0:
+            raise ConfigError(f"flusher_grace_s must be a number of seconds >= 0, not {flusher_grace_s!r}")
+        check_memory_model()
+        pid, start_time = current_identity()
+        res = _Resources(name, pid)
+        total = ring_bytes(capacity, data_bytes)
+        for _ in range(5):
+            try:
+                res.ring = create_segment(ring_shm_name(name), total)
+                break
+            except posix_ipc.ExistentialError:
+                _reclaim_stale(name)
+        else:
+            raise RingBusy(f"could not create ring {name!r}: another process keeps creating it")
+        try:
+            epoch = secrets.randbits(63) | 1
+            buf = res.ring.buf
+            CONFIG.pack_into(buf, HDR_CONFIG, capacity, data_bytes, pid, start_time, epoch,
+                             time.time_ns() // 1000, int(flusher_grace_s * 1e6))
+            encoded_id = capture_session_id.encode()
+            SESSION_ID.pack_into(buf, HDR_SESSION_ID, len(encoded_id), encoded_id)
+            unlink_registry_objects(name)
+            res.registry = Registry(create_segment(registry_shm_name(name), REGISTRY_BYTES, keep_fd=True))
+            res.registry.initialise(epoch)
+            res.core = RingWriterCore(buf, capacity, data_bytes)
+            U64.pack_into(buf, HDR_VERSION, LAYOUT_VERSION)
+            U64.pack_into(buf, HDR_MAGIC, MAGIC)  # last: the ring is now attachable
+        except BaseException:
+            res.close()
+            raise
+        return cls(res, capture_session_id, capacity, data_bytes, float(flusher_grace_s))
+
+    # -- properties -----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def capture_session_id(self) -> str:
+        return self._capture_session_id
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def data_bytes(self) -> int:
+        return self._data_bytes
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the latest published event (0 before the first)."""
+        return self._seq
+
+    @property
+    def closed(self) -> bool:
+        return self._res.closed
+
+    # -- the write path -------------------------------------------------------
+    def publish(self, event: Event) -> Envelope:
+        """Validate, stamp, sequence and write `event`; return it as published.
+
+        Raises InvalidEvent (nothing written) or RingClosed. Never waits for
+        plain readers.
+        """
+        event = self._prepare(event)
+        category_bytes = self._category_fields.get(event.category)
+        if category_bytes is None:
+            category_bytes = self._category_fields[event.category] = category_field(event.category)
+        with self._lock:
+            res = self._res
+            if res.closed:
+                raise RingClosed(f"ring {self._name!r} is closed; create a new CaptureSession to publish")
+            seq = self._seq + 1
+            envelope = Envelope(self._capture_session_id, seq, event)
+            payload = _encode(envelope)
+            if len(payload) > MAX_RECORD_BYTES:
+                envelope, payload = apply_size_rule(envelope)
+            res.core.write(seq, payload, _KIND_CODES[event.source.kind], _DETAIL_CODES[event.detail_level],
+                           FLAG_TRUNCATED if envelope.event.truncated else 0, event.ts, category_bytes)
+            self._seq = res.last_seq = seq
+        # Releasing the lock was a locked instruction: the slot stores above
+        # are globally visible before these flag loads (no lost wake-up).
+        if self._wait_flags.find(b"\x01", REG_WAIT_FLAGS, _WAIT_FLAGS_END) != -1:
+            self._wake_sleepers()
+        return envelope
+
+    def _wake_sleepers(self) -> None:
+        res = self._res
+        buf = res.registry.buf
+        for index in list(res.registry.sleepers()):
+            buf[REG_WAIT_FLAGS + index] = 0
+            res.wake(index)
+
+    # -- lifecycle ------------------------------------------------------------
+    def close(self) -> None:
+        """End the stream: readers drain what remains, then see RingClosed.
+
+        Removes every shared-memory object and semaphore the ring made.
+        Idempotent.
+        """
+        with self._lock:
+            self._finalizer()
+
+    def __enter__(self) -> "CaptureSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"last_seq={self._seq}"
+        return f"<CaptureSession {self._name!r} id={self._capture_session_id} {state}>"

@@ -1,0 +1,80 @@
+"""Shared fixtures: unique ring names, guaranteed clean-up, child-process bookkeeping.
+
+Every ring a test makes is named from ``ring_name`` (prefix ``shmring-test-<pid>-``)
+and removed at teardown, pass or fail; the session ends by checking that
+nothing with this run's prefix is left in /dev/shm. Child processes are
+registered and, if still alive at teardown, killed by pid.
+"""
+
+import multiprocessing
+import os
+import uuid
+
+import pytest
+
+from shmring.segment import unlink_ring_objects
+
+RUN_PREFIX = f"shmring-test-{os.getpid()}-"
+
+
+def _leftovers() -> list[str]:
+    return sorted(e for e in os.listdir("/dev/shm") if RUN_PREFIX in e)
+
+
+@pytest.fixture
+def ring_name(request):
+    """A unique ring name; every object of that ring is unlinked at teardown."""
+    names = []
+
+    def make(suffix: str = "") -> str:
+        name = f"{RUN_PREFIX}{uuid.uuid4().hex[:10]}{suffix}"
+        names.append(name)
+        return name
+
+    request.node.make_ring_name = make
+    first = make()
+    yield first
+    for name in names:
+        unlink_ring_objects(name)
+
+
+@pytest.fixture
+def more_ring_names(request, ring_name):
+    """Factory for additional unique ring names, cleaned up like ring_name."""
+    return request.node.make_ring_name
+
+
+@pytest.fixture
+def spawn():
+    """The spawn multiprocessing context, with every child killed at teardown."""
+    ctx = multiprocessing.get_context("spawn")
+    children = []
+
+    class Ctx:
+        def __getattr__(self, attr):
+            return getattr(ctx, attr)
+
+        def Process(self, *args, **kwargs):
+            kwargs.setdefault("daemon", True)
+            proc = ctx.Process(*args, **kwargs)
+            children.append(proc)
+            return proc
+
+    yield Ctx()
+    for proc in children:
+        if proc.pid is not None and proc.is_alive():
+            proc.kill()
+        if proc.pid is not None:
+            proc.join(timeout=10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_in_dev_shm():
+    yield
+    left = _leftovers()
+    for entry in left:
+        try:
+            os.unlink(os.path.join("/dev/shm", entry))
+        except OSError:
+            pass
+    assert not left, f"tests left shared-memory objects behind: {left}"

@@ -1,0 +1,638 @@
+"""Benchmark shmring on this machine (a benchmark, not a test: it asserts nothing).
+
+What it measures, for a ~300-byte encoded ``console.log`` envelope (the actual
+size is printed), each measure repeated ``--runs`` times (default 3) and
+reported as the median:
+
+1. publish rate with no reader: one process publishing flat out.
+2. fan-out: the writer publishes flat out for a fixed time to 1 and then 2
+   reader processes that decode every event (``Reader.read`` decodes); the
+   writer's rate, each reader's delivered rate and its drops.
+3. wake-up latency of a blocked reader at a paced 10k events/s (p50/p99/max;
+   the writer stamps ``time.monotonic_ns()``, system-wide on Linux, into the
+   event's data, the reader subtracts it from its own clock on receipt); and
+   the CPU a reader uses while blocked in ``read()`` on an idle ring.
+4. a steady 150k events/s paced to 2 decoding readers: drops per reader
+   (target 0) and the rate the writer actually achieved.
+5. the same fan-out as (2) with 2 readers over ``multiprocessing.Queue`` (one
+   bounded queue per reader; the writer msgspec-encodes each envelope once and
+   puts the bytes into every queue; readers get and decode), as the baseline:
+   shmring's per-reader delivered rate divided by mp.Queue's (target >= 5x).
+
+Readers are separate processes (spawn). Each attaches, then says so over a
+queue before the writer starts; each reads until ``RingClosed`` and sends
+back what it counted. Delivered rate = delivered / (end of stream - first
+event). Every ring is closed in a ``finally``; leftover ``/dev/shm`` objects
+are reported at the end.
+
+Run from the repository root:
+
+    python tools/bench.py             # ~2 minutes
+    python tools/bench.py --quick     # shorter phases, ~30 s
+    python tools/bench.py --runs 5 --json
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import msgspec  # noqa: E402
+import psutil  # noqa: E402
+
+from shmring import CaptureSession, Envelope, Event, Reader, RingClosed, Source  # noqa: E402
+
+CAPACITY = 65536
+DATA_BYTES = 64 * 1024 * 1024
+TARGET_ENVELOPE_BYTES = 300
+CAPTURE_SESSION_ID = "0b9d2c1e-5f7a-4c3b-9e8d-7a6b5c4d3e2f"
+READY_TIMEOUT_S = 30.0
+"""How long a child may take to start and attach (spawn imports everything)."""
+STALL_TIMEOUT_S = 10.0
+"""A reader that sees nothing for this long gives up and reports a stall."""
+MPQ_MAXSIZE = CAPACITY
+"""Bound on each mp.Queue, like the ring's capacity, so memory stays bounded."""
+
+_seq_counter = 0
+
+
+def ring_name() -> str:
+    global _seq_counter
+    _seq_counter += 1
+    return f"bench-{os.getpid()}-{_seq_counter}"
+
+
+# --------------------------------------------------------------------------
+# The event
+# --------------------------------------------------------------------------
+
+class Stamp(msgspec.Struct):
+    """The part of the event's data the latency reader looks at."""
+
+    t: int
+
+
+def make_data(stamp_ns: int, pad: str) -> msgspec.Raw:
+    return msgspec.Raw(b'{"level":"log","args":["%s"],"t":%d}' % (pad.encode(), stamp_ns))
+
+
+def make_event(pad: str, stamp_ns: int | None = None) -> Event:
+    return Event(
+        type="console.log",
+        category="console",
+        source=Source(kind="cdp", event="Runtime.consoleAPICalled"),
+        url="http://localhost/",
+        data=make_data(time.monotonic_ns() if stamp_ns is None else stamp_ns, pad),
+    )
+
+
+def envelope_size(pad: str) -> int:
+    """The encoded size of the envelope publish makes of make_event(pad)."""
+    with CaptureSession.create(ring_name(), capture_session_id=CAPTURE_SESSION_ID, capacity=16,
+                               data_bytes=1024 * 1024) as s:
+        env = s.publish(make_event(pad))
+        env = msgspec.structs.replace(env, seq=123456)  # a 6-digit seq, as in a busy stream
+        return len(msgspec.json.encode(env))
+
+
+def choose_pad() -> tuple[str, int]:
+    """Pad the console message so the encoded envelope is ~TARGET_ENVELOPE_BYTES."""
+    filler = "ok: user clicked checkout; cart=" + "x" * TARGET_ENVELOPE_BYTES
+    pad = filler[: max(2, TARGET_ENVELOPE_BYTES - envelope_size(""))]
+    return pad, envelope_size(pad)
+
+
+# --------------------------------------------------------------------------
+# Child processes (top level: spawn pickles them by name)
+# --------------------------------------------------------------------------
+
+def _count_loop(reader) -> dict:
+    """Read until RingClosed; every read decodes. Returns the counts."""
+    read = reader.read
+    stall = STALL_TIMEOUT_S
+    delivered = dropped = 0
+    stalled = False
+    res = read(stall)
+    t_first = time.monotonic()
+    try:
+        while True:
+            if res is None:
+                stalled = True
+                break
+            if res.envelope is not None:
+                delivered += 1
+            else:
+                dropped += res.dropped
+            res = read(stall)
+    except RingClosed:
+        pass
+    t_end = time.monotonic()
+    return {"delivered": delivered, "dropped": dropped, "elapsed": t_end - t_first,
+            "reader_delivered": reader.delivered, "reader_dropped": reader.dropped, "stalled": stalled}
+
+
+def _latency_loop(reader) -> dict:
+    """Read until RingClosed; record now - stamp for each event."""
+    read = reader.read
+    now_ns = time.monotonic_ns
+    decode_stamp = msgspec.json.Decoder(Stamp).decode
+    lat = []
+    append = lat.append
+    dropped = 0
+    stalled = False
+    try:
+        while True:
+            res = read(STALL_TIMEOUT_S)
+            now = now_ns()
+            if res is None:
+                stalled = True
+                break
+            if res.envelope is None:
+                dropped += res.dropped
+                continue
+            append(now - decode_stamp(res.envelope.event.data).t)
+    except RingClosed:
+        pass
+    lat.sort()
+    n = len(lat)
+
+    def pct(p):
+        return lat[min(n - 1, int(p * n))] / 1000.0 if n else float("nan")
+
+    return {"n": n, "dropped": dropped, "stalled": stalled, "p50_us": pct(0.50), "p99_us": pct(0.99),
+            "p999_us": pct(0.999), "max_us": lat[-1] / 1000.0 if n else float("nan")}
+
+
+def shm_reader_main(name: str, idx: int, results, mode: str) -> None:
+    reader = None
+    try:
+        reader = Reader.attach(name)
+        results.put(("ready", idx, os.getpid()))
+        if mode == "count":
+            out = _count_loop(reader)
+        elif mode == "latency":
+            out = _latency_loop(reader)
+        elif mode == "idle":
+            try:
+                res = reader.read(timeout=120.0)  # the parent closes the ring long before
+                out = {"unexpected": repr(res)}
+            except RingClosed:
+                out = {}
+        else:
+            raise ValueError(mode)
+        results.put(("done", idx, out))
+    except KeyboardInterrupt:
+        pass
+    except BaseException as exc:  # report, so the parent need not wait for a timeout
+        results.put(("error", idx, f"{type(exc).__name__}: {exc}"))
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def mpq_reader_main(q, idx: int, results) -> None:
+    try:
+        decode = msgspec.json.Decoder(Envelope).decode
+        get = q.get
+        results.put(("ready", idx, os.getpid()))
+        delivered = 0
+        stalled = False
+        item = get(True, STALL_TIMEOUT_S)
+        t_first = time.monotonic()
+        try:
+            while item is not None:
+                decode(item)
+                delivered += 1
+                item = get(True, STALL_TIMEOUT_S)
+        except queue_mod.Empty:
+            stalled = True
+        t_end = time.monotonic()
+        results.put(("done", idx, {"delivered": delivered, "dropped": 0, "elapsed": t_end - t_first,
+                                   "stalled": stalled}))
+    except KeyboardInterrupt:
+        pass
+    except BaseException as exc:
+        results.put(("error", idx, f"{type(exc).__name__}: {exc}"))
+
+
+# --------------------------------------------------------------------------
+# Parent-side helpers
+# --------------------------------------------------------------------------
+
+class BenchError(RuntimeError):
+    pass
+
+
+def spawn(ctx, target, args_list: list[tuple]) -> list:
+    procs = []
+    for args in args_list:
+        p = ctx.Process(target=target, args=args, daemon=True)
+        p.start()
+        procs.append(p)
+    return procs
+
+
+def await_msgs(results, kind: str, n: int, timeout: float) -> dict[int, object]:
+    """Collect `n` messages of `kind` ("ready" or "done"), keyed by child index."""
+    got: dict[int, object] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BenchError(f"timed out waiting for {n - len(got)} child(ren) to report {kind!r}")
+        try:
+            msg_kind, idx, payload = results.get(True, left)
+        except queue_mod.Empty:
+            continue
+        if msg_kind == "error":
+            raise BenchError(f"child {idx} failed: {payload}")
+        if msg_kind != kind:
+            raise BenchError(f"child {idx} sent {msg_kind!r} while waiting for {kind!r}")
+        got[idx] = payload
+    return got
+
+
+def reap(procs, timeout: float = 10.0) -> None:
+    """Join our children; terminate (then kill) any that overrun, by their own pid."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            print(f"  warning: child pid {p.pid} overran; terminating it", file=sys.stderr)
+            p.terminate()
+            p.join(2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(2.0)
+
+
+def new_session(name: str) -> CaptureSession:
+    return CaptureSession.create(name, capture_session_id=CAPTURE_SESSION_ID, capacity=CAPACITY,
+                                 data_bytes=DATA_BYTES)
+
+
+def publish_flat_out(session: CaptureSession, event: Event, duration: float) -> tuple[int, float]:
+    """Publish `event` as fast as possible for `duration` s: (count, elapsed)."""
+    publish = session.publish
+    clock = time.monotonic
+    batch = range(256)
+    n = 0
+    t0 = clock()
+    end = t0 + duration
+    while True:
+        for _ in batch:
+            publish(event)
+        n += 256
+        if clock() >= end:
+            break
+    return n, clock() - t0
+
+
+def publish_paced(session: CaptureSession, rate: int, duration: float, event: Event | None = None,
+                  pad: str = "") -> dict:
+    """Publish at `rate` events/s for `duration` s, catching up after stalls.
+
+    With `event`, publish it unchanged; without, build each event with a fresh
+    monotonic_ns stamp in its data just before publishing it. Sleeps only when
+    more than 200 us ahead (sleep granularity here is ~130 us), else spins.
+    """
+    publish = session.publish
+    now_ns = time.monotonic_ns
+    sleep = time.sleep
+    replace = msgspec.structs.replace
+    template = make_event(pad)
+    period = 1e9 / rate
+    t0 = now_ns()
+    end = t0 + int(duration * 1e9)
+    n = 0
+    max_behind = 0
+    while True:
+        now = now_ns()
+        if now >= end:
+            break
+        due = int((now - t0) // period) + 1
+        if n < due:
+            behind = due - n
+            if behind > max_behind:
+                max_behind = behind
+            if event is not None:
+                for _ in range(behind):
+                    publish(event)
+            else:
+                for _ in range(behind):
+                    publish(replace(template, data=make_data(now_ns(), pad)))
+            n = due
+        else:
+            ahead = t0 + n * period - now
+            if ahead > 200_000:
+                sleep((ahead - 100_000) / 1e9)
+    elapsed = (now_ns() - t0) / 1e9
+    return {"published": n, "elapsed": elapsed, "rate": n / elapsed, "target_rate": rate,
+            "max_behind_events": max_behind, "kept_pace": n >= 0.99 * rate * duration}
+
+
+# --------------------------------------------------------------------------
+# Measures
+# --------------------------------------------------------------------------
+
+def measure_publish_no_reader(event: Event, duration: float) -> dict:
+    with new_session(ring_name()) as s:
+        n, elapsed = publish_flat_out(s, event, duration)
+    return {"published": n, "elapsed": elapsed, "rate": n / elapsed}
+
+
+def _run_shm_readers(ctx, n_readers: int, mode: str, writer, duration: float) -> tuple[object, dict]:
+    """Start readers on a fresh ring, run `writer(session)`, close, collect the readers' reports."""
+    name = ring_name()
+    results = ctx.Queue()
+    procs = []
+    session = new_session(name)
+    try:
+        procs = spawn(ctx, shm_reader_main, [(name, i, results, mode) for i in range(n_readers)])
+        await_msgs(results, "ready", n_readers, READY_TIMEOUT_S)
+        writer_out = writer(session)
+        session.close()
+        done = await_msgs(results, "done", n_readers, duration + 30.0)
+    finally:
+        session.close()
+        reap(procs)
+        results.close()
+        results.join_thread()
+    return writer_out, done
+
+
+def _reader_summary(done: dict) -> dict:
+    readers = [done[i] for i in sorted(done)]
+    for r in readers:
+        r["rate"] = r["delivered"] / r["elapsed"] if r["elapsed"] > 0 else 0.0
+    return {"readers": readers, "reader_rate_mean": statistics.fmean(r["rate"] for r in readers),
+            "reader_rate_min": min(r["rate"] for r in readers),
+            "drops_max": max(r["dropped"] for r in readers),
+            "drops_total": sum(r["dropped"] for r in readers),
+            "stalled": any(r.get("stalled") for r in readers)}
+
+
+def measure_fanout_shm(ctx, event: Event, n_readers: int, duration: float) -> dict:
+    def writer(session):
+        return publish_flat_out(session, event, duration)
+
+    (n, elapsed), done = _run_shm_readers(ctx, n_readers, "count", writer, duration)
+    out = {"published": n, "writer_rate": n / elapsed}
+    out.update(_reader_summary(done))
+    return out
+
+
+def measure_fanout_mpq(ctx, event: Event, n_readers: int, duration: float) -> dict:
+    results = ctx.Queue()
+    queues = [ctx.Queue(maxsize=MPQ_MAXSIZE) for _ in range(n_readers)]
+    procs = []
+    try:
+        procs = spawn(ctx, mpq_reader_main, [(queues[i], i, results) for i in range(n_readers)])
+        await_msgs(results, "ready", n_readers, READY_TIMEOUT_S)
+        # The same envelope publish would build (ts and detail level filled in once).
+        ev = msgspec.structs.replace(event, ts=time.time_ns() // 1000, detail_level="standard")
+        encode = msgspec.json.Encoder(order="deterministic").encode
+        puts = [q.put for q in queues]
+        clock = time.monotonic
+        seq = 0
+        t0 = clock()
+        end = t0 + duration
+        while True:
+            for _ in range(256):
+                seq += 1
+                payload = encode(Envelope(CAPTURE_SESSION_ID, seq, ev))
+                for put in puts:
+                    put(payload, True, STALL_TIMEOUT_S)
+            if clock() >= end:
+                break
+        elapsed = clock() - t0
+        for put in puts:
+            put(None, True, STALL_TIMEOUT_S)
+        done = await_msgs(results, "done", n_readers, duration + 60.0)
+    finally:
+        reap(procs)
+        for q in queues + [results]:
+            q.close()
+            q.join_thread()
+    out = {"published": seq, "writer_rate": seq / elapsed}
+    out.update(_reader_summary(done))
+    return out
+
+
+def measure_latency(ctx, pad: str, rate: int, duration: float) -> dict:
+    def writer(session):
+        return publish_paced(session, rate, duration, pad=pad)
+
+    paced, done = _run_shm_readers(ctx, 1, "latency", writer, duration)
+    out = dict(done[0])
+    out["writer"] = paced
+    return out
+
+
+def measure_idle_cpu(ctx, idle_s: float) -> dict:
+    def writer(session):
+        # The reader has attached and is (about to be) blocked in read().
+        proc = psutil.Process(reader_pid[0])
+        time.sleep(0.2)  # let it reach the blocking wait before we start the clock
+        c0 = proc.cpu_times()
+        w0 = time.monotonic()
+        time.sleep(idle_s)
+        c1 = proc.cpu_times()
+        wall = time.monotonic() - w0
+        cpu = (c1.user - c0.user) + (c1.system - c0.system)
+        return {"cpu_s": cpu, "wall_s": wall, "cpu_pct": 100.0 * cpu / wall}
+
+    # _run_shm_readers does not hand us the pids; wrap spawn to catch it.
+    reader_pid = [None]
+    name = ring_name()
+    results = ctx.Queue()
+    procs = []
+    session = new_session(name)
+    try:
+        procs = spawn(ctx, shm_reader_main, [(name, 0, results, "idle")])
+        reader_pid[0] = await_msgs(results, "ready", 1, READY_TIMEOUT_S)[0]
+        out = writer(session)
+        session.close()
+        done = await_msgs(results, "done", 1, 30.0)
+        if done[0]:
+            out["reader"] = done[0]
+    finally:
+        session.close()
+        reap(procs)
+        results.close()
+        results.join_thread()
+    return out
+
+
+def measure_paced_fanout(ctx, event: Event, n_readers: int, rate: int, duration: float) -> dict:
+    def writer(session):
+        return publish_paced(session, rate, duration, event=event)
+
+    paced, done = _run_shm_readers(ctx, n_readers, "count", writer, duration)
+    out = {"writer": paced, "achieved_rate": paced["rate"]}
+    out.update(_reader_summary(done))
+    return out
+
+
+# --------------------------------------------------------------------------
+# One run, many runs, the report
+# --------------------------------------------------------------------------
+
+def one_run(ctx, event: Event, pad: str, d: dict) -> dict:
+    r = {}
+    steps = [
+        ("publish_no_reader", lambda: measure_publish_no_reader(event, d["flat"])),
+        ("fanout_shm_1", lambda: measure_fanout_shm(ctx, event, 1, d["fanout"])),
+        ("fanout_shm_2", lambda: measure_fanout_shm(ctx, event, 2, d["fanout"])),
+        ("fanout_mpq_2", lambda: measure_fanout_mpq(ctx, event, 2, d["fanout"])),
+        ("latency_10k", lambda: measure_latency(ctx, pad, 10_000, d["latency"])),
+        ("idle_cpu", lambda: measure_idle_cpu(ctx, d["idle"])),
+        ("paced_150k_2", lambda: measure_paced_fanout(ctx, event, 2, 150_000, d["paced"])),
+    ]
+    for key, fn in steps:
+        t = time.monotonic()
+        r[key] = fn()
+        print(f"    {key:<18} {time.monotonic() - t:5.1f} s", file=sys.stderr)
+    r["ratio_shm_over_mpq_2"] = r["fanout_shm_2"]["reader_rate_mean"] / r["fanout_mpq_2"]["reader_rate_mean"]
+    return r
+
+
+# (label, extractor, unit, target, format)
+ROWS = [
+    ("1. publish, no reader", lambda r: r["publish_no_reader"]["rate"], "ev/s", "—", "rate"),
+    ("2. 1 reader: writer rate", lambda r: r["fanout_shm_1"]["writer_rate"], "ev/s", "—", "rate"),
+    ("2. 1 reader: reader delivered", lambda r: r["fanout_shm_1"]["reader_rate_mean"], "ev/s", "—", "rate"),
+    ("2. 1 reader: drops", lambda r: r["fanout_shm_1"]["drops_total"], "events", "—", "int"),
+    ("2. 2 readers: writer rate", lambda r: r["fanout_shm_2"]["writer_rate"], "ev/s", "—", "rate"),
+    ("2. 2 readers: delivered/reader (mean)", lambda r: r["fanout_shm_2"]["reader_rate_mean"], "ev/s", "—",
+     "rate"),
+    ("2. 2 readers: drops (sum of both)", lambda r: r["fanout_shm_2"]["drops_total"], "events", "—", "int"),
+    ("3. wake latency p50 @10k/s", lambda r: r["latency_10k"]["p50_us"], "µs", "—", "us"),
+    ("3. wake latency p99 @10k/s", lambda r: r["latency_10k"]["p99_us"], "µs", "—", "us"),
+    ("3. wake latency max @10k/s", lambda r: r["latency_10k"]["max_us"], "µs", "—", "us"),
+    ("3. latency reader drops", lambda r: r["latency_10k"]["dropped"], "events", "0", "int"),
+    ("3. blocked reader idle CPU", lambda r: r["idle_cpu"]["cpu_pct"], "% core", "—", "pct"),
+    ("4. 150k/s paced: achieved rate", lambda r: r["paced_150k_2"]["achieved_rate"], "ev/s", "≥ 148.5k (99%)",
+     "rate"),
+    ("4. 150k/s paced: drops (worst reader)", lambda r: r["paced_150k_2"]["drops_max"], "events", "0", "int"),
+    ("5. mp.Queue 2 readers: writer rate", lambda r: r["fanout_mpq_2"]["writer_rate"], "ev/s", "—", "rate"),
+    ("5. mp.Queue 2 readers: delivered/reader", lambda r: r["fanout_mpq_2"]["reader_rate_mean"], "ev/s", "—",
+     "rate"),
+    ("5. shmring / mp.Queue per reader", lambda r: r["ratio_shm_over_mpq_2"], "×", "≥ 5×", "ratio"),
+]
+
+
+def fmt(value: float, kind: str) -> str:
+    if value != value:  # NaN
+        return "n/a"
+    if kind == "rate":
+        return f"{value / 1000:.1f}k" if value < 1e6 else f"{value / 1e6:.2f}M"
+    if kind == "int":
+        return f"{value:.0f}"
+    if kind == "us":
+        return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+    if kind == "pct":
+        return f"{value:.2f}%"
+    if kind == "ratio":
+        return f"{value:.2f}×"
+    return str(value)
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    rows = []
+    for label, get, unit, target, kind in ROWS:
+        values = [get(r) for r in runs]
+        rows.append({"measure": label, "unit": unit, "median": statistics.median(values), "runs": values,
+                     "target": target, "kind": kind})
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| measure | median | all runs | unit | target |", "|---|---:|---|---|---|"]
+    for row in rows:
+        kind = row["kind"]
+        runs = ", ".join(fmt(v, kind) for v in row["runs"])
+        lines.append(f"| {row['measure']} | {fmt(row['median'], kind)} | {runs} | {row['unit']} | {row['target']} |")
+    return "\n".join(lines)
+
+
+def leftover_shm() -> list[str]:
+    prefix = f"bench-{os.getpid()}-"
+    try:
+        entries = os.listdir("/dev/shm")
+    except FileNotFoundError:
+        return []
+    return sorted(e for e in entries if prefix in e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter phases (~30 s in all)")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions of every measure (>= 3; default 3)")
+    parser.add_argument("--json", action="store_true", help="also print every result as JSON")
+    args = parser.parse_args(argv)
+    if args.runs < 3:
+        parser.error("--runs must be at least 3 (medians of fewer runs mean little here)")
+
+    if args.quick:
+        durations = {"flat": 1.0, "fanout": 1.0, "latency": 1.0, "idle": 1.0, "paced": 1.0}
+    else:
+        durations = {"flat": 3.0, "fanout": 3.0, "latency": 3.0, "idle": 2.0, "paced": 3.0}
+
+    pad, size = choose_pad()
+    event = make_event(pad)
+    ctx = mp.get_context("spawn")
+    print(f"shmring bench: envelope {size} B encoded, {args.runs} runs, phases {durations}, "
+          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}", file=sys.stderr)
+
+    runs = []
+    t_start = time.monotonic()
+    try:
+        for i in range(args.runs):
+            print(f"  run {i + 1}/{args.runs}", file=sys.stderr)
+            runs.append(one_run(ctx, event, pad, durations))
+    except KeyboardInterrupt:
+        print("interrupted; rings closed", file=sys.stderr)
+        return 130
+    finally:
+        left = leftover_shm()
+        if left:
+            print(f"WARNING: leftover /dev/shm objects: {left}", file=sys.stderr)
+    total = time.monotonic() - t_start
+
+    rows = summarise(runs)
+    print()
+    print(f"shmring bench — envelope {size} B, median of {args.runs} runs, "
+          f"{'quick' if args.quick else 'default'} phases, {total:.0f} s total")
+    print()
+    print(markdown_table(rows))
+    notes = []
+    for i, r in enumerate(runs):
+        for key in ("fanout_shm_1", "fanout_shm_2", "fanout_mpq_2", "paced_150k_2", "latency_10k"):
+            if r[key].get("stalled"):
+                notes.append(f"run {i + 1}: a reader in {key} stalled (no event for {STALL_TIMEOUT_S} s)")
+        if not r["paced_150k_2"]["writer"]["kept_pace"]:
+            notes.append(f"run {i + 1}: writer did not keep 150k/s "
+                         f"(max {r['paced_150k_2']['writer']['max_behind_events']} events behind)")
+    if notes:
+        print()
+        for n in notes:
+            print(f"- {n}")
+    if args.json:
+        print()
+        print(json.dumps({"envelope_bytes": size, "durations_s": durations, "runs": runs,
+                          "summary": [{k: v for k, v in row.items() if k != "kind"} for row in rows],
+                          "leftover_shm": leftover_shm()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
