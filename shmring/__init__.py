@@ -8,6 +8,7 @@ seq cursor, and learn exactly how many events they lost.
 from .errors import (
     ConfigError,
     EventTooLarge,
+    FlushError,
     IncompatibleRing,
     InvalidEvent,
     RingBusy,
@@ -17,6 +18,7 @@ from .errors import (
     UnsupportedPlatform,
     WriterGone,
 )
+from .producer import Producer, PublishRejected
 from .reader import Filter, Reader, ReadResult
 from .schema import Envelope, Event, Source
 from .session import CaptureSession
@@ -29,6 +31,9 @@ __all__ = [
     "Reader",
     "ReadResult",
     "Filter",
+    "Flusher",
+    "Producer",
+    "PublishRejected",
     "ShmringError",
     "ConfigError",
     "InvalidEvent",
@@ -39,6 +44,17 @@ __all__ = [
     "RingClosed",
     "WriterGone",
     "UnsupportedPlatform",
+    "FlushError",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Imported on first use, so `python -m shmring.flusher` does not find the
+    # module already imported by the package.
+    if name == "Flusher":
+        from .flusher import Flusher
+
+        return Flusher
+    raise AttributeError(f"module 'shmring' has no attribute {name!r}")

@@ -18,6 +18,7 @@ __all__ = [
     "RingClosed",
     "WriterGone",
     "UnsupportedPlatform",
+    "FlushError",
 ]
 
 
@@ -59,3 +60,7 @@ class WriterGone(ShmringError):
 
 class UnsupportedPlatform(ShmringError):
     """This CPU's memory model does not give the ordering the seqlock needs."""
+
+
+class FlushError(ShmringError):
+    """The flusher could not write or sync its files; its checkpoint is still consistent."""

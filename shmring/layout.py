@@ -42,7 +42,11 @@ Registry segment ``/shmring.NAME+readers``::
 
     0      | magic | version | max_readers | epoch                    |
     64     | wait flags: one byte per entry (1 = asleep on its sem)   |
-    128    | entry 0 | entry 1 | ... (128 B each)                     |
+    128    | gates-changed flag (1 = a gating entry came or went)     |
+    192    | entry 0 | entry 1 | ... (128 B each)                     |
+
+The writer scans the wait flags and the gates-changed flag with one
+``find`` per publish, so noticing a new flusher costs nothing extra.
 
 Entry: state | pid | start time | role | gating | cursor | delivered |
 dropped | filtered | start_seq | attached_us.
@@ -98,12 +102,16 @@ REG_CONFIG = 16
 REG_CONFIG_FMT = struct.Struct("<QQ")
 """max_readers, epoch"""
 REG_WAIT_FLAGS = 64
-REG_ENTRIES = 128
+REG_GATES_CHANGED = REG_WAIT_FLAGS + MAX_READERS
+REG_SCAN_END = REG_GATES_CHANGED + 1
+"""The writer's per-publish scan covers [REG_WAIT_FLAGS, REG_SCAN_END)."""
+REG_ENTRIES = 192
 ENTRY_BYTES = 128
 REGISTRY_BYTES = REG_ENTRIES + MAX_READERS * ENTRY_BYTES
 
 ENTRY_IDENTITY = struct.Struct("<QQdQQ")
 """state, pid, start_time, role, gating"""
+ENTRY_GATING_OFFSET = 32
 ENTRY_PROGRESS_OFFSET = 40
 ENTRY_PROGRESS = struct.Struct("<QQQQ")
 """cursor, delivered, dropped, filtered"""

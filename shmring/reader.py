@@ -82,7 +82,9 @@ class Filter:
         self.detail_levels = _selector("detail_levels", detail_levels, _enum_check("detail level", DETAIL_LEVELS))
         self.source_kinds = _selector("source_kinds", source_kinds, _enum_check("source kind", SOURCE_KINDS))
         self._category_fields = None if self.categories is None else frozenset(map(category_field, self.categories))
-        self._detail_codes = None if self.detail_levels is None else frozenset(DETAIL_CODES[d] for d in self.detail_levels)
+        self._detail_codes = (
+            None if self.detail_levels is None else frozenset(DETAIL_CODES[d] for d in self.detail_levels)
+        )
         self._kind_codes = None if self.source_kinds is None else frozenset(KIND_CODES[k] for k in self.source_kinds)
 
     def matches(self, event: Event) -> bool:
@@ -186,6 +188,10 @@ class Reader:
         self._unpublished = 0
         self._end: ShmringError | None = None
         self._detached = False
+        # A gating reader (the flusher) publishes only what its owner has
+        # committed, never what it has merely taken: the writer may overwrite
+        # anything at or below the published cursor.
+        self._committed: int | None = None
 
     @classmethod
     def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None) -> "Reader":
@@ -233,8 +239,11 @@ class Reader:
             if registry is not None:
                 registry.mapping.close()
             raise
-        return cls(_ring=ring, _registry=registry, _info=info, _index=index, _semaphore=semaphore,
-                   _cursor=cursor, _filter=filter)
+        reader = cls(_ring=ring, _registry=registry, _info=info, _index=index, _semaphore=semaphore,
+                     _cursor=cursor, _filter=filter)
+        if gating:
+            reader._committed = cursor
+        return reader
 
     # -- properties -----------------------------------------------------------
     @property
@@ -283,6 +292,15 @@ class Reader:
         RingClosed once the closed ring is drained, WriterGone once the
         ring of a dead writer is drained.
         """
+        taken = self._take(timeout)
+        if taken is None:
+            return None
+        if type(taken) is int:
+            return ReadResult(dropped=taken)
+        return ReadResult(decode_envelope(taken[1]))
+
+    def _take(self, timeout: float | None):
+        """The next step undecoded: (seq, payload, slot fields), a drop count, or None on timeout."""
         if self._end is not None:
             raise self._end
         if self._detached:
@@ -293,14 +311,14 @@ class Reader:
         stuck_since = None
         while True:
             seq = self._cursor + 1
-            status, payload, _ = poll(seq, accept)
+            status, payload, fields = poll(seq, accept)
             if status == READY:
                 self._cursor = seq
                 self._delivered += 1
                 self._unpublished += 1
                 if self._unpublished >= PROGRESS_EVERY:
                     self._publish_progress()
-                return ReadResult(decode_envelope(payload))
+                return seq, payload, fields
             if status == FILTERED:
                 self._cursor = seq
                 self._filtered += 1
@@ -320,14 +338,14 @@ class Reader:
         """``read(timeout=0)``: never blocks."""
         return self.read(timeout=0)
 
-    def _drop_to(self, last_lost: int) -> ReadResult:
+    def _drop_to(self, last_lost: int) -> int:
         lost = last_lost - self._cursor
         self._cursor = last_lost
         self._dropped += lost
         self._publish_progress()
-        return ReadResult(dropped=lost)
+        return lost
 
-    def _skip_lapped(self, seq: int) -> ReadResult:
+    def _skip_lapped(self, seq: int) -> int:
         core = self._core
         oldest = core.oldest_retained(core.latest())
         return self._drop_to(max(oldest, seq + 1) - 1)
@@ -378,7 +396,13 @@ class Reader:
 
     def _publish_progress(self) -> None:
         self._unpublished = 0
-        self._registry.publish_progress(self._index, self._cursor, self._delivered, self._dropped, self._filtered)
+        cursor = self._cursor if self._committed is None else self._committed
+        self._registry.publish_progress(self._index, cursor, self._delivered, self._dropped, self._filtered)
+
+    def _commit(self, cursor: int) -> None:
+        """Gating readers: everything up to `cursor` is safely taken; let the writer past it."""
+        self._committed = cursor
+        self._publish_progress()
 
     # -- lifecycle ------------------------------------------------------------
     def __iter__(self) -> Iterator[ReadResult]:

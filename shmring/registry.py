@@ -13,6 +13,7 @@ import time
 from .layout import (
     ENTRY_ACTIVE,
     ENTRY_FREE,
+    ENTRY_GATING_OFFSET,
     ENTRY_IDENTITY,
     ENTRY_PROGRESS,
     ENTRY_PROGRESS_OFFSET,
@@ -21,6 +22,7 @@ from .layout import (
     MAX_READERS,
     REG_CONFIG,
     REG_CONFIG_FMT,
+    REG_GATES_CHANGED,
     REG_MAGIC,
     REG_VERSION,
     REG_WAIT_FLAGS,
@@ -65,19 +67,32 @@ class Registry:
 
     # -- entries --------------------------------------------------------------
     def claim(self, pid: int, start_time: float, role: int, gating: bool, cursor: int) -> int:
-        """Take a free entry (or one whose owner died) and return its index."""
+        """Take a free entry (or one whose owner died) and return its index.
+
+        A gating claim also retires every dead gating entry (the newcomer takes
+        over its duty) and raises the gates-changed flag for the writer.
+        """
         buf = self.buf
         with self.mapping.locked():
+            chosen = None
             for index in range(MAX_READERS):
                 off = entry_offset(index)
-                state, owner, owner_start, _, _ = ENTRY_IDENTITY.unpack_from(buf, off)
-                if state == ENTRY_ACTIVE and is_alive(owner, owner_start):
-                    continue
+                state, owner, owner_start, _, owner_gating = ENTRY_IDENTITY.unpack_from(buf, off)
+                alive = state == ENTRY_ACTIVE and is_alive(owner, owner_start)
+                if state == ENTRY_ACTIVE and not alive and gating and owner_gating:
+                    U64.pack_into(buf, off, ENTRY_FREE)
+                    state = ENTRY_FREE
+                if chosen is None and not alive:
+                    chosen = index
+            if chosen is not None:
+                off = entry_offset(chosen)
                 ENTRY_PROGRESS.pack_into(buf, off + ENTRY_PROGRESS_OFFSET, cursor, 0, 0, 0)
                 ENTRY_START.pack_into(buf, off + ENTRY_START_OFFSET, cursor, time.time_ns() // 1000)
-                buf[REG_WAIT_FLAGS + index] = 0
+                buf[REG_WAIT_FLAGS + chosen] = 0
                 ENTRY_IDENTITY.pack_into(buf, off, ENTRY_ACTIVE, pid, start_time, role, int(gating))
-                return index
+                if gating:
+                    buf[REG_GATES_CHANGED] = 1  # after the entry: the writer sees both
+                return chosen
         raise ShmringError(
             f"all {MAX_READERS} reader entries of this ring are held by live processes; "
             "close a reader before attaching another"
@@ -86,13 +101,36 @@ class Registry:
     def release(self, index: int) -> None:
         with self.mapping.locked():
             self.buf[REG_WAIT_FLAGS + index] = 0
+            gating = U64.unpack_from(self.buf, entry_offset(index) + ENTRY_GATING_OFFSET)[0]
             U64.pack_into(self.buf, entry_offset(index), ENTRY_FREE)
+            if gating:
+                self.buf[REG_GATES_CHANGED] = 1
 
-    def set_gating(self, index: int, gating: bool) -> None:
-        U64.pack_into(self.buf, entry_offset(index) + 32, int(gating))
+    def retire_gate(self, index: int) -> None:
+        """Writer side: stop honouring a dead flusher's cursor."""
+        U64.pack_into(self.buf, entry_offset(index) + ENTRY_GATING_OFFSET, 0)
+
+    def take_gates_changed(self) -> bool:
+        """Writer side: test and clear the gates-changed flag."""
+        if self.buf[REG_GATES_CHANGED]:
+            self.buf[REG_GATES_CHANGED] = 0
+            return True
+        return False
+
+    def gates(self) -> list[tuple[int, int, float, int]]:
+        """Writer side: (index, pid, start_time, cursor) of every active gating entry."""
+        out = []
+        buf = self.buf
+        for index in range(MAX_READERS):
+            off = entry_offset(index)
+            state, pid, start_time, _, gating = ENTRY_IDENTITY.unpack_from(buf, off)
+            if state == ENTRY_ACTIVE and gating:
+                out.append((index, pid, start_time, U64.unpack_from(buf, off + ENTRY_PROGRESS_OFFSET)[0]))
+        return out
 
     def publish_progress(self, index: int, cursor: int, delivered: int, dropped: int, filtered: int) -> None:
-        ENTRY_PROGRESS.pack_into(self.buf, entry_offset(index) + ENTRY_PROGRESS_OFFSET, cursor, delivered, dropped, filtered)
+        offset = entry_offset(index) + ENTRY_PROGRESS_OFFSET
+        ENTRY_PROGRESS.pack_into(self.buf, offset, cursor, delivered, dropped, filtered)
 
     def cursor(self, index: int) -> int:
         return U64.unpack_from(self.buf, entry_offset(index) + ENTRY_PROGRESS_OFFSET)[0]

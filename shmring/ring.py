@@ -84,6 +84,8 @@ HEAD_EVERY = 64
 close). Slots are the truth; head_seq tells readers where to start looking,
 and since it lags by less than the capacity, no slot after it is lapped."""
 
+NO_GATE = 1 << 62
+
 _pack_slot = SLOT.pack_into
 _pack_u64 = U64.pack_into
 _pack_head = HEAD.pack_into
@@ -92,7 +94,8 @@ _pack_head = HEAD.pack_into
 class RingWriterCore:
     """Writes records into a ring buffer. Single writer; the caller serialises."""
 
-    __slots__ = ("buf", "mask", "head_mask", "data_base", "data_bytes", "data_head", "data_low")
+    __slots__ = ("buf", "mask", "head_mask", "data_base", "data_bytes", "data_head", "data_low",
+                 "gate_seq", "gate_low", "gate")
 
     def __init__(self, buf, capacity: int, data_bytes: int):
         self.buf = buf
@@ -102,6 +105,12 @@ class RingWriterCore:
         self.data_bytes = data_bytes
         self.data_head = 0
         self.data_low = 0
+        # Gating: writing seq > gate_seq, or raising data_low past gate_low,
+        # would overwrite what a gating reader has not taken yet; then
+        # gate(seq, needed_low) is called, which waits and updates both.
+        self.gate_seq = NO_GATE
+        self.gate_low = NO_GATE
+        self.gate = None
 
     def write(self, seq: int, payload: bytes, kind: int, detail: int, flags: int, ts: int, category: bytes) -> None:
         buf = self.buf
@@ -113,10 +122,12 @@ class RingWriterCore:
             pos += area - off
             off = 0
         end = pos + length
+        if seq > self.gate_seq or end - area > self.gate_low:
+            self.gate(seq, end - area)
         if end - area > self.data_low:
             # Raise data_low before copying over old bytes (see module doc); a
             # chunk at a time, so this store is rare.
-            self.data_low = min(end - area + DATA_CHUNK_BYTES, pos)
+            self.data_low = min(end - area + DATA_CHUNK_BYTES, pos, self.gate_low)
             _pack_u64(buf, HDR_DATA_LOW, self.data_low)
         slot = HEADER_BYTES + (seq & self.mask) * SLOT_BYTES
         _pack_slot(buf, slot, 2 * seq + 1, pos, length, kind, detail, flags, 0, ts, category)
@@ -126,6 +137,10 @@ class RingWriterCore:
         self.data_head = end
         if not seq & self.head_mask:
             _pack_head(buf, HDR_HEAD, seq, end)
+
+    def position_of(self, seq: int) -> int:
+        """Absolute data position of a seq this writer wrote and still holds."""
+        return SLOT.unpack_from(self.buf, HEADER_BYTES + (seq & self.mask) * SLOT_BYTES)[1]
 
     def publish_head(self, seq: int) -> None:
         _pack_head(self.buf, HDR_HEAD, seq, self.data_head)

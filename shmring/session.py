@@ -4,9 +4,13 @@ Rules:
 - One process owns a ring; ``publish`` is its only write path. It validates,
   stamps, assigns the next seq (1, 2, 3, ... without gaps), applies the size
   rule, writes, then wakes sleeping readers.
-- ``publish`` never waits for plain readers. It is thread-safe.
+- ``publish`` never waits for plain readers. It is thread-safe. It waits
+  only for a gating reader (the flusher) that has not yet taken the event
+  it would overwrite; for a dead one, only ``flusher_grace_s``.
 - ``close`` (or leaving the ``with`` block, or interpreter exit) marks the
-  stream ended, wakes every reader, and removes every name the ring made.
+  stream ended, wakes every reader, waits until gating readers have taken
+  everything (a dead one for at most the grace period), and removes every
+  name the ring made.
 - ``create`` reclaims a name whose writer died; it never takes one from a
   live writer.
 """
@@ -33,8 +37,9 @@ from .layout import (
     KIND_CODES,
     LAYOUT_VERSION,
     MAGIC,
-    MAX_READERS,
     MAX_RECORD_BYTES,
+    REG_GATES_CHANGED,
+    REG_SCAN_END,
     REG_WAIT_FLAGS,
     REGISTRY_BYTES,
     SESSION_ID,
@@ -44,7 +49,7 @@ from .layout import (
 )
 from .liveness import current_identity, is_alive
 from .registry import Registry
-from .ring import RingWriterCore, check_memory_model
+from .ring import NO_GATE, RingWriterCore, check_memory_model, full_fence
 from .schema import Envelope, Event, EventPreparer, apply_size_rule, encode_envelope, validate_capture_session_id
 from .segment import (
     create_segment,
@@ -60,7 +65,6 @@ from .segment import (
 _encode = encode_envelope
 _KIND_CODES = KIND_CODES
 _DETAIL_CODES = DETAIL_CODES
-_WAIT_FLAGS_END = REG_WAIT_FLAGS + MAX_READERS
 
 __all__ = ["CaptureSession", "DEFAULT_CAPACITY", "DEFAULT_DATA_BYTES", "MIN_DATA_BYTES"]
 
@@ -104,6 +108,65 @@ def _reclaim_stale(name: str) -> None:
     unlink_ring_objects(name)
 
 
+class _Gates:
+    """The writer's view of gating readers: how far it may write, and waiting for room."""
+
+    LIVENESS_EVERY_S = 0.05
+    POLL_S = 0.0002
+
+    def __init__(self, registry: Registry, core: RingWriterCore, capacity: int, grace_s: float):
+        self.registry = registry
+        self.core = core
+        self.capacity = capacity
+        self.grace_s = grace_s
+        self._health: dict[tuple[int, int], tuple[float, bool, float | None]] = {}
+        core.gate = self.wait_for_room
+
+    def changed(self) -> None:
+        """A gating reader came or went: make the next write re-evaluate."""
+        self.registry.take_gates_changed()
+        full_fence()  # the flag's clear is visible before we next read entries
+        self.core.gate_seq = self.core.gate_low = 0
+
+    def _honoured(self, index: int, pid: int, start_time: float, now: float) -> bool:
+        """Alive, or dead for less than the grace period. Retires it otherwise."""
+        key = (index, pid)
+        checked_at, alive, dead_since = self._health.get(key, (-1.0, True, None))
+        if now - checked_at >= self.LIVENESS_EVERY_S:
+            alive = is_alive(pid, start_time)
+            dead_since = None if alive else (dead_since or now)
+            self._health[key] = (now, alive, dead_since)
+        if alive or now - dead_since < self.grace_s:
+            return True
+        self.registry.retire_gate(index)
+        return False
+
+    def _cursors(self) -> list[int]:
+        now = time.monotonic()
+        return [cursor for index, pid, start_time, cursor in self.registry.gates()
+                if self._honoured(index, pid, start_time, now)]
+
+    def wait_for_room(self, seq: int, needed_low: int) -> None:
+        """Block until writing `seq` (raising data_low to `needed_low`) loses nothing gated."""
+        core = self.core
+        while True:
+            cursors = self._cursors()
+            if not cursors:
+                core.gate_seq = core.gate_low = NO_GATE
+                return
+            taken = min(cursors)
+            core.gate_seq = taken + self.capacity
+            core.gate_low = core.position_of(taken + 1) if taken + 1 < seq else NO_GATE
+            if seq <= core.gate_seq and needed_low <= core.gate_low:
+                return
+            time.sleep(self.POLL_S)
+
+    def wait_until_taken(self, last_seq: int) -> None:
+        """At close: until every honoured gating reader has taken `last_seq`."""
+        while any(cursor < last_seq for cursor in self._cursors()):
+            time.sleep(0.001)
+
+
 class _Resources:
     """What a session holds; closed by close() or by the finalizer at exit."""
 
@@ -113,6 +176,7 @@ class _Resources:
         self.ring = None
         self.registry = None
         self.core = None
+        self.gates = None
         self.semaphores: dict[int, posix_ipc.Semaphore] = {}
         self.closed = False
         self.last_seq = 0
@@ -137,6 +201,7 @@ class _Resources:
             for entry in self.registry.entries():
                 self.registry.set_waiting(entry["index"], False)
                 self.wake(entry["index"])
+            self.gates.wait_until_taken(self.last_seq)
         unlink_ring_objects(self.name)
         for sem in self.semaphores.values():
             sem.close()
@@ -211,6 +276,7 @@ class CaptureSession:
             res.registry = Registry(create_segment(registry_shm_name(name), REGISTRY_BYTES, keep_fd=True))
             res.registry.initialise(epoch)
             res.core = RingWriterCore(buf, capacity, data_bytes)
+            res.gates = _Gates(res.registry, res.core, capacity, float(flusher_grace_s))
             U64.pack_into(buf, HDR_VERSION, LAYOUT_VERSION)
             U64.pack_into(buf, HDR_MAGIC, MAGIC)  # last: the ring is now attachable
         except BaseException:
@@ -269,15 +335,18 @@ class CaptureSession:
             self._seq = res.last_seq = seq
         # Releasing the lock was a locked instruction: the slot stores above
         # are globally visible before these flag loads (no lost wake-up).
-        if self._wait_flags.find(b"\x01", REG_WAIT_FLAGS, _WAIT_FLAGS_END) != -1:
-            self._wake_sleepers()
+        if self._wait_flags.find(b"\x01", REG_WAIT_FLAGS, REG_SCAN_END) != -1:
+            self._on_flags()
         return envelope
 
-    def _wake_sleepers(self) -> None:
+    def _on_flags(self) -> None:
         res = self._res
-        buf = res.registry.buf
-        for index in list(res.registry.sleepers()):
-            buf[REG_WAIT_FLAGS + index] = 0
+        registry = res.registry
+        if registry.buf[REG_GATES_CHANGED]:
+            with self._lock:
+                res.gates.changed()
+        for index in list(registry.sleepers()):
+            registry.set_waiting(index, False)
             res.wake(index)
 
     # -- lifecycle ------------------------------------------------------------

@@ -1,0 +1,339 @@
+"""The ``shmring`` command: serve, publish, tail, stat, ls, gc, flush, demo.
+
+Rules:
+- The only module that prints or exits.
+- Every failure is one line on stderr (``shmring: what is wrong; what to
+  do``) and a non-zero status, never a traceback.
+- ``tail`` works in pipelines: a closed stdout ends it quietly.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+import msgspec
+
+from . import __version__
+from .errors import RingClosed, ShmringError, WriterGone
+from .layout import DETAIL_LEVELS, SOURCE_KINDS
+from .session import DEFAULT_CAPACITY, DEFAULT_DATA_BYTES, DEFAULT_FLUSHER_GRACE_S
+
+__all__ = ["main"]
+
+
+def _err(message: str) -> None:
+    print(f"shmring: {message}", file=sys.stderr, flush=True)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+# -- serve / flush -------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    stop = _stop_on_signals()
+
+    def ready(session):
+        parts = [f"serving ring {session.name!r}", f"capture session {session.capture_session_id}",
+                 f"capacity {session.capacity}"]
+        if args.socket:
+            parts.append(f"socket {args.socket}")
+        if args.log_dir:
+            parts.append(f"logs in {args.log_dir}")
+        _err(", ".join(parts))
+
+    result = serve(
+        args.name, stop=stop, socket_path=args.socket, log_dir=args.log_dir, fsync=args.fsync, log=_err,
+        on_ready=ready, capacity=args.capacity, data_bytes=args.data_bytes,
+        flusher_grace_s=args.flusher_grace_s, capture_session_id=args.session_id,
+    )
+    _err(f"ring {args.name!r} closed after {result['published']} events"
+         + (f"; flusher exit status {result['flusher_status']}" if args.log_dir else ""))
+    return 0
+
+
+def cmd_flush(args) -> int:
+    from .flusher import main as flusher_main
+
+    forwarded = [args.name, args.directory, "--fsync", args.fsync]
+    if args.max_file_bytes:
+        forwarded += ["--max-file-bytes", str(args.max_file_bytes)]
+    return flusher_main(forwarded)
+
+
+# -- publish ---------------------------------------------------------------------------
+def cmd_publish(args) -> int:
+    from .producer import Producer
+
+    failed = 0
+    with Producer.connect(args.socket) as producer:
+        numbered = []
+        for number, line in enumerate(sys.stdin.buffer, 1):
+            if line.strip():
+                numbered.append((number, line.strip()))
+            if len(numbered) >= 512:
+                failed += _send(producer, numbered)
+                numbered = []
+        failed += _send(producer, numbered)
+    return 1 if failed else 0
+
+
+def _send(producer, numbered) -> int:
+    from .producer import PublishRejected
+
+    if not numbered:
+        return 0
+    try:
+        producer.publish_many([line for _, line in numbered])
+    except PublishRejected as exc:
+        for index, message in exc.rejected:
+            print(f"line {numbered[index][0]}: {message}", file=sys.stderr)
+        return len(exc.rejected)
+    return 0
+
+
+# -- tail --------------------------------------------------------------------------------
+def cmd_tail(args) -> int:
+    from .reader import Filter, Reader
+
+    filt = None
+    if args.category or args.detail_level or args.source_kind:
+        filt = Filter(categories=args.category, detail_levels=args.detail_level, source_kinds=args.source_kind)
+    after = 0 if args.from_start else args.after
+    stop = _stop_on_signals()
+    out = sys.stdout.buffer
+    with Reader.attach(args.name, after_seq=after, filter=filt) as reader:
+        try:
+            while not stop.is_set():
+                taken = reader._take(0 if args.no_follow else 0.2)
+                if taken is None:
+                    if args.no_follow:
+                        break
+                    out.flush()
+                    continue
+                if type(taken) is int:
+                    out.flush()
+                    print(f"shmring: dropped {taken} events (overwritten before this reader got them)",
+                          file=sys.stderr, flush=True)
+                    continue
+                out.write(taken[1])
+                out.write(b"\n")
+        except RingClosed:
+            pass
+        except WriterGone:
+            out.flush()
+            _err(f"the writer of ring {args.name!r} died; everything it left was printed")
+            return 1
+        finally:
+            try:
+                out.flush()
+            except BrokenPipeError:
+                pass
+    return 0
+
+
+# -- stat / ls / gc ------------------------------------------------------------------------
+def _stat_table(s: dict) -> str:
+    writer = s["writer"]
+    rate = "-" if s["publish_rate"] is None else f"{s['publish_rate']:,.0f}/s"
+    lines = [
+        f"ring {s['name']}  capture session {s['capture_session_id']}{'  (closed)' if s['closed'] else ''}",
+        f"writer pid {writer['pid']} {'alive' if writer['alive'] else 'DEAD'}  capacity {s['capacity']}  "
+        f"latest seq {s['latest_seq']}  oldest seq {s['oldest_seq'] if s['oldest_seq'] is not None else '-'}  "
+        f"publish rate {rate}",
+    ]
+    if s["readers"]:
+        lines.append(f"{'role':8} {'pid':>8} {'state':6} {'cursor':>12} {'lag':>10} {'delivered':>12} "
+                     f"{'dropped':>10} {'filtered':>10}")
+        for r in s["readers"]:
+            lines.append(f"{r['role']:8} {r['pid']:>8} {'alive' if r['alive'] else 'DEAD':6} {r['cursor']:>12} "
+                         f"{r['lag']:>10} {r['delivered']:>12} {r['dropped']:>10} {r['filtered']:>10}")
+    else:
+        lines.append("no readers attached")
+    return "\n".join(lines)
+
+
+def cmd_stat(args) -> int:
+    from .stats import ring_stats
+
+    stop = _stop_on_signals()
+    while True:
+        s = ring_stats(args.name, sample_s=0.25)
+        if args.json:
+            print(json.dumps(s), flush=True)
+        else:
+            if args.watch and sys.stdout.isatty():
+                print("\033[H\033[J", end="")
+            print(_stat_table(s), flush=True)
+        if not args.watch or stop.wait(1.0):
+            return 0
+
+
+def cmd_ls(args) -> int:
+    from .stats import list_rings
+
+    rows = list_rings()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no rings on this machine")
+        return 0
+    print(f"{'name':40} {'writer':>8} {'state':6} {'latest seq':>12} {'readers':>8}")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['name']:40} {row['error']}")
+            continue
+        w = row["writer"]
+        print(f"{row['name']:40} {w['pid']:>8} {'alive' if w['alive'] else 'DEAD':6} {row['latest_seq']:>12} "
+              f"{row['readers']:>8}")
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from .stats import collect_garbage
+
+    removed = collect_garbage()
+    for name in removed:
+        print(f"removed {name}")
+    if not removed:
+        print("nothing to remove: every ring has a live writer")
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from .demo import READERS, run_demo
+
+    tty = sys.stdout.isatty()
+    print(f"shmring demo: serve + synthetic browser producer ({args.rate}/s) + readers "
+          f"[{'] ['.join(READERS)}] + flusher into {args.dir}/ for {args.seconds:.0f} s")
+
+    def progress(p):
+        parts = [f"{p['elapsed']:4.1f}s published {p['published']:>7}"]
+        for r in p["readers"]:
+            parts.append(f"{r['role']} {r['pid']}: {r['delivered']} delivered, {r['dropped']} dropped, lag {r['lag']}")
+        line = " | ".join(parts)
+        print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n", flush=True)
+
+    summary = run_demo(seconds=args.seconds, rate=args.rate, directory=args.dir, progress=progress)
+    if tty:
+        print()
+    secs = summary["seconds"]
+    print(f"\npublished {summary['published']} events in {secs:.1f} s ({summary['rate']:,.0f}/s), "
+          f"capture session {summary['capture_session_id']}")
+    for label, r in summary["readers"].items():
+        print(f"  reader [{label}]: delivered {r['delivered']} ({r['delivered'] / secs:,.0f}/s), "
+              f"dropped {r['dropped']}, filtered out {r['filtered']}")
+    total = sum(summary["files"].values())
+    print(f"  flusher: wrote {total} lines this run ({total / secs:,.0f}/s):")
+    for file, lines in summary["files"].items():
+        print(f"    {os.path.join(summary['directory'], file)}: {lines} lines")
+    print(f"files are in {summary['directory']}/")
+    if total != summary["published"] or summary["serve_status"] != 0:
+        _err(f"expected {summary['published']} lines in the files, found {total} (serve status "
+             f"{summary['serve_status']})")
+        return 1
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shmring",
+                                description="A shared-memory event broker for processes on one machine.")
+    p.add_argument("--version", action="version", version=f"shmring {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run a ring's writer (with ingest socket and flusher)")
+    s.add_argument("name")
+    s.add_argument("--socket", metavar="PATH", help="accept events from producers on this Unix socket (mode 0600)")
+    s.add_argument("--log-dir", metavar="DIR", help="run a flusher into DIR/<category>.jsonl")
+    s.add_argument("--capacity", type=_positive_int, default=DEFAULT_CAPACITY, help="slots (a power of two)")
+    s.add_argument("--data-bytes", type=_positive_int, default=DEFAULT_DATA_BYTES, help="data area size")
+    s.add_argument("--flusher-grace-s", type=float, default=DEFAULT_FLUSHER_GRACE_S)
+    s.add_argument("--fsync", choices=("always", "batch", "never"), default="batch")
+    s.add_argument("--session-id", help="capture session id (default: a new uuid4)")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("publish", help="send JSON Event lines from stdin to a serve socket")
+    s.add_argument("--socket", metavar="PATH", required=True)
+    s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("tail", help="print a ring's envelopes as JSON lines")
+    s.add_argument("name")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--from-start", action="store_true", help="start at seq 1 (or the oldest retained)")
+    where.add_argument("--after", type=_positive_int, metavar="SEQ", help="start right after SEQ")
+    s.add_argument("--category", action="append", metavar="C")
+    s.add_argument("--detail-level", action="append", choices=DETAIL_LEVELS, metavar="L")
+    s.add_argument("--source-kind", action="append", choices=SOURCE_KINDS, metavar="K")
+    s.add_argument("--no-follow", action="store_true", help="exit once caught up")
+    s.set_defaults(func=cmd_tail)
+
+    s = sub.add_parser("stat", help="show a ring's writer, readers, cursors, lag and drops")
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--watch", action="store_true", help="refresh every second")
+    s.set_defaults(func=cmd_stat)
+
+    s = sub.add_parser("ls", help="list the rings on this machine")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_ls)
+
+    s = sub.add_parser("gc", help="remove rings whose writer is dead")
+    s.set_defaults(func=cmd_gc)
+
+    s = sub.add_parser("flush", help="tail a ring into DIR/<category>.jsonl")
+    s.add_argument("name")
+    s.add_argument("directory")
+    s.add_argument("--fsync", choices=("always", "batch", "never"), default="batch")
+    s.add_argument("--max-file-bytes", type=_positive_int)
+    s.set_defaults(func=cmd_flush)
+
+    s = sub.add_parser("demo", help="run everything for ten seconds on synthetic browser events")
+    s.add_argument("--seconds", type=float, default=10.0)
+    s.add_argument("--rate", type=_positive_int, default=2000, help="events per second")
+    s.add_argument("--dir", default="shmring-demo", help="where the flusher writes (default ./shmring-demo)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ShmringError as exc:
+        _err(str(exc))
+    except PermissionError as exc:
+        _err(f"permission denied: {exc.filename or exc}; run as the ring's owner or choose another path")
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except OSError as exc:
+        _err(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+    except msgspec.MsgspecError as exc:
+        _err(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    return 1

@@ -1,0 +1,467 @@
+"""Flusher: tails a ring into one JSONL file per category, losing nothing.
+
+Rules:
+- It attaches as a *gating* reader: while it is attached, the writer never
+  overwrites an event it has not written (a dead flusher is waited for only
+  the writer's grace period).
+- Each envelope goes to ``DIR/<category>.jsonl`` as the exact bytes the writer
+  encoded plus a newline; a batch is one ``write`` per file, so lines are
+  never split or interleaved. Files open lazily.
+- Three cursors, in order: *taken* (read from the ring) >= *committed*
+  (written to the files; the writer gates on it) >= *checkpoint* (fsynced;
+  a restart trusts it). The checkpoint only advances after ``fsync``.
+- A restart repairs a partial last line, treats lines written after the
+  checkpoint as present (no duplicates), and resumes right after the
+  checkpoint. Loss that cannot be avoided goes to ``DIR/_gaps.jsonl`` as one
+  line per seq range, never silently, and never twice.
+- Lines of another capture session never count as this session's.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable
+
+from .errors import ConfigError, FlushError, RingClosed, ShmringError, WriterGone
+from .layout import ROLE_FLUSHER
+from .reader import Reader
+from .schema import validate_category
+
+__all__ = ["Flusher", "FlushStats", "FSYNC_POLICIES"]
+
+FSYNC_POLICIES = ("always", "batch", "never")
+GAPS_FILE = "_gaps.jsonl"
+CHECKPOINT_FILE = "_checkpoint.json"
+BATCH_MAX_LINES = 4096
+_LINE_HEAD = re.compile(rb'\{"capture_session_id":"((?:[^"\\]|\\.)*)","seq":(\d+),')
+_ROTATED = re.compile(r"([a-z][a-z0-9_]{0,31})\.(\d+)\.jsonl")
+
+
+class FlushStats(dict):
+    """What a run did: lines, gaps (events), ending ('closed', 'writer_gone', 'stopped'), last seq."""
+
+
+class _CategoryFile:
+    """The current file of one category, plus how many rotated files precede it."""
+
+    __slots__ = ("directory", "category", "rotated", "fd", "size", "dirty")
+
+    def __init__(self, directory: str, category: str, rotated: int):
+        self.directory = directory
+        self.category = category
+        self.rotated = rotated
+        self.fd = None
+        self.size = 0
+        self.dirty = False
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, f"{self.category}.jsonl")
+
+    def rotated_path(self, number: int) -> str:
+        return os.path.join(self.directory, f"{self.category}.{number}.jsonl")
+
+    def write(self, data: bytes) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self.size = os.fstat(self.fd).st_size
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+            self.size += written
+        self.dirty = True
+
+    def sync(self) -> None:
+        if self.fd is not None and self.dirty:
+            os.fsync(self.fd)
+            self.dirty = False
+
+    def rotate(self) -> None:
+        """Close the (synced) current file and rename it to the next number."""
+        self.close()
+        self.rotated += 1
+        os.rename(self.path, self.rotated_path(self.rotated))
+        self.size = 0
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Flusher:
+    """Tails ring `name` into `directory`. Use ``run()``; close with ``close()``."""
+
+    def __init__(
+        self,
+        name: str,
+        directory: str | os.PathLike,
+        *,
+        fsync: str = "batch",
+        fsync_every_lines: int = 4096,
+        fsync_every_s: float = 0.1,
+        max_file_bytes: int | None = None,
+    ):
+        if fsync not in FSYNC_POLICIES:
+            raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
+        if type(fsync_every_lines) is not int or fsync_every_lines < 1:
+            raise ConfigError(f"fsync_every_lines must be a positive int, not {fsync_every_lines!r}")
+        if not isinstance(fsync_every_s, (int, float)) or fsync_every_s <= 0:
+            raise ConfigError(f"fsync_every_s must be a positive number of seconds, not {fsync_every_s!r}")
+        if max_file_bytes is not None and (type(max_file_bytes) is not int or max_file_bytes < 1):
+            raise ConfigError(f"max_file_bytes must be None or a positive int, not {max_file_bytes!r}")
+        self.directory = os.fspath(directory)
+        self.fsync = fsync
+        self.fsync_every_lines = 1 if fsync == "always" else fsync_every_lines
+        self.fsync_every_s = fsync_every_s
+        self.max_file_bytes = max_file_bytes
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as exc:
+            raise FlushError(f"cannot create log directory {self.directory}: {exc.strerror}") from None
+        self._files: dict[bytes, _CategoryFile] = {}
+        self._closed = False
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+        self.lines_written = 0
+        self.gap_events = 0
+        self._reader = None
+        self._recover(name)
+
+    # -- restart ------------------------------------------------------------------
+    def _recover(self, name: str) -> None:
+        """Read the checkpoint, repair the files, and attach right after the checkpoint."""
+        probe = Reader.attach(name)
+        self.capture_session_id = session = probe.capture_session_id
+        probe.close()
+        checkpoint = self._load_checkpoint()
+        if checkpoint.get("capture_session_id") == session:
+            self._checkpoint_seq = checkpoint["seq"]
+            marks = checkpoint.get("files", {})
+        else:
+            self._checkpoint_seq = 0
+            marks = {}
+        self._present: set[int] = set()
+        for category, rotated in self._categories_on_disk().items():
+            cat_file = _CategoryFile(self.directory, category, rotated)
+            self._repair_partial_line(cat_file.path)
+            self._files[category.encode().ljust(32, b"\0")] = cat_file
+            for path, offset in self._paths_after_mark(cat_file, marks.get(category)):
+                self._present.update(self._seqs_in(path, offset, session))
+        self._recorded_gaps = self._load_gaps(session)
+        try:
+            self._reader = Reader._attach(name, after_seq=self._checkpoint_seq, filter=None, role=ROLE_FLUSHER,
+                                          gating=True)
+        except ConfigError as exc:
+            raise FlushError(
+                f"{self.directory} holds seq {self._checkpoint_seq} of capture session {session}, but ring "
+                f"{name!r} is behind it ({exc}); the ring was recreated with the same capture_session_id. "
+                "Use a new directory or a new capture session id"
+            ) from None
+
+    def _load_checkpoint(self) -> dict:
+        path = os.path.join(self.directory, CHECKPOINT_FILE)
+        try:
+            with open(path, "rb") as f:
+                data = json.loads(f.read())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise FlushError(f"cannot read checkpoint {path}: {exc}; move it away to rescan the files") from None
+        return data if isinstance(data, dict) and isinstance(data.get("seq"), int) else {}
+
+    def _categories_on_disk(self) -> dict[str, int]:
+        """category -> number of rotated files, for every category file in the directory."""
+        found: dict[str, int] = {}
+        for entry in os.listdir(self.directory):
+            if entry.startswith("_") or not entry.endswith(".jsonl"):
+                continue
+            rotated = _ROTATED.fullmatch(entry)
+            if rotated:
+                found[rotated[1]] = max(found.get(rotated[1], 0), int(rotated[2]))
+            else:
+                found.setdefault(entry[: -len(".jsonl")], 0)
+        return {c: n for c, n in found.items() if re.fullmatch(r"[a-z][a-z0-9_]{0,31}", c)}
+
+    @staticmethod
+    def _repair_partial_line(path: str) -> None:
+        """Cut a last line that a crash left without its newline."""
+        try:
+            with open(path, "rb+") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size == 0:
+                    return
+                f.seek(size - 1)
+                if f.read(1) == b"\n":
+                    return
+                block = 1 << 16
+                end = size
+                while end > 0:
+                    start = max(0, end - block)
+                    f.seek(start)
+                    chunk = f.read(end - start)
+                    cut = chunk.rfind(b"\n")
+                    if cut != -1:
+                        f.truncate(start + cut + 1)
+                        return
+                    end = start
+                f.truncate(0)
+        except FileNotFoundError:
+            return
+
+    @staticmethod
+    def _paths_after_mark(cat_file: _CategoryFile, mark: dict | None) -> Iterable[tuple[str, int]]:
+        """(path, offset) of every byte of this category written after the checkpoint."""
+        first, offset = (1, 0) if mark is None else (mark.get("rotated", 0) + 1, mark.get("size", 0))
+        for number in range(first, cat_file.rotated + 1):
+            yield cat_file.rotated_path(number), offset
+            offset = 0
+        yield cat_file.path, offset if first > cat_file.rotated else 0
+
+    @staticmethod
+    def _seqs_in(path: str, offset: int, session: str) -> set[int]:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return set()
+        encoded = json.dumps(session)[1:-1].encode()
+        seqs = set()
+        for line in data.splitlines():
+            head = _LINE_HEAD.match(line)
+            if head and head[1] == encoded:
+                seqs.add(int(head[2]))
+        return seqs
+
+    def _load_gaps(self, session: str) -> list[tuple[int, int]]:
+        """Seq ranges already recorded as lost for this session (never recorded twice)."""
+        recorded = []
+        try:
+            with open(os.path.join(self.directory, GAPS_FILE), "rb") as f:
+                for line in f:
+                    try:
+                        gap = json.loads(line)
+                    except ValueError:
+                        continue
+                    if gap.get("capture_session_id") == session:
+                        recorded.append((gap["from_seq"], gap["to_seq"]))
+        except FileNotFoundError:
+            pass
+        return recorded
+
+    # -- the loop -------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> FlushStats:
+        """Flush until the ring is closed and drained, or until `stop` is set.
+
+        Returns a FlushStats; raises FlushError on an I/O error (the
+        checkpoint stays consistent, so a restart resumes without loss).
+        """
+        if self._closed:
+            raise FlushError("this flusher is closed; create a new one")
+        reader = self._reader
+        take = reader._take
+        files = self._files
+        present = self._present
+        ending = "stopped"
+        batch: dict[bytes, list[bytes]] = {}
+        try:
+            while stop is None or not stop.is_set():
+                lines = 0
+                taken = take(self._wait_s(stop))
+                while taken is not None:
+                    if type(taken) is int:
+                        self._write_batch(batch)
+                        lines = 0
+                        self._record_gap(reader.cursor - taken + 1, reader.cursor)
+                    else:
+                        seq, payload, fields = taken
+                        if not present or seq not in present:
+                            category = fields[8]
+                            pending = batch.get(category)
+                            if pending is None:
+                                pending = batch[category] = []
+                                if category not in files:
+                                    self._open_category(category)
+                            pending.append(payload)
+                            lines += 1
+                        else:
+                            present.discard(seq)
+                        if lines >= BATCH_MAX_LINES or lines >= self.fsync_every_lines:
+                            break
+                    taken = take(0)
+                self._write_batch(batch)
+                self._maybe_sync()
+        except RingClosed:
+            ending = "closed"
+        except WriterGone:
+            ending = "writer_gone"
+        except OSError as exc:
+            raise self._io_error(exc) from None
+        try:
+            self._write_batch(batch)
+            self._sync_and_checkpoint()
+        except OSError as exc:
+            raise self._io_error(exc) from None
+        return FlushStats(lines=self.lines_written, gap_events=self.gap_events, ending=ending,
+                          last_seq=reader.cursor, capture_session_id=self.capture_session_id)
+
+    def _wait_s(self, stop) -> float | None:
+        if self._unsynced:
+            return max(0.0, self.fsync_every_s - (time.monotonic() - self._last_sync))
+        return 0.1 if stop is not None else None
+
+    def _open_category(self, category: bytes) -> None:
+        name = category.rstrip(b"\0").decode("ascii", "replace")
+        try:
+            validate_category(name)  # never trust a name from shared memory with the file system
+        except ShmringError:
+            raise FlushError(f"ring carries an invalid category {name!r}; refusing to create a file for it") from None
+        self._files[category] = _CategoryFile(self.directory, name, 0)
+
+    def _write_batch(self, batch: dict[bytes, list[bytes]]) -> None:
+        """Write each category's lines with one write, then let the writer past them."""
+        count = 0
+        for category, payloads in batch.items():
+            payloads.append(b"")
+            self._files[category].write(b"\n".join(payloads))
+            count += len(payloads) - 1
+        batch.clear()
+        self.lines_written += count
+        self._unsynced += count
+        if self._reader.cursor != self._reader._committed:
+            self._reader._commit(self._reader.cursor)
+
+    def _record_gap(self, first: int, last: int) -> None:
+        """Append the seqs in [first, last] that are neither in the files nor recorded yet."""
+        present = [seq for seq in self._present if first <= seq <= last]
+        self._present.difference_update(present)
+        missing = _subtract(first, last, [(seq, seq) for seq in present] + self._recorded_gaps)
+        if not missing:
+            return
+        now_us = time.time_ns() // 1000
+        lines = b"".join(
+            json.dumps({"capture_session_id": self.capture_session_id, "from_seq": a, "to_seq": b,
+                        "dropped": b - a + 1, "ts": now_us}, separators=(",", ":")).encode() + b"\n"
+            for a, b in missing
+        )
+        fd = os.open(os.path.join(self.directory, GAPS_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, lines)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._recorded_gaps.extend(missing)
+        self.gap_events += sum(b - a + 1 for a, b in missing)
+
+    def _maybe_sync(self) -> None:
+        if self._unsynced and (
+            self._unsynced >= self.fsync_every_lines or time.monotonic() - self._last_sync >= self.fsync_every_s
+        ):
+            self._sync_and_checkpoint()
+
+    def _sync_and_checkpoint(self) -> None:
+        """fsync what was written, rotate full files, then advance the checkpoint."""
+        if self.fsync != "never":
+            for cat_file in self._files.values():
+                cat_file.sync()
+        for cat_file in self._files.values():
+            if self.max_file_bytes is not None and cat_file.size >= self.max_file_bytes:
+                cat_file.sync()
+                cat_file.rotate()
+        self._write_checkpoint(self._reader._committed)
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+
+    def _write_checkpoint(self, seq: int) -> None:
+        marks = {f.category: {"rotated": f.rotated, "size": f.size} for f in self._files.values()
+                 if f.fd is not None or f.rotated or f.size}
+        data = json.dumps({"capture_session_id": self.capture_session_id, "seq": seq, "files": marks},
+                          separators=(",", ":")).encode()
+        path = os.path.join(self.directory, CHECKPOINT_FILE)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            if self.fsync != "never":
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        self._checkpoint_seq = seq
+
+    def _io_error(self, exc: OSError) -> FlushError:
+        return FlushError(
+            f"flushing to {self.directory} failed: {exc.strerror or exc} ({exc.filename or 'write'}). "
+            f"Nothing after seq {self._checkpoint_seq} is trusted; fix the cause and restart the flusher, "
+            "which resumes from there"
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+    @property
+    def checkpoint_seq(self) -> int:
+        """The last seq known to be on disk."""
+        return self._checkpoint_seq
+
+    def close(self) -> None:
+        """Close every file and detach from the ring. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for cat_file in self._files.values():
+            cat_file.close()
+        if self._reader is not None:
+            self._reader.close()
+
+    def __enter__(self) -> "Flusher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _subtract(first: int, last: int, known: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ranges of [first, last] not covered by any (a, b) in `known`."""
+    out = []
+    start = first
+    for a, b in sorted(known):
+        if b < start or a > last:
+            continue
+        if a > start:
+            out.append((start, a - 1))
+        start = max(start, b + 1)
+    if start <= last:
+        out.append((start, last))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shmring.flusher",
+                                     description="Tail ring NAME into DIR/<category>.jsonl until it closes.")
+    parser.add_argument("name")
+    parser.add_argument("directory")
+    parser.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch")
+    parser.add_argument("--max-file-bytes", type=int, default=None)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with Flusher(args.name, args.directory, fsync=args.fsync, max_file_bytes=args.max_file_bytes) as flusher:
+            stats = flusher.run(stop)
+    except ShmringError as exc:
+        print(f"shmring flusher: {exc}", file=sys.stderr)
+        return 1
+    if stats["ending"] == "writer_gone":
+        print(f"shmring flusher: the writer of {args.name!r} died; flushed up to seq {stats['last_seq']}",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Ingest: the Unix-socket front door through which co-located producers publish.
+
+Rules:
+- Newline-delimited JSON Events in; exactly one reply line per non-empty
+  line, in order: ``{"seq": N}`` or ``{"error": "…"}``. Blank lines get none.
+- A line longer than ``MAX_LINE_BYTES`` (4 MiB) gets an error reply. It is
+  discarded as it streams in: the server never holds it whole.
+- A fragment without a newline when the producer disconnects is not a line:
+  it is neither published nor answered.
+- Each connection is its own task. A producer that stops reading its replies
+  stalls only itself (its task waits for its socket to drain); the others
+  go on. A task yields after every few lines, so producers share the writer.
+- The socket is created with mode 0600. A path held by a live server is an
+  error; a stale socket file is replaced.
+"""
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+
+import msgspec
+
+from .errors import InvalidEvent, RingClosed, ShmringError
+from .schema import decode_event
+
+__all__ = ["MAX_LINE_BYTES", "IngestServer", "prepare_socket_path"]
+
+MAX_LINE_BYTES = 4 * 1024 * 1024
+READ_CHUNK_BYTES = 64 * 1024
+LINES_PER_TURN = 64
+WRITE_HIGH_WATER_BYTES = 1024 * 1024
+
+_encode_reply = msgspec.json.Encoder().encode
+
+
+def prepare_socket_path(path: str) -> None:
+    """Refuse a path a live server listens on; remove a stale socket file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ShmringError(f"socket path {path} exists and is not a socket; choose another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nobody listens: a leftover from a dead server
+        return
+    except OSError as exc:
+        raise ShmringError(f"socket path {path} cannot be checked: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise ShmringError(f"socket path {path} is in use by a running server; stop it or choose another path")
+
+
+class IngestServer:
+    """Serves one socket path, publishing every accepted line through `publish`."""
+
+    def __init__(self, path: str, publish):
+        self.path = path
+        self._publish = publish
+        self._server = None
+        self._tasks: set[asyncio.Task] = set()
+        self.accepted = 0
+        self.rejected = 0
+
+    async def start(self) -> None:
+        prepare_socket_path(self.path)
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=READ_CHUNK_BYTES)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        """Stop accepting, end every connection, remove the socket file."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _answer(self, line: bytes) -> bytes | None:
+        line = line.strip()
+        if not line:
+            return None
+        try:
+            seq = self._publish(decode_event(line)).seq
+        except (InvalidEvent, RingClosed) as exc:
+            self.rejected += 1
+            return _encode_reply({"error": str(exc)}) + b"\n"
+        self.accepted += 1
+        return b'{"seq":%d}\n' % seq
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
+        pending = bytearray()
+        overlong = False
+        try:
+            while chunk := await reader.read(READ_CHUNK_BYTES):
+                replies = []
+                start = 0
+                while (newline := chunk.find(b"\n", start)) != -1:
+                    if overlong or len(pending) + newline - start > MAX_LINE_BYTES:
+                        replies.append(_encode_reply({"error": f"line longer than {MAX_LINE_BYTES} bytes"}) + b"\n")
+                        self.rejected += 1
+                    else:
+                        reply = self._answer(bytes(pending) + chunk[start:newline] if pending else chunk[start:newline])
+                        if reply is not None:
+                            replies.append(reply)
+                    pending.clear()
+                    overlong = False
+                    start = newline + 1
+                    if len(replies) >= LINES_PER_TURN:
+                        writer.write(b"".join(replies))
+                        replies.clear()
+                        await writer.drain()
+                if not overlong:
+                    pending += chunk[start:]
+                    if len(pending) > MAX_LINE_BYTES:
+                        overlong = True
+                        pending.clear()
+                if replies:
+                    writer.write(b"".join(replies))
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()

@@ -1,0 +1,123 @@
+"""Producer: the client side of serve's ingest socket.
+
+Rules:
+- The protocol is newline-delimited JSON: one Event per line in, one reply
+  line out per non-empty line, in order: ``{"seq": N}`` or ``{"error": "…"}``.
+- ``publish_many`` pipelines: a sender thread writes while the caller reads
+  replies, so neither side's buffer can deadlock the other.
+"""
+
+import socket
+import threading
+from collections.abc import Iterable
+
+import msgspec
+
+from .errors import ShmringError
+
+__all__ = ["Producer", "PublishRejected"]
+
+_encoder = msgspec.json.Encoder()
+_reply_decoder = msgspec.json.Decoder(dict)
+
+
+class PublishRejected(ShmringError):
+    """The writer rejected events; ``rejected`` lists (index, message); ``seqs`` has None for each."""
+
+    def __init__(self, message: str, rejected: list[tuple[int, str]] | None = None, seqs: list | None = None):
+        super().__init__(message)
+        self.rejected = rejected or []
+        self.seqs = seqs or []
+
+    def __reduce__(self):
+        return (PublishRejected, (str(self), self.rejected, self.seqs))
+
+
+class Producer:
+    """A connection to ``shmring serve --socket PATH``."""
+
+    def __init__(self, sock: socket.socket, path: str):
+        self._sock = sock
+        self._path = path
+        self._replies = sock.makefile("rb")
+
+    @classmethod
+    def connect(cls, path: str, timeout: float | None = 30.0) -> "Producer":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise ShmringError(
+                f"cannot connect to {path}: {exc.strerror or exc}; is `shmring serve --socket` running?"
+            ) from None
+        return cls(sock, path)
+
+    @staticmethod
+    def _line(event) -> bytes:
+        if isinstance(event, (bytes, bytearray)):
+            line = bytes(event).strip()
+        elif isinstance(event, str):
+            line = event.strip().encode()
+        else:
+            line = _encoder.encode(event)
+        if not line or b"\n" in line:
+            raise ShmringError("an event must encode to one non-empty JSON line")
+        return line + b"\n"
+
+    def _reply(self) -> dict:
+        raw = self._replies.readline()
+        if not raw:
+            raise ShmringError(f"the server at {self._path} closed the connection")
+        return _reply_decoder.decode(raw)
+
+    def publish(self, event) -> int:
+        """Publish one event (an Event, a dict, or a JSON line); return its seq."""
+        self._sock.sendall(self._line(event))
+        reply = self._reply()
+        if "seq" in reply:
+            return reply["seq"]
+        raise PublishRejected(f"event rejected: {reply.get('error')}", [(0, reply.get("error", ""))], [None])
+
+    def publish_many(self, events: Iterable) -> list[int]:
+        """Publish a batch, pipelined; return the seqs. Raises PublishRejected after the whole batch."""
+        lines = [self._line(e) for e in events]
+        failure = []
+
+        def send():
+            try:
+                for start in range(0, len(lines), 256):
+                    self._sock.sendall(b"".join(lines[start:start + 256]))
+            except OSError as exc:
+                failure.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        seqs, rejected = [], []
+        try:
+            for index in range(len(lines)):
+                reply = self._reply()
+                if "seq" in reply:
+                    seqs.append(reply["seq"])
+                else:
+                    seqs.append(None)
+                    rejected.append((index, reply.get("error", "")))
+        finally:
+            sender.join()
+        if failure:
+            raise ShmringError(f"sending to {self._path} failed: {failure[0]}")
+        if rejected:
+            detail = "; ".join(f"#{i}: {msg}" for i, msg in rejected[:10])
+            raise PublishRejected(f"{len(rejected)} of {len(lines)} events rejected ({detail})", rejected, seqs)
+        return seqs
+
+    def close(self) -> None:
+        self._replies.close()
+        self._sock.close()
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

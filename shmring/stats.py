@@ -1,0 +1,134 @@
+"""Read-only inspection of rings on this machine, and removal of dead ones.
+
+Rules:
+- ``ring_stats`` and ``list_rings`` only read: rings are mapped read-only,
+  registries are read without claiming an entry or taking a lock.
+- ``collect_garbage`` removes a ring only when its writer is dead (pid plus
+  start time), never a live one, plus registries and semaphores whose ring
+  is gone.
+"""
+
+import os
+import re
+import time
+
+from .errors import IncompatibleRing, RingNotFound, ShmringError
+from .layout import CONFIG, HDR_CONFIG, HEADER_BYTES
+from .liveness import is_alive
+from .reader import open_ring_info
+from .registry import Registry
+from .ring import RingReaderCore
+from .segment import list_ring_names, open_segment, registry_shm_name, ring_shm_name, unlink_ring_objects
+
+__all__ = ["ring_stats", "list_rings", "collect_garbage"]
+
+_CREATION_WINDOW_S = 5.0
+_ORPHAN = re.compile(r"(?:sem\.)?shmring\.(.+)\+(?:readers|wake\d+)")
+
+
+def ring_stats(name: str, *, sample_s: float = 0.0) -> dict:
+    """Everything stat shows about ring `name`; publish rate sampled over `sample_s`."""
+    ring = open_segment(ring_shm_name(name), writable=False)
+    try:
+        info = open_ring_info(name, ring)
+        core = RingReaderCore(ring.buf, info.capacity, info.data_bytes)
+        first = core.latest()
+        started = time.monotonic()
+        if sample_s > 0:
+            time.sleep(sample_s)
+        latest = core.latest()
+        rate = (latest - first) / (time.monotonic() - started) if sample_s > 0 else None
+        oldest = core.oldest_retained(latest)
+        closed = core.closed()
+        try:
+            registry_mapping = open_segment(registry_shm_name(name), writable=False)
+        except RingNotFound:
+            entries = []
+        else:
+            try:
+                entries = Registry(registry_mapping).entries()
+            finally:
+                registry_mapping.close()
+    finally:
+        ring.close()
+    readers = [
+        dict(pid=e["pid"], alive=e["alive"], role=e["role"], gating=e["gating"], cursor=e["cursor"],
+             lag=max(0, latest - e["cursor"]), delivered=e["delivered"], dropped=e["dropped"],
+             filtered=e["filtered"], waiting=e["waiting"])
+        for e in entries
+    ]
+    return dict(
+        name=name,
+        capture_session_id=info.capture_session_id,
+        writer=dict(pid=info.writer_pid, alive=is_alive(info.writer_pid, info.writer_start_time)),
+        capacity=info.capacity,
+        data_bytes=info.data_bytes,
+        latest_seq=latest,
+        oldest_seq=oldest if oldest <= latest else None,
+        closed=closed,
+        publish_rate=rate,
+        created_us=info.created_us,
+        readers=readers,
+    )
+
+
+def list_rings() -> list[dict]:
+    """One row per ring segment on this machine, with writer liveness."""
+    rows = []
+    for name in list_ring_names():
+        try:
+            stats = ring_stats(name)
+        except RingNotFound:
+            continue  # removed while we looked
+        except ShmringError as exc:
+            rows.append(dict(name=name, error=str(exc)))
+            continue
+        rows.append(dict(name=name, writer=stats["writer"], latest_seq=stats["latest_seq"],
+                         readers=len(stats["readers"]), capture_session_id=stats["capture_session_id"]))
+    return rows
+
+
+def _writer_of(name: str) -> tuple[bool, bool]:
+    """(is a complete ring, writer alive or the ring is still being created)."""
+    ring = open_segment(ring_shm_name(name), writable=False)
+    try:
+        try:
+            open_ring_info(name, ring)
+            complete = True
+        except IncompatibleRing:
+            complete = False
+        if ring.size < HEADER_BYTES:
+            return complete, False
+        _, _, pid, start_time, _, _, _ = CONFIG.unpack_from(ring.buf, HDR_CONFIG)
+    finally:
+        ring.close()
+    if is_alive(pid, start_time):
+        return complete, True
+    if not complete:
+        age = time.time() - os.stat(f"/dev/shm/shmring.{name}").st_ctime
+        return complete, age < _CREATION_WINDOW_S
+    return complete, False
+
+
+def collect_garbage() -> list[str]:
+    """Remove rings whose writer is dead, and orphaned registries/semaphores. Return the names removed."""
+    removed = []
+    names = set(list_ring_names())
+    for name in sorted(names):
+        try:
+            _, alive = _writer_of(name)
+        except (RingNotFound, FileNotFoundError):
+            continue
+        if not alive:
+            unlink_ring_objects(name)
+            removed.append(name)
+    for entry in os.listdir("/dev/shm"):
+        orphan = _ORPHAN.fullmatch(entry)
+        if orphan and orphan[1] not in names and not os.path.exists(f"/dev/shm/shmring.{orphan[1]}"):
+            try:
+                os.unlink(os.path.join("/dev/shm", entry))
+            except FileNotFoundError:
+                pass
+            if orphan[1] not in removed:
+                removed.append(orphan[1])
+    return removed
