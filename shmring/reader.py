@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterable, Iterator
 
 import msgspec
-import posix_ipc
 
 from .errors import ConfigError, IncompatibleRing, RingClosed, ShmringError, WriterGone
 from .layout import (
@@ -44,7 +43,7 @@ from .liveness import current_identity, is_alive
 from .registry import Registry
 from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, check_memory_model, full_fence
 from .schema import Envelope, Event, decode_envelope, validate_category
-from .segment import open_segment, open_wake_semaphore, registry_shm_name, ring_shm_name, validate_ring_name
+from .segment import WakeSemaphore, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
 
 __all__ = ["Reader", "ReadResult", "Filter", "RingInfo", "open_ring_info"]
 
@@ -230,7 +229,7 @@ class Reader:
             pid, start_time = current_identity()
             index = registry.claim(pid, start_time, role, gating, cursor)
             try:
-                semaphore = open_wake_semaphore(name, index)
+                semaphore = WakeSemaphore(name, index)
             except BaseException:
                 registry.release(index)
                 raise
@@ -374,11 +373,8 @@ class Reader:
             wait_s = IDLE_CHECK_S if deadline is None else min(deadline - time.monotonic(), IDLE_CHECK_S)
             if wait_s <= 0:
                 return False
-            try:
-                self._semaphore.acquire(wait_s)
+            if self._semaphore.wait(wait_s):
                 return True
-            except posix_ipc.BusyError:
-                pass
             if not self._writer_alive() and self._slot_state(seq) == EMPTY and not self._core.closed():
                 self._end = WriterGone(
                     f"the writer of ring {self.name!r} (pid {self._info.writer_pid}) died without closing "

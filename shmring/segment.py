@@ -31,7 +31,7 @@ __all__ = [
     "create_segment",
     "open_segment",
     "unlink_segment",
-    "open_wake_semaphore",
+    "WakeSemaphore",
     "unlink_ring_objects",
     "unlink_registry_objects",
     "list_ring_names",
@@ -96,8 +96,11 @@ class Mapping:
 
 
 def create_segment(shm_name: str, size: int, *, keep_fd: bool = False) -> Mapping:
-    """Create a new segment exclusively; raises posix_ipc.ExistentialError if taken."""
-    shm = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=0o600, size=size)
+    """Create a new segment exclusively; raises FileExistsError if the name is taken."""
+    try:
+        shm = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=0o600, size=size)
+    except posix_ipc.ExistentialError:
+        raise FileExistsError(f"shared-memory segment {shm_name} exists") from None
     try:
         buf = mmap.mmap(shm.fd, size)
     except BaseException:
@@ -136,9 +139,27 @@ def unlink_segment(shm_name: str) -> None:
         posix_ipc.unlink_shared_memory(shm_name)
 
 
-def open_wake_semaphore(name: str, index: int) -> posix_ipc.Semaphore:
-    """The wake semaphore of registry entry `index`, created on first use."""
-    return posix_ipc.Semaphore(wake_sem_name(name, index), posix_ipc.O_CREAT, mode=0o600, initial_value=0)
+class WakeSemaphore:
+    """The semaphore a sleeping reader waits on and the writer posts; created on first use."""
+
+    __slots__ = ("_sem",)
+
+    def __init__(self, name: str, index: int):
+        self._sem = posix_ipc.Semaphore(wake_sem_name(name, index), posix_ipc.O_CREAT, mode=0o600, initial_value=0)
+
+    def post(self) -> None:
+        self._sem.release()
+
+    def wait(self, timeout_s: float) -> bool:
+        """True if posted, False after `timeout_s` seconds."""
+        try:
+            self._sem.acquire(timeout_s)
+            return True
+        except posix_ipc.BusyError:
+            return False
+
+    def close(self) -> None:
+        self._sem.close()
 
 
 def unlink_ring_objects(name: str) -> None:

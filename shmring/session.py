@@ -22,8 +22,6 @@ import time
 import uuid
 import weakref
 
-import posix_ipc
-
 from .errors import ConfigError, RingBusy, RingClosed, RingNotFound
 from .layout import (
     CONFIG,
@@ -54,7 +52,7 @@ from .schema import Envelope, Event, EventPreparer, apply_size_rule, encode_enve
 from .segment import (
     create_segment,
     open_segment,
-    open_wake_semaphore,
+    WakeSemaphore,
     registry_shm_name,
     ring_shm_name,
     unlink_registry_objects,
@@ -177,15 +175,15 @@ class _Resources:
         self.registry = None
         self.core = None
         self.gates = None
-        self.semaphores: dict[int, posix_ipc.Semaphore] = {}
+        self.semaphores: dict[int, WakeSemaphore] = {}
         self.closed = False
         self.last_seq = 0
 
     def wake(self, index: int) -> None:
         sem = self.semaphores.get(index)
         if sem is None:
-            sem = self.semaphores[index] = open_wake_semaphore(self.name, index)
-        sem.release()
+            sem = self.semaphores[index] = WakeSemaphore(self.name, index)
+        sem.post()
 
     def close(self) -> None:
         if self.closed or os.getpid() != self.owner_pid:
@@ -261,7 +259,7 @@ class CaptureSession:
             try:
                 res.ring = create_segment(ring_shm_name(name), total)
                 break
-            except posix_ipc.ExistentialError:
+            except FileExistsError:
                 _reclaim_stale(name)
         else:
             raise RingBusy(f"could not create ring {name!r}: another process keeps creating it")
