@@ -87,6 +87,8 @@ U64 = struct.Struct("<Q")
 SLOT_BYTES = 64
 SLOT = struct.Struct("<QQIBBBBQ32s")
 """stamp, data_pos, length, kind, detail, flags, pad, ts, category"""
+SLOT_LOCATION = struct.Struct("<QQI")
+"""stamp, data_pos, length: the part of a slot an unfiltered reader needs"""
 STAMP = U64
 CATEGORY_FIELD_BYTES = 32
 FLAG_TRUNCATED = 1

@@ -14,6 +14,7 @@ Rules:
   ``RingClosed`` after a clean close, ``WriterGone`` if the writer died.
 """
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 
@@ -53,6 +54,12 @@ STUCK_SLOT_S = 0.5
 """A slot odd for this long, with its writer dead, was left half-written."""
 PROGRESS_EVERY = 256
 """Publish the cursor to the registry at least this often (and before sleeping)."""
+HOT_S = 0.002
+SPIN_S = 20e-6
+"""A reader woken less than HOT_S ago polls for SPIN_S (yielding the CPU in
+between) before it sleeps: on a busy stream the next event usually comes in
+that time, which saves the writer a semaphore post and the reader a context
+switch. An idle reader never spins."""
 
 
 class ReadResult(msgspec.Struct, frozen=True):
@@ -179,6 +186,8 @@ class Reader:
         self._core = RingReaderCore(_ring.buf, _info.capacity, _info.data_bytes)
         self._filter = _filter
         self._accept = None if _filter is None else _filter.accepts_slot
+        self._take_ready = self._core.take_ready
+        self._fast = _filter is None  # cleared at the end of the stream
         self._start = _cursor
         self._cursor = _cursor
         self._delivered = 0
@@ -191,6 +200,7 @@ class Reader:
         # committed, never what it has merely taken: the writer may overwrite
         # anything at or below the published cursor.
         self._committed: int | None = None
+        self._last_wake = 0.0
 
     @classmethod
     def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None) -> "Reader":
@@ -291,18 +301,29 @@ class Reader:
         RingClosed once the closed ring is drained, WriterGone once the
         ring of a dead writer is drained.
         """
+        if self._fast:
+            payload = self._take_ready(self._cursor + 1)
+            if payload is not None:
+                self._cursor += 1
+                self._delivered += 1
+                self._unpublished += 1
+                if self._unpublished >= PROGRESS_EVERY:
+                    self._publish_progress()
+                return ReadResult(_decode(payload))
         taken = self._take(timeout)
         if taken is None:
             return None
         if type(taken) is int:
             return ReadResult(dropped=taken)
-        return ReadResult(decode_envelope(taken[1]))
+        return ReadResult(_decode(taken[1]))
 
     def _take(self, timeout: float | None):
         """The next step undecoded: (seq, payload, slot fields), a drop count, or None on timeout."""
         if self._end is not None:
+            self._fast = False
             raise self._end
         if self._detached:
+            self._fast = False
             raise ShmringError("this reader is closed; attach a new one")
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = self._core.poll
@@ -330,6 +351,8 @@ class Reader:
                 if time.monotonic() - stuck_since > STUCK_SLOT_S and not self._writer_alive():
                     # The writer died mid-write: this slot will never complete.
                     return self._drop_to(seq)
+            if time.monotonic() - self._last_wake < HOT_S and self._spin(seq):
+                continue
             if not self._wait(seq, deadline):
                 return None
 
@@ -374,6 +397,7 @@ class Reader:
             if wait_s <= 0:
                 return False
             if self._semaphore.wait(wait_s):
+                self._last_wake = time.monotonic()
                 return True
             if not self._writer_alive() and self._slot_state(seq) == EMPTY and not self._core.closed():
                 self._end = WriterGone(
@@ -385,6 +409,15 @@ class Reader:
             return deadline is None or time.monotonic() < deadline
         finally:
             self._registry.set_waiting(self._index, False)
+
+    def _spin(self, seq: int) -> bool:
+        """Poll slot `seq` for SPIN_S; True as soon as it changes."""
+        end = time.perf_counter() + SPIN_S
+        while time.perf_counter() < end:
+            if self._slot_state(seq) != EMPTY:
+                return True
+            os.sched_yield()
+        return False
 
     def _slot_state(self, seq: int) -> int:
         """EMPTY, WRITING, LAPPED or FILTERED (= complete), without copying data."""
@@ -416,6 +449,7 @@ class Reader:
         if self._detached:
             return
         self._detached = True
+        self._fast = False
         try:
             self._publish_progress()
             self._registry.release(self._index)
@@ -440,6 +474,9 @@ class Reader:
     def __repr__(self) -> str:
         return (f"<Reader {self.name!r} cursor={self._cursor} delivered={self._delivered} "
                 f"dropped={self._dropped} filtered={self._filtered}>")
+
+
+_decode = decode_envelope
 
 
 def _reject_all(kind, detail, category) -> bool:

@@ -35,6 +35,7 @@ from .layout import (
     HEADER_BYTES,
     SLOT,
     SLOT_BYTES,
+    SLOT_LOCATION,
     STAMP,
     U64,
     data_offset,
@@ -87,6 +88,8 @@ and since it lags by less than the capacity, no slot after it is lapped."""
 NO_GATE = 1 << 62
 
 _pack_slot = SLOT.pack_into
+_unpack_location = SLOT_LOCATION.unpack_from
+_unpack_u64 = U64.unpack_from
 _pack_u64 = U64.pack_into
 _pack_head = HEAD.pack_into
 
@@ -186,6 +189,19 @@ class RingReaderCore:
         if U64.unpack_from(buf, HDR_DATA_LOW)[0] > pos or STAMP.unpack_from(buf, slot)[0] != want:
             return LAPPED, None, None
         return READY, payload, fields
+
+    def take_ready(self, seq: int):
+        """The fast path of poll for unfiltered readers: seq's payload if it is whole, else None."""
+        buf = self.buf
+        slot = HEADER_BYTES + (seq & self.mask) * SLOT_BYTES
+        stamp, pos, length = _unpack_location(buf, slot)
+        if stamp != seq << 1:
+            return None
+        start = self.data_base + pos % self.data_bytes
+        payload = buf[start : start + length]
+        if _unpack_u64(buf, HDR_DATA_LOW)[0] > pos or _unpack_u64(buf, slot)[0] != stamp:
+            return None
+        return payload
 
     def head(self) -> int:
         """A recent seq announced by the writer (less than capacity behind the slots)."""

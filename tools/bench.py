@@ -23,12 +23,13 @@ Readers are separate processes (spawn). Each attaches, then says so over a
 queue before the writer starts; each reads until ``RingClosed`` and sends
 back what it counted. Delivered rate = delivered / (end of stream - first
 event). Every ring is closed in a ``finally``; leftover ``/dev/shm`` objects
-are reported at the end.
+are reported at the end, and so is any reader whose delivered + dropped is
+not exactly what the writer published (that would be a shmring bug).
 
 Run from the repository root:
 
-    python tools/bench.py             # ~2 minutes
-    python tools/bench.py --quick     # shorter phases, ~30 s
+    python tools/bench.py             # ~70 s here (3 s phases)
+    python tools/bench.py --quick     # ~30 s (1 s phases)
     python tools/bench.py --runs 5 --json
 """
 
@@ -37,6 +38,8 @@ import json
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import resource
+import signal
 import statistics
 import sys
 import time
@@ -56,8 +59,10 @@ READY_TIMEOUT_S = 30.0
 """How long a child may take to start and attach (spawn imports everything)."""
 STALL_TIMEOUT_S = 10.0
 """A reader that sees nothing for this long gives up and reports a stall."""
-MPQ_MAXSIZE = CAPACITY
-"""Bound on each mp.Queue, like the ring's capacity, so memory stays bounded."""
+MPQ_MAXSIZE = 8192
+"""Bound on each mp.Queue: the writer is back-pressured by it (instead of piling
+events up in its own memory while its feeder threads fight it for the GIL), so
+most of a run is the steady state and the drain after it is short."""
 
 _seq_counter = 0
 
@@ -120,6 +125,7 @@ def _count_loop(reader) -> dict:
     stalled = False
     res = read(stall)
     t_first = time.monotonic()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     try:
         while True:
             if res is None:
@@ -133,8 +139,13 @@ def _count_loop(reader) -> dict:
     except RingClosed:
         pass
     t_end = time.monotonic()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    per = max(1, delivered)
     return {"delivered": delivered, "dropped": dropped, "elapsed": t_end - t_first,
-            "reader_delivered": reader.delivered, "reader_dropped": reader.dropped, "stalled": stalled}
+            "reader_delivered": reader.delivered, "reader_dropped": reader.dropped, "stalled": stalled,
+            # How often the reader blocked (voluntary context switches), and its CPU, per event.
+            "sleeps_per_event": (ru1.ru_nvcsw - ru0.ru_nvcsw) / per,
+            "cpu_us_per_event": 1e6 * (ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime) / per}
 
 
 def _latency_loop(reader) -> dict:
@@ -205,6 +216,7 @@ def mpq_reader_main(q, idx: int, results) -> None:
         stalled = False
         item = get(True, STALL_TIMEOUT_S)
         t_first = time.monotonic()
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
         try:
             while item is not None:
                 decode(item)
@@ -213,8 +225,12 @@ def mpq_reader_main(q, idx: int, results) -> None:
         except queue_mod.Empty:
             stalled = True
         t_end = time.monotonic()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        per = max(1, delivered)
         results.put(("done", idx, {"delivered": delivered, "dropped": 0, "elapsed": t_end - t_first,
-                                   "stalled": stalled}))
+                                   "stalled": stalled, "sleeps_per_event": (ru1.ru_nvcsw - ru0.ru_nvcsw) / per,
+                                   "cpu_us_per_event": 1e6 * (ru1.ru_utime - ru0.ru_utime + ru1.ru_stime
+                                                              - ru0.ru_stime) / per}))
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
@@ -273,6 +289,35 @@ def reap(procs, timeout: float = 10.0) -> None:
                 p.join(2.0)
 
 
+def cleanup(session, procs, queues, ok: bool) -> None:
+    """Close the ring (removing its /dev/shm objects), reap our children, close our queues.
+
+    After a failure or an interrupt the children get 1 s, not 10, before we
+    terminate them, and queues do not wait for their feeder threads (whose
+    reader may be gone).
+    """
+    try:
+        if session is not None:
+            session.close()
+    finally:
+        reap(procs, 10.0 if ok else 1.0)
+        for q in queues:
+            if not ok:
+                q.cancel_join_thread()
+            q.close()
+            if ok:
+                q.join_thread()
+
+
+def schedstat_ns(pid: int) -> int | None:
+    """CPU time of `pid` in ns from /proc/PID/schedstat (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def new_session(name: str) -> CaptureSession:
     return CaptureSession.create(name, capture_session_id=CAPTURE_SESSION_ID, capacity=CAPACITY,
                                  data_bytes=DATA_BYTES)
@@ -309,33 +354,36 @@ def publish_paced(session: CaptureSession, rate: int, duration: float, event: Ev
     replace = msgspec.structs.replace
     template = make_event(pad)
     period = 1e9 / rate
+    total = int(rate * duration)
     t0 = now_ns()
     end = t0 + int(duration * 1e9)
     n = 0
     max_behind = 0
     while True:
         now = now_ns()
-        if now >= end:
+        if now >= end or n >= total:
             break
-        due = int((now - t0) // period) + 1
+        due = min(int((now - t0) // period) + 1, total)
         if n < due:
             behind = due - n
             if behind > max_behind:
                 max_behind = behind
+            k = min(behind, 64)  # catch up in small bursts, re-checking the clock
             if event is not None:
-                for _ in range(behind):
+                for _ in range(k):
                     publish(event)
             else:
-                for _ in range(behind):
+                for _ in range(k):
                     publish(replace(template, data=make_data(now_ns(), pad)))
-            n = due
+            n += k
         else:
             ahead = t0 + n * period - now
             if ahead > 200_000:
                 sleep((ahead - 100_000) / 1e9)
     elapsed = (now_ns() - t0) / 1e9
     return {"published": n, "elapsed": elapsed, "rate": n / elapsed, "target_rate": rate,
-            "max_behind_events": max_behind, "kept_pace": n >= 0.99 * rate * duration}
+            "max_behind_events": max_behind, "max_behind_ms": max_behind / rate * 1e3,
+            "kept_pace": n >= 0.99 * total}
 
 
 # --------------------------------------------------------------------------
@@ -353,6 +401,7 @@ def _run_shm_readers(ctx, n_readers: int, mode: str, writer, duration: float) ->
     name = ring_name()
     results = ctx.Queue()
     procs = []
+    ok = False
     session = new_session(name)
     try:
         procs = spawn(ctx, shm_reader_main, [(name, i, results, mode) for i in range(n_readers)])
@@ -360,11 +409,9 @@ def _run_shm_readers(ctx, n_readers: int, mode: str, writer, duration: float) ->
         writer_out = writer(session)
         session.close()
         done = await_msgs(results, "done", n_readers, duration + 30.0)
+        ok = True
     finally:
-        session.close()
-        reap(procs)
-        results.close()
-        results.join_thread()
+        cleanup(session, procs, [results], ok)
     return writer_out, done
 
 
@@ -373,6 +420,7 @@ def _reader_summary(done: dict) -> dict:
     for r in readers:
         r["rate"] = r["delivered"] / r["elapsed"] if r["elapsed"] > 0 else 0.0
     return {"readers": readers, "reader_rate_mean": statistics.fmean(r["rate"] for r in readers),
+            "sleeps_per_event": statistics.fmean(r.get("sleeps_per_event", float("nan")) for r in readers),
             "reader_rate_min": min(r["rate"] for r in readers),
             "drops_max": max(r["dropped"] for r in readers),
             "drops_total": sum(r["dropped"] for r in readers),
@@ -393,6 +441,7 @@ def measure_fanout_mpq(ctx, event: Event, n_readers: int, duration: float) -> di
     results = ctx.Queue()
     queues = [ctx.Queue(maxsize=MPQ_MAXSIZE) for _ in range(n_readers)]
     procs = []
+    ok = False
     try:
         procs = spawn(ctx, mpq_reader_main, [(queues[i], i, results) for i in range(n_readers)])
         await_msgs(results, "ready", n_readers, READY_TIMEOUT_S)
@@ -416,11 +465,9 @@ def measure_fanout_mpq(ctx, event: Event, n_readers: int, duration: float) -> di
         for put in puts:
             put(None, True, STALL_TIMEOUT_S)
         done = await_msgs(results, "done", n_readers, duration + 60.0)
+        ok = True
     finally:
-        reap(procs)
-        for q in queues + [results]:
-            q.close()
-            q.join_thread()
+        cleanup(None, procs, queues + [results], ok)
     out = {"published": seq, "writer_rate": seq / elapsed}
     out.update(_reader_summary(done))
     return out
@@ -437,37 +484,34 @@ def measure_latency(ctx, pad: str, rate: int, duration: float) -> dict:
 
 
 def measure_idle_cpu(ctx, idle_s: float) -> dict:
-    def writer(session):
-        # The reader has attached and is (about to be) blocked in read().
-        proc = psutil.Process(reader_pid[0])
-        time.sleep(0.2)  # let it reach the blocking wait before we start the clock
-        c0 = proc.cpu_times()
-        w0 = time.monotonic()
-        time.sleep(idle_s)
-        c1 = proc.cpu_times()
-        wall = time.monotonic() - w0
-        cpu = (c1.user - c0.user) + (c1.system - c0.system)
-        return {"cpu_s": cpu, "wall_s": wall, "cpu_pct": 100.0 * cpu / wall}
-
-    # _run_shm_readers does not hand us the pids; wrap spawn to catch it.
-    reader_pid = [None]
+    """CPU used by a reader blocked in read() on a ring nobody publishes to."""
     name = ring_name()
     results = ctx.Queue()
     procs = []
+    ok = False
     session = new_session(name)
     try:
         procs = spawn(ctx, shm_reader_main, [(name, 0, results, "idle")])
-        reader_pid[0] = await_msgs(results, "ready", 1, READY_TIMEOUT_S)[0]
-        out = writer(session)
+        pid = await_msgs(results, "ready", 1, READY_TIMEOUT_S)[0]
+        proc = psutil.Process(pid)
+        time.sleep(0.2)  # let it get from the handshake into its blocking wait
+        c0, s0, x0 = proc.cpu_times(), schedstat_ns(pid), proc.num_ctx_switches().voluntary
+        w0 = time.monotonic()
+        time.sleep(idle_s)
+        c1, s1, x1 = proc.cpu_times(), schedstat_ns(pid), proc.num_ctx_switches().voluntary
+        wall = time.monotonic() - w0
         session.close()
         done = await_msgs(results, "done", 1, 30.0)
-        if done[0]:
-            out["reader"] = done[0]
+        ok = True
     finally:
-        session.close()
-        reap(procs)
-        results.close()
-        results.join_thread()
+        cleanup(session, procs, [results], ok)
+    cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    out = {"cpu_s": cpu, "wall_s": wall, "cpu_pct": 100.0 * cpu / wall, "wakeups_per_s": (x1 - x0) / wall,
+           # psutil's cpu_times ticks at 10 ms; the scheduler's own count is in ns.
+           "sched_cpu_pct": (100.0 * (s1 - s0) / 1e9 / wall) if s0 is not None and s1 is not None
+           else float("nan")}
+    if done[0]:
+        out["reader"] = done[0]
     return out
 
 
@@ -485,6 +529,20 @@ def measure_paced_fanout(ctx, event: Event, n_readers: int, rate: int, duration:
 # One run, many runs, the report
 # --------------------------------------------------------------------------
 
+def _cpu_snapshot() -> tuple[float, float, float, float]:
+    """(wall, machine busy CPU s, steal s, CPU s of this process and its reaped children)."""
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + t.irq + t.softirq
+    own = sum(ru.ru_utime + ru.ru_stime for ru in (resource.getrusage(resource.RUSAGE_SELF),
+                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return time.monotonic(), busy, getattr(t, "steal", 0.0), own
+
+
+def _foreign_pct(a, b, ncpu: int) -> float:
+    """% of all cores busy with processes other than ours between snapshots a and b."""
+    return max(0.0, 100.0 * ((b[1] - a[1]) - (b[3] - a[3])) / ((b[0] - a[0]) * ncpu))
+
+
 def one_run(ctx, event: Event, pad: str, d: dict) -> dict:
     r = {}
     steps = [
@@ -496,11 +554,21 @@ def one_run(ctx, event: Event, pad: str, d: dict) -> dict:
         ("idle_cpu", lambda: measure_idle_cpu(ctx, d["idle"])),
         ("paced_150k_2", lambda: measure_paced_fanout(ctx, event, 2, 150_000, d["paced"])),
     ]
+    ncpu = os.cpu_count() or 1
+    start = before = _cpu_snapshot()
     for key, fn in steps:
-        t = time.monotonic()
         r[key] = fn()
-        print(f"    {key:<18} {time.monotonic() - t:5.1f} s", file=sys.stderr)
+        after = _cpu_snapshot()
+        r[key]["foreign_cpu_pct"] = _foreign_pct(before, after, ncpu)
+        print(f"    {key:<18} {after[0] - before[0]:5.1f} s   other processes' CPU "
+              f"{r[key]['foreign_cpu_pct']:4.1f}% of the machine", file=sys.stderr)
+        before = after
+    end = _cpu_snapshot()
     r["ratio_shm_over_mpq_2"] = r["fanout_shm_2"]["reader_rate_mean"] / r["fanout_mpq_2"]["reader_rate_mean"]
+    # Interference: CPU the machine spent on processes other than ours, and
+    # time the hypervisor stole, as % of all cores over the run.
+    r["foreign_cpu_pct"] = _foreign_pct(start, end, ncpu)
+    r["steal_pct"] = 100.0 * (end[2] - start[2]) / ((end[0] - start[0]) * ncpu)
     return r
 
 
@@ -514,11 +582,15 @@ ROWS = [
     ("2. 2 readers: delivered/reader (mean)", lambda r: r["fanout_shm_2"]["reader_rate_mean"], "ev/s", "—",
      "rate"),
     ("2. 2 readers: drops (sum of both)", lambda r: r["fanout_shm_2"]["drops_total"], "events", "—", "int"),
+    ("2. 2 readers: blocking waits per event", lambda r: r["fanout_shm_2"]["sleeps_per_event"], "/event", "—",
+     "float2"),
     ("3. wake latency p50 @10k/s", lambda r: r["latency_10k"]["p50_us"], "µs", "—", "us"),
     ("3. wake latency p99 @10k/s", lambda r: r["latency_10k"]["p99_us"], "µs", "—", "us"),
     ("3. wake latency max @10k/s", lambda r: r["latency_10k"]["max_us"], "µs", "—", "us"),
     ("3. latency reader drops", lambda r: r["latency_10k"]["dropped"], "events", "0", "int"),
-    ("3. blocked reader idle CPU", lambda r: r["idle_cpu"]["cpu_pct"], "% core", "—", "pct"),
+    ("3. blocked reader idle CPU (psutil)", lambda r: r["idle_cpu"]["cpu_pct"], "% core", "—", "pct"),
+    ("3. blocked reader idle CPU (schedstat)", lambda r: r["idle_cpu"]["sched_cpu_pct"], "% core", "—", "pct3"),
+    ("3. blocked reader wake-ups while idle", lambda r: r["idle_cpu"]["wakeups_per_s"], "/s", "—", "float"),
     ("4. 150k/s paced: achieved rate", lambda r: r["paced_150k_2"]["achieved_rate"], "ev/s", "≥ 148.5k (99%)",
      "rate"),
     ("4. 150k/s paced: drops (worst reader)", lambda r: r["paced_150k_2"]["drops_max"], "events", "0", "int"),
@@ -526,6 +598,8 @@ ROWS = [
     ("5. mp.Queue 2 readers: delivered/reader", lambda r: r["fanout_mpq_2"]["reader_rate_mean"], "ev/s", "—",
      "rate"),
     ("5. shmring / mp.Queue per reader", lambda r: r["ratio_shm_over_mpq_2"], "×", "≥ 5×", "ratio"),
+    ("noise: other processes' CPU during run", lambda r: r["foreign_cpu_pct"], "% of all cores", "≈ 0", "pct1"),
+    ("noise: hypervisor steal during run", lambda r: r["steal_pct"], "% of all cores", "≈ 0", "pct1"),
 ]
 
 
@@ -540,6 +614,14 @@ def fmt(value: float, kind: str) -> str:
         return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
     if kind == "pct":
         return f"{value:.2f}%"
+    if kind == "pct1":
+        return f"{value:.1f}%"
+    if kind == "pct3":
+        return f"{value:.3f}%"
+    if kind == "float2":
+        return f"{value:.2f}"
+    if kind == "float":
+        return f"{value:.1f}"
     if kind == "ratio":
         return f"{value:.2f}×"
     return str(value)
@@ -560,6 +642,44 @@ def markdown_table(rows: list[dict]) -> str:
         kind = row["kind"]
         runs = ", ".join(fmt(v, kind) for v in row["runs"])
         lines.append(f"| {row['measure']} | {fmt(row['median'], kind)} | {runs} | {row['unit']} | {row['target']} |")
+    return "\n".join(lines)
+
+
+def accounting_problems(runs: list[dict]) -> list[str]:
+    """Loss accounting: a reader attached before the first publish and reading to
+    RingClosed must have delivered + dropped == published, and its own counters
+    must agree with ours. Anything else is a shmring bug."""
+    problems = []
+    for i, r in enumerate(runs):
+        checks = [(key, r[key]["published"] if "published" in r[key] else r[key]["writer"]["published"],
+                   r[key]["readers"]) for key in ("fanout_shm_1", "fanout_shm_2", "paced_150k_2")]
+        lat = r["latency_10k"]
+        checks.append(("latency_10k", lat["writer"]["published"],
+                       [{"delivered": lat["n"], "dropped": lat["dropped"]}]))
+        for key, published, readers in checks:
+            for j, x in enumerate(readers):
+                if x["delivered"] + x["dropped"] != published:
+                    problems.append(f"run {i + 1}: {key} reader {j}: delivered {x['delivered']} + dropped "
+                                    f"{x['dropped']} != published {published}")
+                if "reader_delivered" in x and (x["reader_delivered"], x["reader_dropped"]) != (
+                        x["delivered"], x["dropped"]):
+                    problems.append(f"run {i + 1}: {key} reader {j}: Reader counters "
+                                    f"({x['reader_delivered']}, {x['reader_dropped']}) disagree with the "
+                                    f"results read ({x['delivered']}, {x['dropped']})")
+    return problems
+
+
+def per_reader_details(runs: list[dict]) -> str:
+    """Each reader of each run: delivered rate, drops, CPU per event, blocking waits per event."""
+    lines = ["Per reader, run by run (delivered rate / drops / CPU µs per event / blocking waits per event):"]
+    for key, label in (("fanout_shm_1", "2. shmring, 1 reader"), ("fanout_shm_2", "2. shmring, 2 readers"),
+                       ("paced_150k_2", "4. shmring, 150k/s paced"), ("fanout_mpq_2", "5. mp.Queue, 2 readers")):
+        cells = []
+        for r in runs:
+            cells.append(" + ".join(
+                f"{x['rate'] / 1000:.1f}k/{x['dropped']}/{x.get('cpu_us_per_event', float('nan')):.1f}"
+                f"/{x.get('sleeps_per_event', float('nan')):.2f}" for x in r[key]["readers"]))
+        lines.append(f"- {label}: " + " | ".join(cells))
     return "\n".join(lines)
 
 
@@ -587,21 +707,33 @@ def main(argv: list[str] | None = None) -> int:
     else:
         durations = {"flat": 3.0, "fanout": 3.0, "latency": 3.0, "idle": 2.0, "paced": 3.0}
 
+    def on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)  # unwinds through every finally: rings closed, children reaped
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     pad, size = choose_pad()
     event = make_event(pad)
     ctx = mp.get_context("spawn")
     print(f"shmring bench: envelope {size} B encoded, {args.runs} runs, phases {durations}, "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}", file=sys.stderr)
 
+    background = psutil.cpu_percent(interval=0.5)
+    if background > 15:
+        print(f"WARNING: the machine is already {background:.0f}% busy before the bench starts; "
+              "numbers will be low and noisy", file=sys.stderr)
+
     runs = []
     t_start = time.monotonic()
     try:
         for i in range(args.runs):
             print(f"  run {i + 1}/{args.runs}", file=sys.stderr)
+            load = os.getloadavg()[0]
             runs.append(one_run(ctx, event, pad, durations))
-    except KeyboardInterrupt:
-        print("interrupted; rings closed", file=sys.stderr)
-        return 130
+            runs[-1]["loadavg_1m_at_start"] = load
+    except (KeyboardInterrupt, SystemExit) as exc:
+        print(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}: "
+              "rings closed, children reaped", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else exc.code
     finally:
         left = leftover_shm()
         if left:
@@ -611,24 +743,30 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(runs)
     print()
     print(f"shmring bench — envelope {size} B, median of {args.runs} runs, "
-          f"{'quick' if args.quick else 'default'} phases, {total:.0f} s total")
+          f"{'quick' if args.quick else 'default'} phases, {total:.0f} s total, "
+          f"machine {background:.0f}% busy before start")
     print()
     print(markdown_table(rows))
-    notes = []
+    print()
+    print(per_reader_details(runs))
+    notes = accounting_problems(runs)
     for i, r in enumerate(runs):
         for key in ("fanout_shm_1", "fanout_shm_2", "fanout_mpq_2", "paced_150k_2", "latency_10k"):
             if r[key].get("stalled"):
                 notes.append(f"run {i + 1}: a reader in {key} stalled (no event for {STALL_TIMEOUT_S} s)")
-        if not r["paced_150k_2"]["writer"]["kept_pace"]:
-            notes.append(f"run {i + 1}: writer did not keep 150k/s "
-                         f"(max {r['paced_150k_2']['writer']['max_behind_events']} events behind)")
+        for key, label in (("paced_150k_2", "150k/s"), ("latency_10k", "10k/s")):
+            w = r[key]["writer"]
+            if not w["kept_pace"]:
+                notes.append(f"run {i + 1}: writer did not keep {label}: achieved {w['rate'] / 1000:.1f}k/s, "
+                             f"up to {w['max_behind_events']} events ({w['max_behind_ms']:.0f} ms) behind schedule")
     if notes:
         print()
         for n in notes:
             print(f"- {n}")
     if args.json:
         print()
-        print(json.dumps({"envelope_bytes": size, "durations_s": durations, "runs": runs,
+        print(json.dumps({"envelope_bytes": size, "durations_s": durations, "background_cpu_pct": background,
+                          "runs": runs,
                           "summary": [{k: v for k, v in row.items() if k != "kind"} for row in rows],
                           "leftover_shm": leftover_shm()}, indent=2))
     return 0
