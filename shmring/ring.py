@@ -141,9 +141,24 @@ class RingWriterCore:
         if not seq & self.head_mask:
             _pack_head(buf, HDR_HEAD, seq, end)
 
+    def _intact(self, seq: int) -> bool:
+        stamp, pos, _ = _unpack_location(self.buf, HEADER_BYTES + (seq & self.mask) * SLOT_BYTES)
+        return stamp == seq << 1 and pos >= self.data_low
+
+    def oldest_intact(self, first: int, last: int) -> int:
+        """The oldest seq in [first, last] still held whole; last + 1 if none."""
+        lo, hi = max(first, last - self.mask), last + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._intact(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     def position_of(self, seq: int) -> int:
         """Absolute data position of a seq this writer wrote and still holds."""
-        return SLOT.unpack_from(self.buf, HEADER_BYTES + (seq & self.mask) * SLOT_BYTES)[1]
+        return _unpack_location(self.buf, HEADER_BYTES + (seq & self.mask) * SLOT_BYTES)[1]
 
     def publish_head(self, seq: int) -> None:
         _pack_head(self.buf, HDR_HEAD, seq, self.data_head)

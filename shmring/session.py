@@ -152,9 +152,11 @@ class _Gates:
             if not cursors:
                 core.gate_seq = core.gate_low = NO_GATE
                 return
-            taken = min(cursors)
-            core.gate_seq = taken + self.capacity
-            core.gate_low = core.position_of(taken + 1) if taken + 1 < seq else NO_GATE
+            # The first event a gating reader still needs; if it is already
+            # gone (the reader came late), the oldest one still held.
+            needed = core.oldest_intact(min(cursors) + 1, seq - 1)
+            core.gate_seq = needed - 1 + self.capacity
+            core.gate_low = core.position_of(needed) if needed < seq else NO_GATE
             if seq <= core.gate_seq and needed_low <= core.gate_low:
                 return
             time.sleep(self.POLL_S)

@@ -386,3 +386,24 @@ def test_slot_left_half_written_by_dead_writer_is_skipped_and_counted(ring_name,
     with pytest.raises(WriterGone):  # the end state sticks
         r.read(timeout=0)
     r.close()
+
+
+def test_publish_is_thread_safe_and_seqs_stay_contiguous(ring_name):
+    import threading
+
+    with CaptureSession.create(ring_name) as s:
+        with Reader.attach(ring_name) as r:
+            seqs, lock = [], threading.Lock()
+
+            def publisher():
+                mine = [s.publish(make_event(i)).seq for i in range(500)]
+                with lock:
+                    seqs.extend(mine)
+
+            threads = [threading.Thread(target=publisher) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(TIMEOUT_S)
+            assert sorted(seqs) == list(range(1, 2001))
+            assert [res.envelope.seq for res in read_all(r)] == list(range(1, 2001))
