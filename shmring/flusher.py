@@ -27,10 +27,13 @@ import threading
 import time
 from collections.abc import Iterable
 
+import msgspec
+
 from .errors import ConfigError, FlushError, RingClosed, ShmringError, WriterGone
 from .layout import ROLE_FLUSHER
-from .reader import Reader
+from .reader import Reader, open_ring_info
 from .schema import validate_category
+from .segment import open_segment, ring_shm_name, validate_ring_name
 
 __all__ = ["Flusher", "FlushStats", "FSYNC_POLICIES"]
 
@@ -66,10 +69,13 @@ class _CategoryFile:
     def rotated_path(self, number: int) -> str:
         return os.path.join(self.directory, f"{self.category}.{number}.jsonl")
 
-    def write(self, data: bytes) -> None:
+    def open(self) -> None:
         if self.fd is None:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             self.size = os.fstat(self.fd).st_size
+
+    def write(self, data: bytes) -> None:
+        self.open()
         view = memoryview(data)
         while view:
             written = os.write(self.fd, view)
@@ -127,6 +133,7 @@ class Flusher:
             raise FlushError(f"cannot create log directory {self.directory}: {exc.strerror}") from None
         self._files: dict[bytes, _CategoryFile] = {}
         self._closed = False
+        self._failed = False
         self._unsynced = 0
         self._last_sync = time.monotonic()
         self.lines_written = 0
@@ -137,9 +144,14 @@ class Flusher:
     # -- restart ------------------------------------------------------------------
     def _recover(self, name: str) -> None:
         """Read the checkpoint, repair the files, and attach right after the checkpoint."""
-        probe = Reader.attach(name)
-        self.capture_session_id = session = probe.capture_session_id
-        probe.close()
+        # Read the session id from the header, without attaching: a plain
+        # reader's claim could take over the entry of a dead flusher that the
+        # writer still honours.
+        mapping = open_segment(ring_shm_name(validate_ring_name(name)), writable=False)
+        try:
+            self.capture_session_id = session = open_ring_info(name, mapping).capture_session_id
+        finally:
+            mapping.close()
         checkpoint = self._load_checkpoint()
         if checkpoint.get("capture_session_id") == session:
             self._checkpoint_seq = checkpoint["seq"]
@@ -147,13 +159,16 @@ class Flusher:
         else:
             self._checkpoint_seq = 0
             marks = {}
-        self._present: set[int] = set()
+        present: set[int] = set()
         for category, rotated in self._categories_on_disk().items():
             cat_file = _CategoryFile(self.directory, category, rotated)
             self._repair_partial_line(cat_file.path)
             self._files[category.encode().ljust(32, b"\0")] = cat_file
             for path, offset in self._paths_after_mark(cat_file, marks.get(category)):
-                self._present.update(self._seqs_in(path, offset, session))
+                present.update(self._seqs_in(path, offset, session))
+        # Only lines after the checkpoint matter: the reader resumes there.
+        self._present = {seq for seq in present if seq > self._checkpoint_seq}
+        self._repair_partial_line(os.path.join(self.directory, GAPS_FILE))
         self._recorded_gaps = self._load_gaps(session)
         try:
             self._reader = Reader._attach(name, after_seq=self._checkpoint_seq, filter=None, role=ROLE_FLUSHER,
@@ -232,7 +247,7 @@ class Flusher:
                 data = f.read()
         except FileNotFoundError:
             return set()
-        encoded = json.dumps(session)[1:-1].encode()
+        encoded = msgspec.json.encode(session)[1:-1]  # as the writer encodes it (raw UTF-8, not \\u escapes)
         seqs = set()
         for line in data.splitlines():
             head = _LINE_HEAD.match(line)
@@ -265,6 +280,11 @@ class Flusher:
         """
         if self._closed:
             raise FlushError("this flusher is closed; create a new one")
+        if self._failed:
+            raise FlushError(
+                "this flusher stopped on an error, and what it had read but not written is not in the files; "
+                f"close it and create a new one, which resumes after the checkpoint (seq {self._checkpoint_seq})"
+            )
         reader = self._reader
         take = reader._take
         files = self._files
@@ -303,11 +323,16 @@ class Flusher:
         except WriterGone:
             ending = "writer_gone"
         except OSError as exc:
+            self._failed = True
             raise self._io_error(exc) from None
+        except FlushError:
+            self._failed = True
+            raise
         try:
             self._write_batch(batch)
             self._sync_and_checkpoint()
         except OSError as exc:
+            self._failed = True
             raise self._io_error(exc) from None
         return FlushStats(lines=self.lines_written, gap_events=self.gap_events, ending=ending,
                           last_seq=reader.cursor, capture_session_id=self.capture_session_id)
@@ -326,17 +351,36 @@ class Flusher:
         self._files[category] = _CategoryFile(self.directory, name, 0)
 
     def _write_batch(self, batch: dict[bytes, list[bytes]]) -> None:
-        """Write each category's lines with one write, then let the writer past them."""
+        """Write each category's lines with one write (one per file when rotating), then let the writer past them."""
         count = 0
         for category, payloads in batch.items():
-            payloads.append(b"")
-            self._files[category].write(b"\n".join(payloads))
-            count += len(payloads) - 1
+            cat_file = self._files[category]
+            if self.max_file_bytes is None:
+                cat_file.write(b"\n".join([*payloads, b""]))
+            else:
+                self._write_rotating(cat_file, payloads)
+            count += len(payloads)
         batch.clear()
         self.lines_written += count
         self._unsynced += count
         if self._reader.cursor != self._reader._committed:
             self._reader._commit(self._reader.cursor)
+
+    def _write_rotating(self, cat_file: _CategoryFile, payloads: list[bytes]) -> None:
+        """Write `payloads` as lines; rotate first whenever the next line would take the file over the limit
+        (a file holds more only if it holds a single line)."""
+        limit = self.max_file_bytes
+        cat_file.open()
+        start, size = 0, cat_file.size
+        for end, payload in enumerate(payloads):
+            if size and size + len(payload) + 1 > limit:
+                if end > start:
+                    cat_file.write(b"\n".join([*payloads[start:end], b""]))
+                cat_file.sync()
+                cat_file.rotate()
+                start, size = end, 0
+            size += len(payload) + 1
+        cat_file.write(b"\n".join([*payloads[start:], b""]))
 
     def _record_gap(self, first: int, last: int) -> None:
         """Append the seqs in [first, last] that are neither in the files nor recorded yet."""
@@ -353,7 +397,7 @@ class Flusher:
         )
         fd = os.open(os.path.join(self.directory, GAPS_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, lines)
+            _write_all(fd, lines)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -367,14 +411,10 @@ class Flusher:
             self._sync_and_checkpoint()
 
     def _sync_and_checkpoint(self) -> None:
-        """fsync what was written, rotate full files, then advance the checkpoint."""
+        """fsync what was written, then advance the checkpoint."""
         if self.fsync != "never":
             for cat_file in self._files.values():
                 cat_file.sync()
-        for cat_file in self._files.values():
-            if self.max_file_bytes is not None and cat_file.size >= self.max_file_bytes:
-                cat_file.sync()
-                cat_file.rotate()
         self._write_checkpoint(self._reader._committed)
         self._unsynced = 0
         self._last_sync = time.monotonic()
@@ -388,7 +428,7 @@ class Flusher:
         tmp = path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, data)
+            _write_all(fd, data)
             if self.fsync != "never":
                 os.fsync(fd)
         finally:
@@ -426,6 +466,13 @@ class Flusher:
         self.close()
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written: a short write (a full disk) is followed by the error."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _subtract(first: int, last: int, known: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The ranges of [first, last] not covered by any (a, b) in `known`."""
     out = []
@@ -450,7 +497,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-file-bytes", type=int, default=None)
     args = parser.parse_args(argv)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGTERM is taken by a thread in sigwait, not by a handler: a handler
+    # would interrupt the reader's semaphore wait with an error.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=lambda: (signal.sigwait({signal.SIGTERM}), stop.set()), daemon=True).start()
     try:
         with Flusher(args.name, args.directory, fsync=args.fsync, max_file_bytes=args.max_file_bytes) as flusher:
             stats = flusher.run(stop)

@@ -75,21 +75,27 @@ class Registry:
         buf = self.buf
         with self.mapping.locked():
             chosen = None
+            dead_gates = []
             for index in range(MAX_READERS):
                 off = entry_offset(index)
                 state, owner, owner_start, _, owner_gating = ENTRY_IDENTITY.unpack_from(buf, off)
                 alive = state == ENTRY_ACTIVE and is_alive(owner, owner_start)
-                if state == ENTRY_ACTIVE and not alive and gating and owner_gating:
-                    U64.pack_into(buf, off, ENTRY_FREE)
-                    state = ENTRY_FREE
+                if state == ENTRY_ACTIVE and not alive and owner_gating:
+                    if gating:
+                        dead_gates.append(index)
+                    continue  # a plain reader never takes the entry of a dead flusher the writer still honours
                 if chosen is None and not alive:
                     chosen = index
+            if chosen is None and dead_gates:
+                chosen = dead_gates.pop(0)  # taken over in place: it stays an active gate throughout
             if chosen is not None:
                 off = entry_offset(chosen)
                 ENTRY_PROGRESS.pack_into(buf, off + ENTRY_PROGRESS_OFFSET, cursor, 0, 0, 0)
                 ENTRY_START.pack_into(buf, off + ENTRY_START_OFFSET, cursor, time.time_ns() // 1000)
                 buf[REG_WAIT_FLAGS + chosen] = 0
                 ENTRY_IDENTITY.pack_into(buf, off, ENTRY_ACTIVE, pid, start_time, role, int(gating))
+                for index in dead_gates:  # only now: the writer always sees a gate
+                    U64.pack_into(buf, entry_offset(index), ENTRY_FREE)
                 if gating:
                     buf[REG_GATES_CHANGED] = 1  # after the entry: the writer sees both
                 return chosen

@@ -157,6 +157,8 @@ class WakeSemaphore:
             return True
         except posix_ipc.BusyError:
             return False
+        except posix_ipc.SignalError:
+            return True  # a signal interrupted the wait: callers re-check, as after a wake
 
     def close(self) -> None:
         self._sem.close()

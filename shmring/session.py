@@ -156,7 +156,7 @@ class _Gates:
             # gone (the reader came late), the oldest one still held.
             needed = core.oldest_intact(min(cursors) + 1, seq - 1)
             core.gate_seq = needed - 1 + self.capacity
-            core.gate_low = core.position_of(needed) if needed < seq else NO_GATE
+            core.gate_low = core.position_of(needed) if needed < seq else core.data_head
             if seq <= core.gate_seq and needed_low <= core.gate_low:
                 return
             time.sleep(self.POLL_S)
@@ -335,6 +335,8 @@ class CaptureSession:
             payload = _encode(envelope)
             if len(payload) > MAX_RECORD_BYTES:
                 envelope, payload = apply_size_rule(envelope)
+            if self._wait_flags[REG_GATES_CHANGED]:  # a flusher came or went: gate this very write
+                res.gates.changed()
             self._write(seq, payload, kind, detail, FLAG_TRUNCATED if envelope.event.truncated else 0, event.ts,
                         category_bytes)
             self._seq = res.last_seq = seq

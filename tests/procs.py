@@ -117,3 +117,78 @@ def checking_reader(name, results, ready, slow_every):
     results.put(dict(corrupt=corrupt, not_increasing=not_increasing, delivered=r.delivered, dropped=r.dropped,
                      filtered=r.filtered, cursor=r.cursor, start=r.start_seq))
     r.close()
+
+
+def _target_of(fd: int) -> str:
+    """'category', 'checkpoint', 'gaps' or '' for what a flusher's fd is open on."""
+    try:
+        base = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return ""
+    if base == "_checkpoint.json.tmp":
+        return "checkpoint"
+    if base == "_gaps.jsonl":
+        return "gaps"
+    return "category" if base.endswith(".jsonl") and not base.startswith("_") else ""
+
+
+def faulty_flusher(name, directory, results, ready, fault, target, limit):
+    """Run a Flusher whose ``os.write`` to its `target` files ('category', 'checkpoint', 'gaps') misbehaves.
+
+    fault "crash": the `limit`-th write to a target file stops in the middle of
+    its last line and the process SIGKILLs itself (a crash mid-write).
+    fault "enospc": the target files accept `limit` more bytes (the write
+    that crosses the limit is short), then every write fails with ENOSPC (a
+    full disk). Reports the error and the fds left open after close().
+    """
+    import errno
+    import signal
+    import threading
+
+    from shmring import Flusher, FlushError
+
+    real_write = os.write
+    state = {"writes": 0, "left": limit}
+
+    def write(fd, data):
+        if _target_of(fd) != target:
+            return real_write(fd, data)
+        data = bytes(data)
+        if fault == "crash":
+            state["writes"] += 1
+            if state["writes"] == limit:
+                line_start = data.rfind(b"\n", 0, len(data) - 1) + 1
+                real_write(fd, data[: (line_start + len(data)) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_write(fd, data)
+        if state["left"] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = real_write(fd, data[: state["left"]])
+        state["left"] -= written
+        return written
+
+    os.write = write
+    flusher = Flusher(name, directory)
+    ready.set()
+    try:
+        stats = flusher.run()
+        outcome = dict(error=None, stats=dict(stats))
+    except FlushError as exc:
+        outcome = dict(error=str(exc), stats=None)
+    already_stopped = threading.Event()
+    already_stopped.set()
+    try:
+        flusher.run(already_stopped)  # must refuse: what it had taken but not written is not in the files
+        outcome["run_again"] = "ran"
+    except FlushError as exc:
+        outcome["run_again"] = str(exc)
+    flusher.close()
+    os.write = real_write
+    open_paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            open_paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    outcome["open_fds"] = sorted(p for p in open_paths if p.startswith(os.fspath(directory)))
+    results.put(outcome)
