@@ -287,6 +287,8 @@ class Flusher:
             )
         reader = self._reader
         take = reader._take
+        take_run = reader._take_run
+        batch_lines = min(BATCH_MAX_LINES, self.fsync_every_lines)
         files = self._files
         present = self._present
         ending = "stopped"
@@ -300,21 +302,25 @@ class Flusher:
                         self._write_batch(batch)
                         lines = 0
                         self._record_gap(reader.cursor - taken + 1, reader.cursor)
-                    else:
-                        seq, payload, fields = taken
-                        if not present or seq not in present:
-                            category = fields[8]
-                            pending = batch.get(category)
-                            if pending is None:
-                                pending = batch[category] = []
-                                if category not in files:
-                                    self._open_category(category)
-                            pending.append(payload)
-                            lines += 1
-                        else:
-                            present.discard(seq)
-                        if lines >= BATCH_MAX_LINES or lines >= self.fsync_every_lines:
-                            break
+                        taken = take(0)
+                        continue
+                    # One event from the slow path, then every event already whole.
+                    first, payload, fields = taken
+                    run = [(payload, fields[8])]
+                    run += take_run(batch_lines - lines - 1)
+                    for offset, (payload, category) in enumerate(run):
+                        if present and first + offset in present:
+                            present.discard(first + offset)
+                            continue
+                        pending = batch.get(category)
+                        if pending is None:
+                            pending = batch[category] = []
+                            if category not in files:
+                                self._open_category(category)
+                        pending.append(payload)
+                    lines += len(run)
+                    if lines >= batch_lines:
+                        break
                     taken = take(0)
                 self._write_batch(batch)
                 self._maybe_sync()

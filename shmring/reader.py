@@ -302,20 +302,34 @@ class Reader:
         ring of a dead writer is drained.
         """
         if self._fast:
-            payload = self._take_ready(self._cursor + 1)
-            if payload is not None:
+            taken = self._take_ready(self._cursor + 1)
+            if taken is not None:
                 self._cursor += 1
                 self._delivered += 1
                 self._unpublished += 1
                 if self._unpublished >= PROGRESS_EVERY:
                     self._publish_progress()
-                return ReadResult(_decode(payload))
+                return ReadResult(_decode(taken[0]))
         taken = self._take(timeout)
         if taken is None:
             return None
         if type(taken) is int:
             return ReadResult(dropped=taken)
         return ReadResult(_decode(taken[1]))
+
+    def _take_run(self, limit: int) -> list[tuple[bytes, bytes]]:
+        """Unfiltered fast path, undecoded: (payload, category) of the next events that are whole now.
+
+        They follow the cursor in seq order. An empty list says nothing about
+        why: call ``_take`` for drops, waits and the end.
+        """
+        if not self._fast:
+            return []
+        run = self._core.take_ready_run(self._cursor + 1, limit)
+        self._cursor += len(run)
+        self._delivered += len(run)
+        self._unpublished += len(run)
+        return run
 
     def _take(self, timeout: float | None):
         """The next step undecoded: (seq, payload, slot fields), a drop count, or None on timeout."""

@@ -89,6 +89,7 @@ NO_GATE = 1 << 62
 
 _pack_slot = SLOT.pack_into
 _unpack_location = SLOT_LOCATION.unpack_from
+_unpack_slot = SLOT.unpack_from
 _unpack_u64 = U64.unpack_from
 _pack_u64 = U64.pack_into
 _pack_head = HEAD.pack_into
@@ -206,17 +207,41 @@ class RingReaderCore:
         return READY, payload, fields
 
     def take_ready(self, seq: int):
-        """The fast path of poll for unfiltered readers: seq's payload if it is whole, else None."""
+        """The fast path of poll for unfiltered readers: (payload, slot fields) if seq is whole, else None."""
         buf = self.buf
         slot = HEADER_BYTES + (seq & self.mask) * SLOT_BYTES
-        stamp, pos, length = _unpack_location(buf, slot)
+        fields = _unpack_slot(buf, slot)
+        stamp = fields[0]
         if stamp != seq << 1:
             return None
+        pos = fields[1]
         start = self.data_base + pos % self.data_bytes
-        payload = buf[start : start + length]
+        payload = buf[start : start + fields[2]]
         if _unpack_u64(buf, HDR_DATA_LOW)[0] > pos or _unpack_u64(buf, slot)[0] != stamp:
             return None
-        return payload
+        return payload, fields
+
+    def take_ready_run(self, seq: int, limit: int) -> list[tuple[bytes, bytes]]:
+        """(payload, category) of the whole events from `seq` on, up to `limit`; stops at the first that isn't."""
+        buf = self.buf
+        mask = self.mask
+        base = self.data_base
+        area = self.data_bytes
+        out = []
+        while len(out) < limit:
+            slot = HEADER_BYTES + (seq & mask) * SLOT_BYTES
+            fields = _unpack_slot(buf, slot)
+            stamp = fields[0]
+            if stamp != seq << 1:
+                break
+            pos = fields[1]
+            start = base + pos % area
+            payload = buf[start : start + fields[2]]
+            if _unpack_u64(buf, HDR_DATA_LOW)[0] > pos or _unpack_u64(buf, slot)[0] != stamp:
+                break
+            out.append((payload, fields[8]))
+            seq += 1
+        return out
 
     def head(self) -> int:
         """A recent seq announced by the writer (less than capacity behind the slots)."""

@@ -18,6 +18,18 @@ reported as the median:
    bounded queue per reader; the writer msgspec-encodes each envelope once and
    puts the bytes into every queue; readers get and decode), as the baseline:
    shmring's per-reader delivered rate divided by mp.Queue's (target >= 5x).
+6. the flusher (``Flusher(fsync="batch")`` in a child process, a gating
+   reader writing into a fresh directory under /tmp): the writer publishes the
+   same event flat out, round-robin over the categories console/network/page,
+   for a fixed time. Reported: the flusher's end-to-end lines/s (lines written
+   / time from the first publish to the flusher's exit after ``close()``,
+   which waits until the gating flusher has written everything; target
+   >= 200k lines/s), the writer's publish rate with the flusher attached
+   (the flusher gates the writer, so this is also an end-to-end rate), and
+   the files' line counts checked against what was published. In the same
+   run the same loop is timed with no flusher, and the writer's CPU per
+   publish (``time.process_time()`` around the publish loop) with the flusher
+   is compared with it: added cost = with / without - 1 (target <= 25%).
 
 Readers are separate processes (spawn). Each attaches, then says so over a
 queue before the writer starts; each reads until ``RingClosed`` and sends
@@ -28,8 +40,8 @@ not exactly what the writer published (that would be a shmring bug).
 
 Run from the repository root:
 
-    python tools/bench.py             # ~70 s here (3 s phases)
-    python tools/bench.py --quick     # ~30 s (1 s phases)
+    python tools/bench.py             # ~100 s here (3 s phases)
+    python tools/bench.py --quick     # ~40 s (1 s phases)
     python tools/bench.py --runs 5 --json
 """
 
@@ -39,9 +51,11 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import resource
+import shutil
 import signal
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,6 +64,7 @@ import msgspec  # noqa: E402
 import psutil  # noqa: E402
 
 from shmring import CaptureSession, Envelope, Event, Reader, RingClosed, Source  # noqa: E402
+from shmring.flusher import Flusher  # noqa: E402
 
 CAPACITY = 65536
 DATA_BYTES = 64 * 1024 * 1024
@@ -63,6 +78,9 @@ MPQ_MAXSIZE = 8192
 """Bound on each mp.Queue: the writer is back-pressured by it (instead of piling
 events up in its own memory while its feeder threads fight it for the GIL), so
 most of a run is the steady state and the drain after it is short."""
+FLUSH_CATEGORIES = ("console", "network", "page")
+"""Measure 6 spreads the event over these categories, round-robin (one file each)."""
+FLUSH_TMP_PARENT = "/tmp"
 
 _seq_counter = 0
 
@@ -235,6 +253,31 @@ def mpq_reader_main(q, idx: int, results) -> None:
         pass
     except BaseException as exc:
         results.put(("error", idx, f"{type(exc).__name__}: {exc}"))
+
+
+def flusher_main(name: str, directory: str, idx: int, results) -> None:
+    """Attach a Flusher(fsync="batch") (a gating reader), say so, flush until the ring closes and drains."""
+    flusher = None
+    try:
+        flusher = Flusher(name, directory, fsync="batch")
+        results.put(("ready", idx, os.getpid()))
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        stats = flusher.run()
+        flusher.close()  # files closed, gate released: the flusher is done
+        t_end = time.monotonic()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        results.put(("done", idx, {
+            "lines": stats["lines"], "gap_events": stats["gap_events"], "ending": stats["ending"],
+            "last_seq": stats["last_seq"], "t_end": t_end,
+            "cpu_s": ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime,
+            "sleeps": ru1.ru_nvcsw - ru0.ru_nvcsw}))
+    except KeyboardInterrupt:
+        pass
+    except BaseException as exc:
+        results.put(("error", idx, f"{type(exc).__name__}: {exc}"))
+    finally:
+        if flusher is not None:
+            flusher.close()
 
 
 # --------------------------------------------------------------------------
@@ -525,6 +568,125 @@ def measure_paced_fanout(ctx, event: Event, n_readers: int, rate: int, duration:
     return out
 
 
+def flush_events(event: Event) -> list[Event]:
+    """The bench event once per category of FLUSH_CATEGORIES (same size give or take the name)."""
+    return [msgspec.structs.replace(event, category=c) for c in FLUSH_CATEGORIES]
+
+
+def publish_flat_out_cpu(session: CaptureSession, events: list[Event], duration: float) -> dict:
+    """Publish `events` round-robin as fast as possible for `duration` s; count, wall time, and this
+    process's CPU time (time.process_time) over the publish loop."""
+    publish = session.publish
+    clock = time.monotonic
+    batch = events * (256 // len(events))
+    per_batch = len(batch)
+    n = 0
+    c0 = time.process_time()
+    t0 = clock()
+    end = t0 + duration
+    while True:
+        for ev in batch:
+            publish(ev)
+        n += per_batch
+        if clock() >= end:
+            break
+    t1 = clock()
+    cpu = time.process_time() - c0
+    per_category = {c: n // len(events) for c in FLUSH_CATEGORIES}
+    return {"published": n, "per_category": per_category, "t0": t0, "elapsed": t1 - t0, "rate": n / (t1 - t0),
+            "cpu_s": cpu, "cpu_us_per_publish": 1e6 * cpu / n}
+
+
+def count_lines(directory: str) -> tuple[dict[str, int], list[str]]:
+    """Lines per category file in `directory`, and the other files (besides the checkpoint) found there."""
+    counts, other = {}, []
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        category = entry[: -len(".jsonl")]
+        if entry.endswith(".jsonl") and not entry.startswith("_") and "." not in category:
+            n = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    n += chunk.count(b"\n")
+            counts[category] = n
+        elif entry not in ("_checkpoint.json",):
+            other.append(entry)
+    return counts, other
+
+
+def _fs_type(path: str) -> str:
+    """The file system type holding `path` (fsync costs nothing on tmpfs)."""
+    best, fstype = "", "?"
+    path = os.path.realpath(path)
+    try:
+        for part in psutil.disk_partitions(all=True):
+            mp_ = part.mountpoint
+            if (path == mp_ or path.startswith(mp_.rstrip("/") + "/")) and len(mp_) > len(best):
+                best, fstype = mp_, part.fstype
+    except OSError:
+        pass
+    return fstype
+
+
+def measure_flusher(ctx, event: Event, duration: float) -> dict:
+    """Measure 6: the same flat-out loop without, then with, a Flusher(fsync="batch") child attached."""
+    events = flush_events(event)
+    with new_session(ring_name()) as s:
+        without = publish_flat_out_cpu(s, events, duration)
+
+    name = ring_name()
+    results = ctx.Queue()
+    procs = []
+    ok = False
+    directory = tempfile.mkdtemp(prefix=f"shmring-bench-flush-{os.getpid()}-", dir=FLUSH_TMP_PARENT)
+    session = None
+    try:
+        session = new_session(name)
+        procs = spawn(ctx, flusher_main, [(name, directory, 0, results)])
+        await_msgs(results, "ready", 1, READY_TIMEOUT_S)
+        with_ = publish_flat_out_cpu(session, events, duration)
+        session.close()  # waits until the gating flusher has written (not yet fsynced) everything
+        t_closed = time.monotonic()
+        done = await_msgs(results, "done", 1, duration + 60.0)[0]
+        counts, other_files = count_lines(directory)
+        ok = True
+    finally:
+        try:
+            if not ok:
+                # A live but stuck flusher would hold close() for ever: end it (our child, by its
+                # handle) first, so close() waits for it at most the grace period.
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                        p.join(2.0)
+            cleanup(session, procs, [results], ok)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+            if os.path.exists(directory):
+                print(f"  warning: could not remove {directory}", file=sys.stderr)
+
+    published = with_["published"]
+    lines = done["lines"]
+    e2e = done["t_end"] - with_["t0"]
+    problems = []
+    if sum(counts.values()) != published or counts != with_["per_category"]:
+        problems.append(f"lines in files {counts} != published {with_['per_category']} (total {published})")
+    if lines != published or done["last_seq"] != published or done["gap_events"] or done["ending"] != "closed":
+        problems.append(f"flusher reported lines {lines}, last_seq {done['last_seq']}, gap_events "
+                        f"{done['gap_events']}, ending {done['ending']!r}; published {published}")
+    if other_files:
+        problems.append(f"unexpected files in the flush directory: {other_files}")
+    return {
+        "without": without, "with": with_, "flusher": done, "files": counts, "problems": problems,
+        "fs_type": _fs_type(directory),
+        "lines_per_s": lines / e2e, "e2e_s": e2e, "drain_s": done["t_end"] - (with_["t0"] + with_["elapsed"]),
+        "close_wait_s": t_closed - (with_["t0"] + with_["elapsed"]),
+        "file_minus_published": sum(counts.values()) - published,
+        "flusher_cpu_us_per_line": 1e6 * done["cpu_s"] / max(1, lines),
+        "cpu_overhead_pct": 100.0 * (with_["cpu_us_per_publish"] / without["cpu_us_per_publish"] - 1.0),
+    }
+
+
 # --------------------------------------------------------------------------
 # One run, many runs, the report
 # --------------------------------------------------------------------------
@@ -553,6 +715,7 @@ def one_run(ctx, event: Event, pad: str, d: dict) -> dict:
         ("latency_10k", lambda: measure_latency(ctx, pad, 10_000, d["latency"])),
         ("idle_cpu", lambda: measure_idle_cpu(ctx, d["idle"])),
         ("paced_150k_2", lambda: measure_paced_fanout(ctx, event, 2, 150_000, d["paced"])),
+        ("flush_batch", lambda: measure_flusher(ctx, event, d["flush"])),
     ]
     ncpu = os.cpu_count() or 1
     start = before = _cpu_snapshot()
@@ -598,6 +761,17 @@ ROWS = [
     ("5. mp.Queue 2 readers: delivered/reader", lambda r: r["fanout_mpq_2"]["reader_rate_mean"], "ev/s", "—",
      "rate"),
     ("5. shmring / mp.Queue per reader", lambda r: r["ratio_shm_over_mpq_2"], "×", "≥ 5×", "ratio"),
+    ("6. flusher fsync=batch: lines/s end to end", lambda r: r["flush_batch"]["lines_per_s"], "lines/s",
+     "≥ 200k lines/s", "rate"),
+    ("6. flusher attached: writer publish rate", lambda r: r["flush_batch"]["with"]["rate"], "ev/s", "—", "rate"),
+    ("6. no flusher: writer publish rate", lambda r: r["flush_batch"]["without"]["rate"], "ev/s", "—", "rate"),
+    ("6. flusher attached: writer CPU/publish", lambda r: r["flush_batch"]["with"]["cpu_us_per_publish"], "µs",
+     "—", "us2"),
+    ("6. no flusher: writer CPU/publish", lambda r: r["flush_batch"]["without"]["cpu_us_per_publish"], "µs", "—",
+     "us2"),
+    ("6. flusher's added writer CPU/publish", lambda r: r["flush_batch"]["cpu_overhead_pct"], "%", "≤ 25%",
+     "spct"),
+    ("6. lines in files − published", lambda r: r["flush_batch"]["file_minus_published"], "lines", "0", "int"),
     ("noise: other processes' CPU during run", lambda r: r["foreign_cpu_pct"], "% of all cores", "≈ 0", "pct1"),
     ("noise: hypervisor steal during run", lambda r: r["steal_pct"], "% of all cores", "≈ 0", "pct1"),
 ]
@@ -618,6 +792,10 @@ def fmt(value: float, kind: str) -> str:
         return f"{value:.1f}%"
     if kind == "pct3":
         return f"{value:.3f}%"
+    if kind == "spct":
+        return f"{value:+.1f}%"
+    if kind == "us2":
+        return f"{value:.2f}"
     if kind == "float2":
         return f"{value:.2f}"
     if kind == "float":
@@ -680,6 +858,15 @@ def per_reader_details(runs: list[dict]) -> str:
                 f"{x['rate'] / 1000:.1f}k/{x['dropped']}/{x.get('cpu_us_per_event', float('nan')):.1f}"
                 f"/{x.get('sleeps_per_event', float('nan')):.2f}" for x in r[key]["readers"]))
         lines.append(f"- {label}: " + " | ".join(cells))
+    lines.append("")
+    lines.append("Flusher (6), run by run (published / lines/s end to end / drain after the last publish / "
+                 "flusher CPU µs per line / file system):")
+    cells = []
+    for r in runs:
+        f = r["flush_batch"]
+        cells.append(f"{f['with']['published']} / {f['lines_per_s'] / 1000:.1f}k / {f['drain_s'] * 1000:.0f} ms"
+                     f" / {f['flusher_cpu_us_per_line']:.2f} / {f['fs_type']}")
+    lines.append("- " + " | ".join(cells))
     return "\n".join(lines)
 
 
@@ -692,10 +879,19 @@ def leftover_shm() -> list[str]:
     return sorted(e for e in entries if prefix in e)
 
 
+def leftover_flush_dirs() -> list[str]:
+    prefix = f"shmring-bench-flush-{os.getpid()}-"
+    try:
+        entries = os.listdir(FLUSH_TMP_PARENT)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(FLUSH_TMP_PARENT, e) for e in entries if e.startswith(prefix))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shorter phases (~30 s in all)")
+    parser.add_argument("--quick", action="store_true", help="shorter phases (~40 s in all)")
     parser.add_argument("--runs", type=int, default=3, help="repetitions of every measure (>= 3; default 3)")
     parser.add_argument("--json", action="store_true", help="also print every result as JSON")
     args = parser.parse_args(argv)
@@ -703,9 +899,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be at least 3 (medians of fewer runs mean little here)")
 
     if args.quick:
-        durations = {"flat": 1.0, "fanout": 1.0, "latency": 1.0, "idle": 1.0, "paced": 1.0}
+        durations = {"flat": 1.0, "fanout": 1.0, "latency": 1.0, "idle": 1.0, "paced": 1.0, "flush": 1.0}
     else:
-        durations = {"flat": 3.0, "fanout": 3.0, "latency": 3.0, "idle": 2.0, "paced": 3.0}
+        durations = {"flat": 3.0, "fanout": 3.0, "latency": 3.0, "idle": 2.0, "paced": 3.0, "flush": 3.0}
 
     def on_sigterm(signum, frame):
         raise SystemExit(128 + signum)  # unwinds through every finally: rings closed, children reaped
@@ -738,6 +934,9 @@ def main(argv: list[str] | None = None) -> int:
         left = leftover_shm()
         if left:
             print(f"WARNING: leftover /dev/shm objects: {left}", file=sys.stderr)
+        left_dirs = leftover_flush_dirs()
+        if left_dirs:
+            print(f"WARNING: leftover flush directories: {left_dirs}", file=sys.stderr)
     total = time.monotonic() - t_start
 
     rows = summarise(runs)
@@ -751,6 +950,8 @@ def main(argv: list[str] | None = None) -> int:
     print(per_reader_details(runs))
     notes = accounting_problems(runs)
     for i, r in enumerate(runs):
+        for problem in r["flush_batch"]["problems"]:
+            notes.append(f"run {i + 1}: flusher: {problem}")
         for key in ("fanout_shm_1", "fanout_shm_2", "fanout_mpq_2", "paced_150k_2", "latency_10k"):
             if r[key].get("stalled"):
                 notes.append(f"run {i + 1}: a reader in {key} stalled (no event for {STALL_TIMEOUT_S} s)")
