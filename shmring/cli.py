@@ -4,7 +4,10 @@ Rules:
 - The only module that prints or exits.
 - Every failure is one line on stderr (``shmring: what is wrong; what to
   do``) and a non-zero status, never a traceback.
-- ``tail`` works in pipelines: a closed stdout ends it quietly.
+- ``tail`` works in pipelines: a closed stdout ends it quietly, as do
+  SIGINT and SIGTERM (status 0).
+- ``serve --log-dir`` exits non-zero if its flusher did not end cleanly:
+  the log files may then be incomplete.
 """
 
 import argparse
@@ -17,7 +20,7 @@ import threading
 import msgspec
 
 from . import __version__
-from .errors import RingClosed, ShmringError, WriterGone
+from .errors import RingClosed, RingNotFound, ShmringError, WriterGone
 from .layout import DETAIL_LEVELS, SOURCE_KINDS
 from .session import DEFAULT_CAPACITY, DEFAULT_DATA_BYTES, DEFAULT_FLUSHER_GRACE_S
 
@@ -57,7 +60,7 @@ def cmd_serve(args) -> int:
     )
     _err(f"ring {args.name!r} closed after {result['published']} events"
          + (f"; flusher exit status {result['flusher_status']}" if args.log_dir else ""))
-    return 0
+    return 1 if args.log_dir and result["flusher_status"] != 0 else 0  # the logs may be incomplete
 
 
 def cmd_flush(args) -> int:
@@ -256,9 +259,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line too (subcommand parsers are made of this class)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shmring",
-                                description="A shared-memory event broker for processes on one machine.")
+    p = _Parser(prog="shmring", description="A shared-memory event broker for processes on one machine.")
     p.add_argument("--version", action="version", version=f"shmring {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -320,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except RingNotFound as exc:
+        name = getattr(args, "name", None)
+        _err(f"no ring {name!r} on this machine ({exc}); `shmring ls` lists the rings" if name else str(exc))
     except ShmringError as exc:
         _err(str(exc))
     except PermissionError as exc:
@@ -336,4 +348,6 @@ def main(argv: list[str] | None = None) -> int:
         _err(str(exc))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - the rule is one line, never a traceback
+        _err(f"{type(exc).__name__}: {exc}")
     return 1

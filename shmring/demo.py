@@ -6,6 +6,9 @@ Rules:
   the socket with the Producer client, readers are separate processes.
 - An existing log directory is reused; the summary counts only this run's
   capture session.
+- Ctrl-C ends the run early, not abruptly: the reader processes ignore it
+  (the ring's close ends them), everything shuts down in order and the
+  shortened run is summarised.
 - Nothing here prints: the caller gets progress and summary dicts.
 """
 
@@ -66,6 +69,7 @@ def synthetic_event(i: int, rng: random.Random) -> dict:
 
 
 def _consume(name: str, categories: list[str], ready, results) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the demo process, which closes the ring
     with Reader.attach(name, after_seq=0, filter=Filter(categories=categories)) as reader:
         ready.set()
         for _ in reader:
@@ -140,10 +144,13 @@ def run_demo(seconds: float = 10.0, rate: int = 2000, directory: str = "shmring-
             producer = threading.Thread(target=_produce, args=(socket_path, rate, stop, counts), daemon=True)
             started = time.monotonic()
             producer.start()
-            while (elapsed := time.monotonic() - started) < seconds and producer.is_alive():
-                time.sleep(0.5)
-                stats = ring_stats(name)
-                progress(dict(elapsed=elapsed, published=counts["published"], readers=stats["readers"]))
+            try:
+                while (elapsed := time.monotonic() - started) < seconds and producer.is_alive():
+                    time.sleep(0.5)
+                    stats = ring_stats(name)
+                    progress(dict(elapsed=elapsed, published=counts["published"], readers=stats["readers"]))
+            except KeyboardInterrupt:
+                pass  # Ctrl-C: end the run here, shut down in order, summarise what ran
             stop.set()
             producer.join(10)
             elapsed = time.monotonic() - started

@@ -3,6 +3,8 @@
 Rules:
 - Newline-delimited JSON Events in; exactly one reply line per non-empty
   line, in order: ``{"seq": N}`` or ``{"error": "…"}``. Blank lines get none.
+  A line the writer cannot take, for whatever reason, gets an error reply;
+  it never ends the connection.
 - A line longer than ``MAX_LINE_BYTES`` (4 MiB) gets an error reply. It is
   discarded as it streams in: the server never holds it whole.
 - A fragment without a newline when the producer disconnects is not a line:
@@ -31,6 +33,7 @@ MAX_LINE_BYTES = 4 * 1024 * 1024
 READ_CHUNK_BYTES = 64 * 1024
 LINES_PER_TURN = 64
 WRITE_HIGH_WATER_BYTES = 1024 * 1024
+ACCEPT_BACKLOG = 1024
 
 _encode_reply = msgspec.json.Encoder().encode
 
@@ -71,7 +74,11 @@ class IngestServer:
         prepare_socket_path(self.path)
         old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=READ_CHUNK_BYTES)
+            self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=READ_CHUNK_BYTES,
+                                                           backlog=ACCEPT_BACKLOG)
+        except OSError as exc:
+            raise ShmringError(f"cannot listen on socket {self.path}: {exc.strerror or exc}; "
+                               "choose a path in an existing directory you can write") from None
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
@@ -80,11 +87,16 @@ class IngestServer:
         """Stop accepting, end every connection, remove the socket file."""
         if self._server is not None:
             self._server.close()
+        # Connections end before wait_closed: since Python 3.12 it waits for them,
+        # and a producer that neither sends nor reads would hold shutdown forever.
+        await asyncio.sleep(0)  # a connection accepted just before close starts its task
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -97,6 +109,9 @@ class IngestServer:
         except (InvalidEvent, RingClosed) as exc:
             self.rejected += 1
             return _encode_reply({"error": str(exc)}) + b"\n"
+        except Exception as exc:  # noqa: BLE001 - hostile input must not end the connection or the server
+            self.rejected += 1
+            return _encode_reply({"error": f"event not accepted: {type(exc).__name__}: {exc}"}) + b"\n"
         self.accepted += 1
         return b'{"seq":%d}\n' % seq
 
@@ -125,6 +140,7 @@ class IngestServer:
                         writer.write(b"".join(replies))
                         replies.clear()
                         await writer.drain()
+                        await asyncio.sleep(0)  # drain() does not yield unless paused: let the others in
                 if not overlong:
                     pending += chunk[start:]
                     if len(pending) > MAX_LINE_BYTES:

@@ -5,10 +5,15 @@ Rules:
   line out per non-empty line, in order: ``{"seq": N}`` or ``{"error": "…"}``.
 - ``publish_many`` pipelines: a sender thread writes while the caller reads
   replies, so neither side's buffer can deadlock the other.
+- Every failure is a ShmringError: a rejected event (``PublishRejected``),
+  and a connection that broke or timed out.
+- ``connect`` waits (up to its timeout) while the server's accept backlog is
+  full: a busy server is not a missing one.
 """
 
 import socket
 import threading
+import time
 from collections.abc import Iterable
 
 import msgspec
@@ -43,16 +48,26 @@ class Producer:
 
     @classmethod
     def connect(cls, path: str, timeout: float | None = 30.0) -> "Producer":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            sock.close()
-            raise ShmringError(
-                f"cannot connect to {path}: {exc.strerror or exc}; is `shmring serve --socket` running?"
-            ) from None
-        return cls(sock, path)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(path)
+                return cls(sock, path)
+            except BlockingIOError:
+                # A Unix socket with a timeout fails at once (EAGAIN) while the
+                # server's accept backlog is full: retry until the deadline.
+                sock.close()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ShmringError(f"cannot connect to {path}: the server accepted no connection within "
+                                       f"{timeout} s; it is overloaded or stuck") from None
+                time.sleep(0.002)
+            except OSError as exc:
+                sock.close()
+                raise ShmringError(
+                    f"cannot connect to {path}: {exc.strerror or exc}; is `shmring serve --socket` running?"
+                ) from None
 
     @staticmethod
     def _line(event) -> bytes:
@@ -67,14 +82,22 @@ class Producer:
         return line + b"\n"
 
     def _reply(self) -> dict:
-        raw = self._replies.readline()
+        try:
+            raw = self._replies.readline()
+        except OSError as exc:
+            raise ShmringError(f"reading a reply from {self._path} failed: {exc.strerror or exc}") from None
         if not raw:
             raise ShmringError(f"the server at {self._path} closed the connection")
         return _reply_decoder.decode(raw)
 
     def publish(self, event) -> int:
         """Publish one event (an Event, a dict, or a JSON line); return its seq."""
-        self._sock.sendall(self._line(event))
+        line = self._line(event)
+        try:
+            self._sock.sendall(line)
+        except OSError as exc:
+            raise ShmringError(f"sending to {self._path} failed: {exc.strerror or exc}; is the server still "
+                               "running?") from None
         reply = self._reply()
         if "seq" in reply:
             return reply["seq"]

@@ -147,6 +147,8 @@ def decode_event(data: bytes) -> Event:
         return _event_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"not a valid Event: {exc}") from None
+    except RecursionError:
+        raise InvalidEvent("not a valid Event: JSON nested too deeply") from None
 
 
 def _raw_data(data: Any) -> Raw:
@@ -202,9 +204,11 @@ class EventPreparer:
         ts = event.ts
         detail = event.detail_level
         data = event.data
-        if type(ts) is not int or ts <= 0 or detail not in _DETAILS or data is not NO_DATA:
-            if type(ts) is not int or ts < 0:
-                raise InvalidEvent(f"event ts must be Unix microseconds as a non-negative int, not {ts!r}")
+        if type(ts) is not int or not 0 < ts <= _MAX_TS or detail not in _DETAILS or data is not NO_DATA:
+            if type(ts) is not int or not 0 <= ts <= _MAX_TS:
+                raise InvalidEvent(
+                    f"event ts must be Unix microseconds as an int from 0 to {_MAX_TS} (Go's int64), not {ts!r}"
+                )
             if detail not in _DETAILS:
                 if detail != "":
                     raise InvalidEvent(
@@ -226,6 +230,7 @@ class EventPreparer:
 
 
 _replace = msgspec.structs.replace
+_MAX_TS = 2**63 - 1
 
 
 def _check_metadata(metadata: object) -> None:

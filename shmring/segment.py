@@ -12,6 +12,7 @@ Rules:
 """
 
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
@@ -101,6 +102,8 @@ def create_segment(shm_name: str, size: int, *, keep_fd: bool = False) -> Mappin
         shm = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=0o600, size=size)
     except posix_ipc.ExistentialError:
         raise FileExistsError(f"shared-memory segment {shm_name} exists") from None
+    except posix_ipc.PermissionsError:
+        raise _permission_denied(shm_name) from None
     try:
         buf = mmap.mmap(shm.fd, size)
     except BaseException:
@@ -119,6 +122,8 @@ def open_segment(shm_name: str, *, writable: bool, keep_fd: bool = False) -> Map
         shm = posix_ipc.SharedMemory(shm_name, read_only=not writable)
     except posix_ipc.ExistentialError:
         raise RingNotFound(f"shared-memory segment {shm_name} does not exist") from None
+    except posix_ipc.PermissionsError:
+        raise _permission_denied(shm_name) from None
     try:
         size = os.fstat(shm.fd).st_size
         if size == 0:
@@ -132,6 +137,10 @@ def open_segment(shm_name: str, *, writable: bool, keep_fd: bool = False) -> Map
         return Mapping(buf, shm.fd, size)
     shm.close_fd()
     return Mapping(buf, None, size)
+
+
+def _permission_denied(shm_name: str) -> PermissionError:
+    return PermissionError(errno.EACCES, "permission denied", f"/dev/shm{shm_name}")
 
 
 def unlink_segment(shm_name: str) -> None:

@@ -1,9 +1,13 @@
 """Serve: run a ring's writer with its ingest socket and a supervised flusher process.
 
 Rules:
+- With a log directory, nothing is accepted until the flusher has attached
+  (so the ring's close waits for it): an event acknowledged with a seq is
+  always flushed, however soon the server is stopped.
 - Shutdown order on stop: ingest stops accepting and ends its connections;
-  the ring is closed, which waits until the flusher has written the last
-  event; the ring is removed; the flusher process exits on its own.
+  a flusher being restarted is given time to attach; the ring is closed,
+  which waits until the flusher has written the last event; the ring is
+  removed; the flusher process exits on its own.
 - The flusher runs as ``python -m shmring.flusher`` in its own session
   (process group), so a Ctrl-C aimed at the terminal's group cannot kill it
   before it drains. It is restarted if it dies, until the ring is closed.
@@ -18,8 +22,10 @@ import sys
 import threading
 import time
 
+from .errors import RingNotFound, ShmringError
 from .ingest import IngestServer, prepare_socket_path
 from .session import CaptureSession
+from .stats import ring_stats
 
 __all__ = ["FlusherSupervisor", "serve"]
 
@@ -28,6 +34,7 @@ class FlusherSupervisor:
     """Keeps one flusher process running for ring `name` until told to stop."""
 
     RESTART_DELAY_S = 0.2
+    ATTACH_TIMEOUT_S = 30.0
 
     def __init__(self, name: str, directory: str, *, fsync: str = "batch", log=lambda msg: None):
         self.name = name
@@ -60,6 +67,23 @@ class FlusherSupervisor:
             time.sleep(self.RESTART_DELAY_S)
             self.restarts += 1
             self._spawn()
+
+    def wait_attached(self, timeout_s: float | None = None) -> bool:
+        """Until the current flusher process is attached to the ring as a gating reader; False on timeout."""
+        deadline = time.monotonic() + (self.ATTACH_TIMEOUT_S if timeout_s is None else timeout_s)
+        while time.monotonic() < deadline:
+            proc = self.proc
+            if proc.poll() is None and self._attached(proc.pid):
+                return True
+            time.sleep(0.01)
+        return False
+
+    def _attached(self, pid: int) -> bool:
+        try:
+            readers = ring_stats(self.name)["readers"]
+        except RingNotFound:
+            return False
+        return any(r["pid"] == pid and r["role"] == "flusher" and r["gating"] for r in readers)
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """After the ring is closed: wait for the flusher to finish draining; return its status."""
@@ -97,11 +121,16 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     session = CaptureSession.create(name, **create_kwargs)
     supervisor = None
     server = None
+    flusher_attached = False
     try:
         if log_dir is not None:
             os.makedirs(log_dir, exist_ok=True)
             supervisor = FlusherSupervisor(name, log_dir, fsync=fsync, log=log)
             supervisor.start()
+            if not supervisor.wait_attached():
+                raise ShmringError(f"the flusher into {log_dir} did not attach to ring {name!r} within "
+                                   f"{supervisor.ATTACH_TIMEOUT_S:.0f} s; see its messages above")
+            flusher_attached = True
         if socket_path is not None:
             server = IngestServer(socket_path, session.publish)
             asyncio.run(_ingest_until(server, stop, lambda: on_ready(session)))
@@ -109,6 +138,8 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
             on_ready(session)
             stop.wait()
     finally:
+        if flusher_attached:
+            supervisor.wait_attached()  # a flusher being restarted must attach before close, or it finds no ring
         session.close()
         flusher_status = supervisor.stop() if supervisor is not None else None
     return dict(

@@ -80,7 +80,7 @@ def list_rings() -> list[dict]:
             stats = ring_stats(name)
         except RingNotFound:
             continue  # removed while we looked
-        except ShmringError as exc:
+        except (ShmringError, PermissionError) as exc:  # another user's ring is listed, not fatal
             rows.append(dict(name=name, error=str(exc)))
             continue
         rows.append(dict(name=name, writer=stats["writer"], latest_seq=stats["latest_seq"],
@@ -117,8 +117,8 @@ def collect_garbage() -> list[str]:
     for name in sorted(names):
         try:
             _, alive = _writer_of(name)
-        except (RingNotFound, FileNotFoundError):
-            continue
+        except (RingNotFound, FileNotFoundError, PermissionError):
+            continue  # gone meanwhile, or not ours to judge
         if not alive:
             unlink_ring_objects(name)
             removed.append(name)
@@ -127,8 +127,8 @@ def collect_garbage() -> list[str]:
         if orphan and orphan[1] not in names and not os.path.exists(f"/dev/shm/shmring.{orphan[1]}"):
             try:
                 os.unlink(os.path.join("/dev/shm", entry))
-            except FileNotFoundError:
-                pass
+            except (FileNotFoundError, PermissionError):
+                continue
             if orphan[1] not in removed:
                 removed.append(orphan[1])
     return removed

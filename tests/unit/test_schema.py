@@ -210,3 +210,16 @@ def test_oversized_without_data_raises():
     prepared = EventPreparer().prepare(console_event(url="http://x/" + "a" * MAX_RECORD_BYTES))
     with pytest.raises(EventTooLarge, match="url"):
         apply_size_rule(Envelope("s", 1, prepared))
+
+
+@pytest.mark.parametrize("ts", [2**63, 2**64, -5])
+def test_ts_outside_go_int64_is_rejected(ts):
+    with pytest.raises(InvalidEvent, match="ts"):
+        EventPreparer().prepare(console_event(ts=ts))
+
+
+def test_deeply_nested_ingest_line_is_an_invalid_event():
+    from shmring.schema import decode_event
+
+    with pytest.raises(InvalidEvent):
+        decode_event(b'{"type":"x","category":"console","source":{"kind":"cdp"},"data":' + b"[" * 100000 + b"]" * 100000 + b"}")
