@@ -222,4 +222,5 @@ def test_deeply_nested_ingest_line_is_an_invalid_event():
     from shmring.schema import decode_event
 
     with pytest.raises(InvalidEvent):
-        decode_event(b'{"type":"x","category":"console","source":{"kind":"cdp"},"data":' + b"[" * 100000 + b"]" * 100000 + b"}")
+        nested = b"[" * 100000 + b"]" * 100000
+        decode_event(b'{"type":"x","category":"console","source":{"kind":"cdp"},"data":' + nested + b"}")
