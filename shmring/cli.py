@@ -55,12 +55,21 @@ def cmd_serve(args) -> int:
 
     result = serve(
         args.name, stop=stop, socket_path=args.socket, log_dir=args.log_dir, fsync=args.fsync, log=_err,
-        on_ready=ready, capacity=args.capacity, data_bytes=args.data_bytes,
+        on_ready=ready, cdp_url=args.cdp, cdp_detail_level=args.cdp_detail_level,
+        capacity=args.capacity, data_bytes=args.data_bytes,
         flusher_grace_s=args.flusher_grace_s, capture_session_id=args.session_id,
     )
     _err(f"ring {args.name!r} closed after {result['published']} events"
          + (f"; flusher exit status {result['flusher_status']}" if args.log_dir else ""))
     return 1 if args.log_dir and result["flusher_status"] != 0 else 0  # the logs may be incomplete
+
+
+def cmd_capture_cdp(args) -> int:
+    from .cdp import capture
+
+    stop = _stop_on_signals()
+    capture(args.cdp, args.socket, stop=stop, detail_level=args.detail_level, name=args.name, log=_err)
+    return 0
 
 
 def cmd_flush(args) -> int:
@@ -217,7 +226,9 @@ def cmd_demo(args) -> int:
     from .demo import READERS, run_demo
 
     tty = sys.stdout.isatty()
-    print(f"shmring demo: serve + synthetic browser producer ({args.rate}/s) + readers "
+    producer = ("headless Chromium on a local page (CDP)" if args.browser
+                else f"synthetic browser producer ({args.rate}/s)")
+    print(f"shmring demo: serve + {producer} + readers "
           f"[{'] ['.join(READERS)}] + flusher into {args.dir}/ for {args.seconds:.0f} s")
 
     def progress(p):
@@ -227,7 +238,8 @@ def cmd_demo(args) -> int:
         line = " | ".join(parts)
         print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n", flush=True)
 
-    summary = run_demo(seconds=args.seconds, rate=args.rate, directory=args.dir, progress=progress)
+    summary = run_demo(seconds=args.seconds, rate=args.rate, directory=args.dir, progress=progress,
+                       browser=args.browser)
     if tty:
         print()
     secs = summary["seconds"]
@@ -280,7 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flusher-grace-s", type=float, default=DEFAULT_FLUSHER_GRACE_S)
     s.add_argument("--fsync", choices=("always", "batch", "never"), default="batch")
     s.add_argument("--session-id", help="capture session id (default: a new uuid4)")
+    s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (needs --socket)")
+    s.add_argument("--cdp-detail-level", choices=DETAIL_LEVELS, default="standard")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("capture-cdp", help="publish a live Chromium's events (CDP) through a serve socket")
+    s.add_argument("name", help="the ring (for messages; events go through --socket)")
+    s.add_argument("--cdp", metavar="URL", required=True,
+                   help="http://127.0.0.1:PORT or the browser's ws://.../devtools/browser/... URL")
+    s.add_argument("--socket", metavar="PATH", required=True)
+    s.add_argument("--detail-level", choices=DETAIL_LEVELS, default="standard",
+                   help="how much goes into data: minimal, standard, verbose (headers, stacks), raw (CDP params)")
+    s.set_defaults(func=cmd_capture_cdp)
 
     s = sub.add_parser("publish", help="send JSON Event lines from stdin to a serve socket")
     s.add_argument("--socket", metavar="PATH", required=True)
@@ -321,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=10.0)
     s.add_argument("--rate", type=_positive_int, default=2000, help="events per second")
     s.add_argument("--dir", default="shmring-demo", help="where the flusher writes (default ./shmring-demo)")
+    s.add_argument("--browser", action="store_true",
+                   help="real events from a headless Chromium (/usr/bin/chromium) on a local page")
     s.set_defaults(func=cmd_demo)
     return p
 

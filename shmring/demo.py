@@ -12,6 +12,7 @@ Rules:
 - Nothing here prints: the caller gets progress and summary dicts.
 """
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -74,7 +75,7 @@ def _consume(name: str, categories: list[str], ready, results) -> None:
         ready.set()
         for _ in reader:
             pass
-        results.put((",".join(categories), reader.delivered, reader.dropped, reader.filtered))
+        results.put((",".join(categories), reader.delivered, reader.dropped, reader.filtered, reader.cursor))
 
 
 def _produce(socket_path: str, rate: int, stop: threading.Event, counts: dict) -> None:
@@ -118,17 +119,37 @@ def _lines_per_file(directory: str, session_id: str) -> dict[str, int]:
     return counts
 
 
-def run_demo(seconds: float = 10.0, rate: int = 2000, directory: str = "shmring-demo", progress=lambda p: None) -> dict:
-    """Run the whole demo; return a summary. Raises ShmringError if a part fails to start."""
+def _wait_for_capture(name: str, timeout_s: float = 30.0) -> None:
+    """Until the CDP producer announces it is connected (a system.cdp_connected event in the ring)."""
+    deadline = time.monotonic() + timeout_s
+    with Reader.attach(name, after_seq=0, filter=Filter(categories=["system"])) as reader:
+        while (left := deadline - time.monotonic()) > 0:
+            result = reader.read(timeout=left)
+            if result is not None and result.envelope and result.envelope.event.type == "system.cdp_connected":
+                return
+    raise ShmringError(f"the CDP producer did not connect to the browser within {timeout_s:.0f} s")
+
+
+def run_demo(seconds: float = 10.0, rate: int = 2000, directory: str = "shmring-demo", progress=lambda p: None,
+             browser: bool = False) -> dict:
+    """Run the whole demo; return a summary. Raises ShmringError if a part fails to start.
+
+    browser=True: real events from a headless Chromium on a local page (via
+    ``serve --cdp``) instead of the synthetic producer.
+    """
     name = f"demo-{os.getpid()}"
     directory = os.path.abspath(directory)
     ctx = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="shmring-demo-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="shmring-demo-"))
         socket_path = os.path.join(tmp, "ingest.sock")
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "shmring", "serve", name, "--socket", socket_path, "--log-dir", directory],
-            start_new_session=True,
-        )
+        command = [sys.executable, "-m", "shmring", "serve", name, "--socket", socket_path, "--log-dir", directory]
+        if browser:
+            from .cdp import BrowserDemo
+
+            chromium = stack.enter_context(BrowserDemo())
+            command += ["--cdp", chromium.cdp_url]
+        serve = subprocess.Popen(command, start_new_session=True)
         readers, stop, counts = [], threading.Event(), {"published": 0, "last_seq": 0}
         try:
             _wait_for_socket(socket_path, serve)
@@ -141,14 +162,19 @@ def run_demo(seconds: float = 10.0, rate: int = 2000, directory: str = "shmring-
                 if not ready.wait(20):
                     raise ShmringError("a demo reader did not start")
                 readers.append(proc)
-            producer = threading.Thread(target=_produce, args=(socket_path, rate, stop, counts), daemon=True)
+            if browser:
+                _wait_for_capture(name)
+                chromium.open_page()
+                producer = threading.Thread(target=stop.wait, daemon=True)  # the browser is the producer
+            else:
+                producer = threading.Thread(target=_produce, args=(socket_path, rate, stop, counts), daemon=True)
             started = time.monotonic()
             producer.start()
             try:
                 while (elapsed := time.monotonic() - started) < seconds and producer.is_alive():
                     time.sleep(0.5)
                     stats = ring_stats(name)
-                    progress(dict(elapsed=elapsed, published=counts["published"], readers=stats["readers"]))
+                    progress(dict(elapsed=elapsed, published=stats["latest_seq"], readers=stats["readers"]))
             except KeyboardInterrupt:
                 pass  # Ctrl-C: end the run here, shut down in order, summarise what ran
             stop.set()
@@ -164,17 +190,19 @@ def run_demo(seconds: float = 10.0, rate: int = 2000, directory: str = "shmring-
                 serve.kill()
                 serve.wait()
         delivered = {}
+        published = 0
         for _ in readers:
-            categories, got, dropped, filtered = results.get(timeout=30)
+            categories, got, dropped, filtered, cursor = results.get(timeout=30)
             delivered[categories] = dict(delivered=got, dropped=dropped, filtered=filtered)
+            published = max(published, cursor)  # read from seq 0 to the end: the ring's last seq
         for proc in readers:
             proc.join(10)
     return dict(
         ring=name,
         capture_session_id=session_id,
         seconds=elapsed,
-        published=counts["published"],
-        rate=counts["published"] / elapsed if elapsed else 0.0,
+        published=published,
+        rate=published / elapsed if elapsed else 0.0,
         readers=delivered,
         files=_lines_per_file(directory, session_id),
         directory=directory,

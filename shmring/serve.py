@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from .errors import RingNotFound, ShmringError
+from .errors import ConfigError, RingNotFound, ShmringError
 from .ingest import IngestServer, prepare_socket_path
 from .session import CaptureSession
 from .stats import ring_stats
@@ -103,19 +103,58 @@ def _ring_exists(name: str) -> bool:
     return os.path.exists(f"/dev/shm/shmring.{name}")
 
 
-async def _ingest_until(server: IngestServer, stop: threading.Event, ready) -> None:
+class CaptureChild:
+    """``shmring capture-cdp`` as a child of serve, in its own session; restarted if it dies."""
+
+    STOP_TIMEOUT_S = 15.0
+
+    def __init__(self, command: list[str], log):
+        self.command = command
+        self.log = log
+        self.proc = subprocess.Popen(command, start_new_session=True)
+
+    def keep_alive(self) -> None:
+        if self.proc.poll() is not None:
+            self.log(f"capture-cdp (pid {self.proc.pid}) exited with status {self.proc.returncode}; restarting it")
+            self.proc = subprocess.Popen(self.command, start_new_session=True)
+
+    def stop(self) -> None:
+        """SIGTERM, then wait while it drains what it holds into the (still open) socket."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def _ingest_until(server: IngestServer, stop: threading.Event, ready, capture_command=None, log=None) -> None:
     await server.start()
+    capture = CaptureChild(capture_command, log) if capture_command else None
     ready()
     try:
         while not stop.is_set():
             await asyncio.sleep(0.05)
+            if capture is not None and not stop.is_set():
+                capture.keep_alive()
     finally:
+        if capture is not None:
+            # Ingest keeps serving while the producer drains.
+            await asyncio.get_running_loop().run_in_executor(None, capture.stop)
         await server.stop()
 
 
 def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, log_dir: str | None = None,
-          fsync: str = "batch", log=lambda msg: None, on_ready=lambda session: None, **create_kwargs) -> dict:
-    """Run until `stop` is set; return counts. Raises ShmringError on set-up failures."""
+          fsync: str = "batch", log=lambda msg: None, on_ready=lambda session: None, cdp_url: str | None = None,
+          cdp_detail_level: str = "standard", **create_kwargs) -> dict:
+    """Run until `stop` is set; return counts. Raises ShmringError on set-up failures.
+
+    cdp_url: also run ``shmring capture-cdp`` against that browser, publishing
+    through `socket_path` (required then).
+    """
+    if cdp_url is not None and socket_path is None:
+        raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket")
     if socket_path is not None:
         prepare_socket_path(socket_path)  # fail before the ring exists
     session = CaptureSession.create(name, **create_kwargs)
@@ -133,7 +172,12 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
             flusher_attached = True
         if socket_path is not None:
             server = IngestServer(socket_path, session.publish)
-            asyncio.run(_ingest_until(server, stop, lambda: on_ready(session)))
+            command = None
+            if cdp_url is not None:
+                from .cdp import capture_command
+
+                command = capture_command(name, cdp_url, socket_path, cdp_detail_level)
+            asyncio.run(_ingest_until(server, stop, lambda: on_ready(session), command, log))
         else:
             on_ready(session)
             stop.wait()
