@@ -18,6 +18,13 @@ them, so a reader that copied bytes being overwritten sees the raise in
 step 3. TSO does not order a store before a later load (StoreLoad); the
 sleep/wake handshake needs that, and gets it from ``full_fence``.
 
+The payload copies are ``memcpy``, and for a few KB and up the C library
+uses ``rep movsb``, whose individual loads and stores TSO does *not* order
+with the plain accesses around them (a torn-read stress test caught a
+reader accepting stale bytes). So a ``full_fence`` also sits after the
+writer's ``data_low`` raise and after its copy (before the even stamp),
+and after the reader's copy (before it re-checks).
+
 On CPUs without TSO (arm64, POWER) plain Python cannot emit the fences this
 needs, so ``check_memory_model`` refuses to create or attach there.
 """
@@ -133,10 +140,12 @@ class RingWriterCore:
             # chunk at a time, so this store is rare.
             self.data_low = min(end - area + DATA_CHUNK_BYTES, pos, self.gate_low)
             _pack_u64(buf, HDR_DATA_LOW, self.data_low)
+            full_fence()
         slot = HEADER_BYTES + (seq & self.mask) * SLOT_BYTES
         _pack_slot(buf, slot, 2 * seq + 1, pos, length, kind, detail, flags, 0, ts, category)
         start = self.data_base + off
         buf[start : start + length] = payload
+        full_fence()  # the copy is visible before the even stamp
         _pack_u64(buf, slot, 2 * seq)
         self.data_head = end
         if not seq & self.head_mask:
@@ -202,6 +211,7 @@ class RingReaderCore:
         pos = fields[1]
         start = self.data_base + pos % self.data_bytes
         payload = buf[start : start + fields[2]]
+        full_fence()  # the copy is done before the re-check
         if U64.unpack_from(buf, HDR_DATA_LOW)[0] > pos or STAMP.unpack_from(buf, slot)[0] != want:
             return LAPPED, None, None
         return READY, payload, fields
@@ -217,6 +227,7 @@ class RingReaderCore:
         pos = fields[1]
         start = self.data_base + pos % self.data_bytes
         payload = buf[start : start + fields[2]]
+        full_fence()  # the copy is done before the re-check
         if _unpack_u64(buf, HDR_DATA_LOW)[0] > pos or _unpack_u64(buf, slot)[0] != stamp:
             return None
         return payload, fields
@@ -227,20 +238,24 @@ class RingReaderCore:
         mask = self.mask
         base = self.data_base
         area = self.data_bytes
-        out = []
-        while len(out) < limit:
+        copied = []
+        while len(copied) < limit:
             slot = HEADER_BYTES + (seq & mask) * SLOT_BYTES
             fields = _unpack_slot(buf, slot)
-            stamp = fields[0]
-            if stamp != seq << 1:
+            if fields[0] != seq << 1:
                 break
-            pos = fields[1]
-            start = base + pos % area
-            payload = buf[start : start + fields[2]]
-            if _unpack_u64(buf, HDR_DATA_LOW)[0] > pos or _unpack_u64(buf, slot)[0] != stamp:
+            start = base + fields[1] % area
+            copied.append((slot, fields, buf[start : start + fields[2]]))
+            seq += 1
+        if not copied:
+            return []
+        full_fence()  # every copy is done before the re-checks
+        low = _unpack_u64(buf, HDR_DATA_LOW)[0]
+        out = []
+        for slot, fields, payload in copied:
+            if low > fields[1] or _unpack_u64(buf, slot)[0] != fields[0]:
                 break
             out.append((payload, fields[8]))
-            seq += 1
         return out
 
     def head(self) -> int:
