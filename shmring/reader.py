@@ -302,20 +302,29 @@ class Reader:
         ring of a dead writer is drained.
         """
         if self._fast:
-            taken = self._take_ready(self._cursor + 1)
+            seq = self._cursor + 1
+            taken = self._take_ready(seq)
             if taken is not None:
-                self._cursor += 1
+                envelope = _decode_checked(taken[0], seq)
+                if envelope is None:
+                    return ReadResult(dropped=self._drop_to(seq))
+                self._cursor = seq
                 self._delivered += 1
                 self._unpublished += 1
                 if self._unpublished >= PROGRESS_EVERY:
                     self._publish_progress()
-                return ReadResult(_decode(taken[0]))
+                return ReadResult(envelope)
         taken = self._take(timeout)
         if taken is None:
             return None
         if type(taken) is int:
             return ReadResult(dropped=taken)
-        return ReadResult(_decode(taken[1]))
+        envelope = _decode_checked(taken[1], taken[0])
+        if envelope is None:
+            self._delivered -= 1
+            self._dropped += 1
+            return ReadResult(dropped=1)
+        return ReadResult(envelope)
 
     def _take_run(self, limit: int) -> list[tuple[bytes, bytes]]:
         """Unfiltered fast path, undecoded: (payload, category) of the next events that are whole now.
@@ -491,6 +500,20 @@ class Reader:
 
 
 _decode = decode_envelope
+
+
+def _decode_checked(payload: bytes, seq: int) -> Envelope | None:
+    """The envelope, or None if the bytes are not seq's envelope.
+
+    The seqlock already rejects torn copies; this end-to-end check makes any
+    record that still fails to decode as its own seq a counted drop, never a
+    wrong event or an exception in the reader.
+    """
+    try:
+        envelope = _decode(payload)
+    except msgspec.DecodeError:
+        return None
+    return envelope if envelope.seq == seq else None
 
 
 def _reject_all(kind, detail, category) -> bool:

@@ -407,3 +407,24 @@ def test_publish_is_thread_safe_and_seqs_stay_contiguous(ring_name):
                 t.join(TIMEOUT_S)
             assert sorted(seqs) == list(range(1, 2001))
             assert [res.envelope.seq for res in read_all(r)] == list(range(1, 2001))
+
+
+def test_a_record_that_is_not_its_own_envelope_is_a_counted_drop_never_an_event(ring_name):
+    from shmring.layout import category_field
+
+    with CaptureSession.create(ring_name) as s:
+        with Reader.attach(ring_name, after_seq=0) as fast, \
+                Reader.attach(ring_name, after_seq=0, filter=Filter(categories=["console"])) as slow:
+            s.publish(make_event(1))
+            core = s._res.core  # forge two complete slots the seqlock cannot tell from good ones
+            core.write(2, b"12345", 1, 2, 0, 0, category_field("console"))
+            wrong_seq = (b'{"capture_session_id":"x","seq":99,"event":{"ts":1,"type":"t","category":"console",'
+                         b'"source":{"kind":"cdp"},"detail_level":""}}')
+            core.write(3, wrong_seq, 1, 2, 0, 0, category_field("console"))
+            s._seq = s._res.last_seq = 3
+            s.publish(make_event(4))
+            for reader in (fast, slow):
+                results = read_all(reader)
+                assert [r.envelope.seq if r.envelope else ("drop", r.dropped) for r in results] == [
+                    1, ("drop", 1), ("drop", 1), 4]
+                assert (reader.delivered, reader.dropped, reader.cursor) == (2, 2, 4)
