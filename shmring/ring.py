@@ -46,6 +46,7 @@ from .layout import (
     STAMP,
     U64,
     data_offset,
+    slot_offset,
 )
 
 __all__ = [
@@ -94,6 +95,8 @@ and since it lags by less than the capacity, no slot after it is lapped."""
 
 NO_GATE = 1 << 62
 
+# The hot paths (write, poll, take_ready*) compute slot offsets inline, as
+# layout.slot_offset does, to save a call per event; the cold ones call it.
 _pack_slot = SLOT.pack_into
 _unpack_location = SLOT_LOCATION.unpack_from
 _unpack_slot = SLOT.unpack_from
@@ -152,7 +155,7 @@ class RingWriterCore:
             _pack_head(buf, HDR_HEAD, seq, end)
 
     def _intact(self, seq: int) -> bool:
-        stamp, pos, _ = _unpack_location(self.buf, HEADER_BYTES + (seq & self.mask) * SLOT_BYTES)
+        stamp, pos, _ = _unpack_location(self.buf, slot_offset(self.mask, seq))
         return stamp == seq << 1 and pos >= self.data_low
 
     def oldest_intact(self, first: int, last: int) -> int:
@@ -168,7 +171,7 @@ class RingWriterCore:
 
     def position_of(self, seq: int) -> int:
         """Absolute data position of a seq this writer wrote and still holds."""
-        return _unpack_location(self.buf, HEADER_BYTES + (seq & self.mask) * SLOT_BYTES)[1]
+        return _unpack_location(self.buf, slot_offset(self.mask, seq))[1]
 
     def publish_head(self, seq: int) -> None:
         _pack_head(self.buf, HDR_HEAD, seq, self.data_head)
@@ -266,8 +269,7 @@ class RingReaderCore:
         return U64.unpack_from(self.buf, HDR_CLOSED)[0] != 0
 
     def is_complete(self, seq: int) -> bool:
-        slot = HEADER_BYTES + (seq & self.mask) * SLOT_BYTES
-        return STAMP.unpack_from(self.buf, slot)[0] == seq << 1
+        return STAMP.unpack_from(self.buf, slot_offset(self.mask, seq))[0] == seq << 1
 
     def latest(self) -> int:
         """The latest fully published seq."""
@@ -277,7 +279,7 @@ class RingReaderCore:
         return seq
 
     def _retained(self, seq: int, low: int) -> bool:
-        fields = SLOT.unpack_from(self.buf, HEADER_BYTES + (seq & self.mask) * SLOT_BYTES)
+        fields = SLOT.unpack_from(self.buf, slot_offset(self.mask, seq))
         return fields[0] == seq << 1 and fields[1] >= low
 
     def oldest_retained(self, latest: int) -> int:

@@ -224,7 +224,6 @@ class CaptureSession:
         self._data_bytes = data_bytes
         self._flusher_grace_s = flusher_grace_s
         self._lock = threading.Lock()
-        self._seq = 0
         self._prepare = EventPreparer().prepare
         self._wait_flags = _resources.registry.buf
         self._write = _resources.core.write
@@ -305,7 +304,7 @@ class CaptureSession:
     @property
     def last_seq(self) -> int:
         """The seq of the latest published event (0 before the first)."""
-        return self._seq
+        return self._res.last_seq
 
     @property
     def closed(self) -> bool:
@@ -330,7 +329,7 @@ class CaptureSession:
             res = self._res
             if res.closed:
                 raise RingClosed(f"ring {self._name!r} is closed; create a new CaptureSession to publish")
-            seq = self._seq + 1
+            seq = res.last_seq + 1
             envelope = Envelope(self._capture_session_id, seq, event)
             payload = _encode(envelope)
             if len(payload) > MAX_RECORD_BYTES:
@@ -339,7 +338,7 @@ class CaptureSession:
                 res.gates.changed()
             self._write(seq, payload, kind, detail, FLAG_TRUNCATED if envelope.event.truncated else 0, event.ts,
                         category_bytes)
-            self._seq = res.last_seq = seq
+            res.last_seq = seq
         finally:
             lock.release()
         # Releasing the lock was a locked instruction: the slot stores above
@@ -375,5 +374,5 @@ class CaptureSession:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"last_seq={self._seq}"
+        state = "closed" if self.closed else f"last_seq={self.last_seq}"
         return f"<CaptureSession {self._name!r} id={self._capture_session_id} {state}>"

@@ -704,11 +704,11 @@ def inject_raw(session, category_field: bytes) -> int:
     """Publish an event whose slot carries `category_field` as is, bypassing validation (a corrupted ring)."""
     event = EventPreparer().prepare(Event(type="console.log", category="console", source=Source(kind="cdp")))
     with session._lock:
-        seq = session._seq + 1
+        seq = session.last_seq + 1
         payload = encode_envelope(Envelope(session.capture_session_id, seq, event))
         session._res.core.write(seq, payload, KIND_CODES["cdp"], DETAIL_CODES["standard"], 0, event.ts,
                                 category_field.ljust(32, b"\0")[:32])
-        session._seq = session._res.last_seq = seq
+        session._res.last_seq = seq
     return seq
 
 
