@@ -134,6 +134,21 @@ KIND_CODES = {name: i + 1 for i, name in enumerate(SOURCE_KINDS)}
 DETAIL_CODES = {name: i + 1 for i, name in enumerate(DETAIL_LEVELS)}
 
 
+ACCELERATOR_LAYOUT = {
+    "slot_format": SLOT.format,
+    "header_bytes": HEADER_BYTES,
+    "slot_bytes": SLOT_BYTES,
+    "hdr_head": HDR_HEAD,
+    "hdr_data_low": HDR_DATA_LOW,
+    "reg_wait_flags": REG_WAIT_FLAGS,
+    "reg_scan_end": REG_SCAN_END,
+    "reg_gates_changed": REG_GATES_CHANGED,
+    "chunk_bytes": DATA_CHUNK_BYTES,
+    "max_record_bytes": MAX_RECORD_BYTES,
+}
+"""What the compiled accelerator (shmring/_hotpath.c) takes from this module; it checks the slot format."""
+
+
 def ring_bytes(capacity: int, data_bytes: int) -> int:
     return HEADER_BYTES + capacity * SLOT_BYTES + data_bytes
 

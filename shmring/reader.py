@@ -22,6 +22,7 @@ import msgspec
 
 from .errors import ConfigError, IncompatibleRing, RingClosed, ShmringError, WriterGone
 from .layout import (
+    ACCELERATOR_LAYOUT,
     CONFIG,
     DETAIL_CODES,
     DETAIL_LEVELS,
@@ -42,7 +43,7 @@ from .layout import (
 )
 from .liveness import current_identity, is_alive
 from .registry import Registry
-from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, check_memory_model, full_fence
+from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, check_memory_model, full_fence, hotpath
 from .schema import Envelope, Event, decode_envelope, validate_category
 from .segment import WakeSemaphore, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
 
@@ -186,7 +187,14 @@ class Reader:
         self._core = RingReaderCore(_ring.buf, _info.capacity, _info.data_bytes)
         self._filter = _filter
         self._accept = None if _filter is None else _filter.accepts_slot
-        self._take_ready = self._core.take_ready
+        if hotpath is not None:
+            self._taker = hotpath.RecordTaker(
+                ring=_ring.buf, capacity=_info.capacity, data_bytes=_info.data_bytes, layout=ACCELERATOR_LAYOUT,
+                decode=decode_envelope, decode_error=msgspec.DecodeError, envelope_type=Envelope)
+            self._take_decoded = self._taker.take_decoded
+        else:
+            self._taker = None
+            self._take_decoded = _python_take_decoded(self._core.take_ready)
         self._fast = _filter is None  # cleared at the end of the stream
         self._start = _cursor
         self._cursor = _cursor
@@ -303,10 +311,9 @@ class Reader:
         """
         if self._fast:
             seq = self._cursor + 1
-            taken = self._take_ready(seq)
-            if taken is not None:
-                envelope = _decode_checked(taken[0], seq)
-                if envelope is None:
+            envelope = self._take_decoded(seq)
+            if envelope is not None:
+                if envelope is False:  # whole, but not seq's envelope
                     return ReadResult(dropped=self._drop_to(seq))
                 self._cursor = seq
                 self._delivered += 1
@@ -477,6 +484,8 @@ class Reader:
             self._publish_progress()
             self._registry.release(self._index)
         finally:
+            if self._taker is not None:
+                self._taker.release()  # before the unmap: it holds a view of the ring
             self._semaphore.close()
             self._registry.mapping.close()
             self._ring.close()
@@ -514,6 +523,19 @@ def _decode_checked(payload: bytes, seq: int) -> Envelope | None:
     except msgspec.DecodeError:
         return None
     return envelope if envelope.seq == seq else None
+
+
+def _python_take_decoded(take_ready):
+    """The reader's fast path without the accelerator (``_hotpath.RecordTaker.take_decoded``)."""
+
+    def take_decoded(seq: int) -> Envelope | None | bool:
+        taken = take_ready(seq)
+        if taken is None:
+            return None
+        envelope = _decode_checked(taken[0], seq)
+        return False if envelope is None else envelope
+
+    return take_decoded
 
 
 def _reject_all(kind, detail, category) -> bool:

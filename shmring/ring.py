@@ -27,8 +27,14 @@ and after the reader's copy (before it re-checks).
 
 On CPUs without TSO (arm64, POWER) plain Python cannot emit the fences this
 needs, so ``check_memory_model`` refuses to create or attach there.
+
+The compiled accelerator ``_hotpath`` (built by ``pip install`` when a C
+compiler is present) follows the same protocol with real fences; it supplies
+``full_fence`` (an mfence) and the writer's fast path. Without it, or with
+``SHMRING_PURE_PYTHON=1`` in the environment, everything below runs as is.
 """
 
+import os
 import platform
 import threading
 
@@ -50,6 +56,7 @@ from .layout import (
 )
 
 __all__ = [
+    "hotpath",
     "check_memory_model",
     "full_fence",
     "RingWriterCore",
@@ -73,10 +80,23 @@ def check_memory_model() -> None:
         )
 
 
+def _load_hotpath():
+    if os.environ.get("SHMRING_PURE_PYTHON"):
+        return None
+    try:
+        from . import _hotpath
+    except ImportError:
+        return None
+    return _hotpath
+
+
+hotpath = _load_hotpath()
+"""The compiled accelerator module, or None (pure Python)."""
+
 _fence_lock = threading.Lock()
 
 
-def full_fence() -> None:
+def _lock_fence() -> None:
     """A full (StoreLoad) barrier.
 
     An uncontended lock round trip executes a ``lock``-prefixed instruction in
@@ -84,6 +104,9 @@ def full_fence() -> None:
     """
     _fence_lock.acquire()
     _fence_lock.release()
+
+
+full_fence = hotpath.fence if hotpath is not None else _lock_fence
 
 
 READY, EMPTY, WRITING, LAPPED, FILTERED = range(5)
@@ -105,11 +128,26 @@ _pack_u64 = U64.pack_into
 _pack_head = HEAD.pack_into
 
 
-class RingWriterCore:
-    """Writes records into a ring buffer. Single writer; the caller serialises."""
+class _WriterState:
+    """The writer's state, in Python (the compiled ``_hotpath.Writer`` has the same fields)."""
 
     __slots__ = ("buf", "mask", "head_mask", "data_base", "data_bytes", "data_head", "data_low",
-                 "gate_seq", "gate_low", "gate")
+                 "gate_seq", "gate_low", "gate", "last_seq", "closed", "slow_depth")
+
+    def release(self) -> None:
+        """Stop the writer (the compiled one also drops its views of the buffers)."""
+        self.closed = 1
+
+
+class RingWriterCore(hotpath.Writer if hotpath is not None else _WriterState):
+    """Writes records into a ring buffer. Single writer; the caller serialises.
+
+    ``last_seq`` is the latest seq written. With the accelerator, ``publish``
+    is the compiled fast path (see session.py); ``write`` is the reference
+    write, used by the slow path.
+    """
+
+    __slots__ = ()
 
     def __init__(self, buf, capacity: int, data_bytes: int):
         self.buf = buf
@@ -119,6 +157,9 @@ class RingWriterCore:
         self.data_bytes = data_bytes
         self.data_head = 0
         self.data_low = 0
+        self.last_seq = 0
+        self.closed = 0
+        self.slow_depth = 0
         # Gating: writing seq > gate_seq, or raising data_low past gate_low,
         # would overwrite what a gating reader has not taken yet; then
         # gate(seq, needed_low) is called, which waits and updates both.

@@ -31,6 +31,8 @@ __all__ = [
     "BUILTIN_CATEGORIES",
     "validate_category",
     "EventPreparer",
+    "normalise_data",
+    "NO_DATA",
     "encode_envelope",
     "decode_envelope",
     "decode_event",
@@ -151,7 +153,7 @@ def decode_event(data: bytes) -> Event:
         raise InvalidEvent("not a valid Event: JSON nested too deeply") from None
 
 
-def _raw_data(data: Any) -> Raw:
+def normalise_data(data: Any) -> Raw:
     """Validate and compact the event's data; NO_DATA when there is none."""
     if data is NO_DATA or data is None:
         return NO_DATA
@@ -219,7 +221,7 @@ class EventPreparer:
                 event,
                 ts=ts or time.time_ns() // 1000,
                 detail_level=detail,
-                data=_raw_data(data),
+                data=normalise_data(data),
             )
         return event
 

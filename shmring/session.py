@@ -23,7 +23,10 @@ import uuid
 import weakref
 
 from .errors import ConfigError, RingBusy, RingClosed, RingNotFound
+import msgspec
+
 from .layout import (
+    ACCELERATOR_LAYOUT,
     CONFIG,
     DETAIL_CODES,
     FLAG_TRUNCATED,
@@ -48,7 +51,17 @@ from .layout import (
 from .liveness import current_identity, is_alive
 from .registry import Registry
 from .ring import NO_GATE, RingWriterCore, check_memory_model, full_fence
-from .schema import Envelope, Event, EventPreparer, apply_size_rule, encode_envelope, validate_capture_session_id
+from .schema import (
+    NO_DATA,
+    Envelope,
+    Event,
+    EventPreparer,
+    Source,
+    apply_size_rule,
+    encode_envelope,
+    normalise_data,
+    validate_capture_session_id,
+)
 from .segment import (
     create_segment,
     open_segment,
@@ -73,6 +86,7 @@ MIN_DATA_BYTES = 1024 * 1024
 """Every envelope the size rule admits fits in the smallest data area."""
 MAX_CAPACITY = 1 << 24
 DEFAULT_FLUSHER_GRACE_S = 5.0
+
 
 
 def _validate_sizes(capacity: object, data_bytes: object) -> None:
@@ -179,7 +193,6 @@ class _Resources:
         self.gates = None
         self.semaphores: dict[int, WakeSemaphore] = {}
         self.closed = False
-        self.last_seq = 0
 
     def wake(self, index: int) -> None:
         sem = self.semaphores.get(index)
@@ -191,8 +204,11 @@ class _Resources:
         if self.closed or os.getpid() != self.owner_pid:
             return
         self.closed = True
+        last_seq = 0
         if self.core is not None:
-            self.core.publish_head(self.last_seq)
+            self.core.release()  # stops the fast path; it no longer holds views of the ring
+            last_seq = self.core.last_seq
+            self.core.publish_head(last_seq)
             self.core.mark_closed()
         if self.registry is not None:
             # Wake every attached reader, asleep or about to sleep. The
@@ -201,7 +217,7 @@ class _Resources:
             for entry in self.registry.entries():
                 self.registry.set_waiting(entry["index"], False)
                 self.wake(entry["index"])
-            self.gates.wait_until_taken(self.last_seq)
+            self.gates.wait_until_taken(last_seq)
         unlink_ring_objects(self.name)
         for sem in self.semaphores.values():
             sem.close()
@@ -226,9 +242,38 @@ class CaptureSession:
         self._lock = threading.Lock()
         self._prepare = EventPreparer().prepare
         self._wait_flags = _resources.registry.buf
+        self._core = _resources.core
         self._write = _resources.core.write
         self._category_fields: dict[str, bytes] = {}
         self._finalizer = weakref.finalize(self, _resources.close)
+        if hasattr(self._core, "configure_publish"):
+            self._use_compiled_publish()
+
+    def _use_compiled_publish(self) -> None:
+        """Route publish through the compiled fast path; it calls the Python
+        publish (the reference) for anything it does not vouch for."""
+        this = weakref.ref(self)  # no cycle: dropping the session still closes it
+
+        def slow(event):
+            session = this()
+            if session is None:
+                raise RingClosed("this ring's CaptureSession is gone; create a new one to publish")
+            return CaptureSession.publish(session, event)
+
+        def on_flags():
+            session = this()
+            if session is not None:
+                session._on_flags()
+
+        res = self._res
+        self._core.configure_publish(
+            ring=res.ring.buf, registry=res.registry.buf, layout=ACCELERATOR_LAYOUT,
+            capture_session_id=self._capture_session_id, category_fields=self._category_fields,
+            kind_codes=_KIND_CODES, detail_codes=_DETAIL_CODES, standard="standard",
+            event_type=Event, source_type=Source, envelope_type=Envelope, raw_type=msgspec.Raw,
+            no_data=NO_DATA, slow=slow, on_flags=on_flags, normalise_data=normalise_data,
+        )
+        self.publish = self._core.publish
 
     @classmethod
     def create(
@@ -304,7 +349,7 @@ class CaptureSession:
     @property
     def last_seq(self) -> int:
         """The seq of the latest published event (0 before the first)."""
-        return self._res.last_seq
+        return self._res.core.last_seq
 
     @property
     def closed(self) -> bool:
@@ -316,6 +361,10 @@ class CaptureSession:
 
         Raises InvalidEvent (nothing written) or RingClosed. Never waits for
         plain readers.
+
+        This is the reference path. With the compiled accelerator, the
+        session's ``publish`` is ``_hotpath.Writer.publish``, which handles
+        the common case itself and calls this for everything else.
         """
         event = self._prepare(event)
         category_bytes = self._category_fields.get(event.category)
@@ -324,12 +373,14 @@ class CaptureSession:
         kind = _KIND_CODES[event.source.kind]
         detail = _DETAIL_CODES[event.detail_level]
         lock = self._lock
+        core = self._core
         lock.acquire()  # explicit acquire/release: half the cost of `with` here
+        core.slow_depth += 1  # the compiled fast path defers while this runs (it may sleep in a gate wait)
         try:
             res = self._res
             if res.closed:
                 raise RingClosed(f"ring {self._name!r} is closed; create a new CaptureSession to publish")
-            seq = res.last_seq + 1
+            seq = core.last_seq + 1
             envelope = Envelope(self._capture_session_id, seq, event)
             payload = _encode(envelope)
             if len(payload) > MAX_RECORD_BYTES:
@@ -338,8 +389,9 @@ class CaptureSession:
                 res.gates.changed()
             self._write(seq, payload, kind, detail, FLAG_TRUNCATED if envelope.event.truncated else 0, event.ts,
                         category_bytes)
-            res.last_seq = seq
+            core.last_seq = seq
         finally:
+            core.slow_depth -= 1
             lock.release()
         # Releasing the lock was a locked instruction: the slot stores above
         # are globally visible before these flag loads (no lost wake-up).

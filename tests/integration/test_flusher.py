@@ -708,7 +708,7 @@ def inject_raw(session, category_field: bytes) -> int:
         payload = encode_envelope(Envelope(session.capture_session_id, seq, event))
         session._res.core.write(seq, payload, KIND_CODES["cdp"], DETAIL_CODES["standard"], 0, event.ts,
                                 category_field.ljust(32, b"\0")[:32])
-        session._res.last_seq = seq
+        session._res.core.last_seq = seq
     return seq
 
 

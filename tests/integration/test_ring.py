@@ -421,7 +421,7 @@ def test_a_record_that_is_not_its_own_envelope_is_a_counted_drop_never_an_event(
             wrong_seq = (b'{"capture_session_id":"x","seq":99,"event":{"ts":1,"type":"t","category":"console",'
                          b'"source":{"kind":"cdp"},"detail_level":""}}')
             core.write(3, wrong_seq, 1, 2, 0, 0, category_field("console"))
-            s._res.last_seq = 3
+            core.last_seq = 3
             s.publish(make_event(4))
             for reader in (fast, slow):
                 results = read_all(reader)
