@@ -209,6 +209,7 @@ class Reader:
         # anything at or below the published cursor.
         self._committed: int | None = None
         self._last_wake = 0.0
+        self._resynced_at: int | None = None  # the cursor after the last resync (see _skip_lapped)
 
     @classmethod
     def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None) -> "Reader":
@@ -398,9 +399,22 @@ class Reader:
         return lost
 
     def _skip_lapped(self, seq: int) -> int:
+        """Drop what the writer overwrote: up to the oldest event still held.
+
+        A reader lapped again soon after its last resync is chasing a writer
+        that outruns it: resuming at the very oldest event would lap it again
+        within a few reads, each costing a resync. It resumes a sixteenth of
+        the ring further on instead. Either way every skipped event is counted.
+        """
         core = self._core
-        oldest = core.oldest_retained(core.latest())
-        return self._drop_to(max(oldest, seq + 1) - 1)
+        latest = core.latest()
+        oldest = core.oldest_retained(latest)
+        capacity = core.capacity
+        if self._resynced_at is not None and seq - self._resynced_at < capacity // 4:
+            oldest = min(oldest + capacity // 16, latest + 1)
+        lost = self._drop_to(max(oldest, seq + 1) - 1)
+        self._resynced_at = self._cursor
+        return lost
 
     def _writer_alive(self) -> bool:
         return is_alive(self._info.writer_pid, self._info.writer_start_time)

@@ -124,13 +124,16 @@ class _Gates:
     """The writer's view of gating readers: how far it may write, and waiting for room."""
 
     LIVENESS_EVERY_S = 0.05
-    POLL_S = 0.0002
+    POLL_S = 0.001
+    MAX_POLL_S = 0.008
 
     def __init__(self, registry: Registry, core: RingWriterCore, capacity: int, grace_s: float):
         self.registry = registry
         self.core = core
         self.capacity = capacity
         self.grace_s = grace_s
+        self.resume_slots = capacity // 4
+        self.resume_bytes = core.data_bytes // 4
         self._health: dict[tuple[int, int], tuple[float, bool, float | None]] = {}
         core.gate = self.wait_for_room
 
@@ -159,8 +162,16 @@ class _Gates:
                 if self._honoured(index, pid, start_time, now)]
 
     def wait_for_room(self, seq: int, needed_low: int) -> None:
-        """Block until writing `seq` (raising data_low to `needed_low`) loses nothing gated."""
+        """Block until writing `seq` (raising data_low to `needed_low`) loses nothing gated.
+
+        Once it has had to wait, it waits on until a quarter of the ring is
+        free again (or the gating readers have taken everything), so a writer
+        outrunning its flusher pays for one wait per quarter ring, not one
+        per event.
+        """
         core = self.core
+        waited = False
+        poll_s = self.POLL_S
         while True:
             cursors = self._cursors()
             if not cursors:
@@ -168,12 +179,20 @@ class _Gates:
                 return
             # The first event a gating reader still needs; if it is already
             # gone (the reader came late), the oldest one still held.
-            needed = core.oldest_intact(min(cursors) + 1, seq - 1)
+            taken = min(cursors)
+            needed = core.oldest_intact(taken + 1, seq - 1)
             core.gate_seq = needed - 1 + self.capacity
             core.gate_low = core.position_of(needed) if needed < seq else core.data_head
-            if seq <= core.gate_seq and needed_low <= core.gate_low:
+            if seq <= core.gate_seq and needed_low <= core.gate_low and (
+                    not waited or taken >= seq - 1
+                    or (seq + self.resume_slots <= core.gate_seq and needed_low + self.resume_bytes <= core.gate_low)):
                 return
-            time.sleep(self.POLL_S)
+            waited = True
+            time.sleep(poll_s)
+            # Each poll costs the writer CPU; once the minimum room is there
+            # the flusher still has most of a ring queued, so back off.
+            if seq <= core.gate_seq and needed_low <= core.gate_low:
+                poll_s = min(2 * poll_s, self.MAX_POLL_S)
 
     def wait_until_taken(self, last_seq: int) -> None:
         """At close: until every honoured gating reader has taken `last_seq`."""
