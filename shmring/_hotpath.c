@@ -102,6 +102,8 @@ static int compact_string(Compactor *c) {
                 if (c->end - c->p < 6 || !is_hex(c->p[2]) || !is_hex(c->p[3]) || !is_hex(c->p[4]) ||
                     !is_hex(c->p[5]))
                     return -1;
+                if ((c->p[2] | 0x20) == 'd' && !(c->p[3] >= '0' && c->p[3] <= '7'))
+                    return -1; /* a surrogate escape (D800-DFFF): paired or not, msgspec decides */
                 c->p += 6;
             } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' ||
                        e == 't') {
@@ -326,6 +328,7 @@ enum { F_KIND, F_SOURCE_EVENT, F_METADATA, SOURCE_FIELDS };
 static const char *const EVENT_FIELD_NAMES[EVENT_FIELDS] = {"ts", "type", "category", "source", "detail_level",
                                                             "url", "data", "truncated"};
 static const char *const SOURCE_FIELD_NAMES[SOURCE_FIELDS] = {"kind", "event", "metadata"};
+static const char *const ENVELOPE_SEQ_NAME[1] = {"seq"};
 
 static int member_offsets(PyTypeObject *type, const char *const *names, int n, Py_ssize_t *offsets) {
     for (int i = 0; i < n; i++) {
@@ -382,20 +385,6 @@ static int fields_load(EventFields *f, PyObject *event, PyTypeObject *source_typ
         PyErr_Clear();
         return -1;
     }
-    /* Metadata: str to str, keys strictly ascending (as the encoder sorts them). */
-    Py_ssize_t i = 0;
-    PyObject *key, *value, *previous = NULL;
-    while (PyDict_Next(f->metadata, &i, &key, &value)) {
-        if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(value)) return -1;
-        if (previous != NULL) {
-            int cmp = PyUnicode_Compare(previous, key);
-            if (cmp >= 0 || PyErr_Occurred()) {
-                PyErr_Clear();
-                return -1;
-            }
-        }
-        previous = key;
-    }
     return 0;
 }
 
@@ -418,7 +407,7 @@ typedef struct {
     PyObject *capture_session_id, *category_fields, *kind_codes, *detail_codes, *standard, *standard_code;
     PyObject *event_type, *source_type, *envelope_type, *raw_type, *no_data;
     PyObject *slow, *on_flags, *normalise_data;
-    Py_ssize_t event_offsets[EVENT_FIELDS], source_offsets[SOURCE_FIELDS];
+    Py_ssize_t event_offsets[EVENT_FIELDS], source_offsets[SOURCE_FIELDS], envelope_seq_offset;
     char *scratch;
     Py_ssize_t scratch_size;
     unsigned char *compact_buf;
@@ -557,7 +546,8 @@ static PyObject *Writer_configure_publish(Writer *self, PyObject *args, PyObject
         return NULL;
     }
     if (member_offsets((PyTypeObject *)event_type, EVENT_FIELD_NAMES, EVENT_FIELDS, self->event_offsets) < 0 ||
-        member_offsets((PyTypeObject *)source_type, SOURCE_FIELD_NAMES, SOURCE_FIELDS, self->source_offsets) < 0)
+        member_offsets((PyTypeObject *)source_type, SOURCE_FIELD_NAMES, SOURCE_FIELDS, self->source_offsets) < 0 ||
+        member_offsets((PyTypeObject *)envelope_type, ENVELOPE_SEQ_NAME, 1, &self->envelope_seq_offset) < 0)
         return NULL;
     release_views(self);
     if (PyObject_GetBuffer(ring, &self->ring_view, PyBUF_WRITABLE) < 0) return NULL;
@@ -627,10 +617,15 @@ static Py_ssize_t encode_envelope(Writer *self, PyObject *csid, uint64_t seq, Ev
                *u_url = utf8_of(f->url, &n_url);
     if (!u_csid || !u_type || !u_cat || !u_kind || !u_sevent || !u_detail || !u_url) return -1;
     Py_ssize_t bound = 256 + data_len + 6 * (n_csid + n_type + n_cat + n_kind + n_sevent + n_detail + n_url);
+    /* Metadata: str to str, keys strictly ascending (the order the encoder
+       sorts them in). Checked here, in the phase that runs no Python code. */
     Py_ssize_t i = 0;
-    PyObject *key, *value;
+    PyObject *key, *value, *previous = NULL;
     while (PyDict_Next(f->metadata, &i, &key, &value)) {
         Py_ssize_t nk, nv;
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(value)) return -1;
+        if (previous != NULL && PyUnicode_Compare(previous, key) >= 0) return -1;
+        previous = key;
         if (!utf8_of(key, &nk) || !utf8_of(value, &nv)) return -1;
         bound += 8 + 6 * (nk + nv);
     }
@@ -733,25 +728,33 @@ static inline void set_field(PyObject *obj, Py_ssize_t offset, PyObject *value) 
     Py_XDECREF(old);
 }
 
-/* 1: published, *envelope set. 0: not vouched for, nothing written. -1: error, nothing written. */
-static int fast_publish(Writer *self, PyObject *event, PyObject **envelope_out) {
-    if (!self->have_views || self->closed || self->slow_depth || Py_TYPE(event) != (PyTypeObject *)self->event_type)
-        return 0;
-    char *ring = (char *)self->ring_view.buf;
-    const char *registry = (const char *)self->registry_view.buf;
-    if (registry[self->reg_gates_changed]) return 0; /* a flusher came or went: the slow path re-evaluates gating */
+/* 1: published, *envelope set. 0: not vouched for, nothing written. -1: error, nothing written.
 
+   Two phases. The first may run Python code (the data normaliser, or a
+   garbage collection triggered by an allocation, which runs finalizers):
+   another thread can publish or close meanwhile. So it takes no seq and
+   touches no writer state. The second runs no Python code and allocates
+   no GC-tracked object: it re-checks the state, takes the seq, encodes and
+   writes, atomically with respect to every other thread. */
+static int fast_publish(Writer *self, PyObject *event, PyObject **envelope_out) {
+    if (Py_TYPE(event) != (PyTypeObject *)self->event_type || !self->have_views || self->closed || self->slow_depth)
+        return 0;
+
+    /* -- phase 1: validate, normalise, build the envelope (seq still unset) */
     EventFields f;
-    PyObject *data = NULL, *stamped = NULL, *envelope = NULL;
-    int result = 0;
+    PyObject *category_field = NULL, *data = NULL, *stamped = NULL, *envelope = NULL;
+    Py_buffer data_view;
+    int have_data_view = 0, result = 0;
     if (fields_load(&f, event, (PyTypeObject *)self->source_type, self->event_offsets, self->source_offsets) < 0)
         goto done;
-    PyObject *category_field = PyDict_GetItemWithError(self->category_fields, f.category);
+    category_field = PyDict_GetItemWithError(self->category_fields, f.category);
     if (category_field == NULL || !PyBytes_CheckExact(category_field) ||
         PyBytes_GET_SIZE(category_field) != CATEGORY_BYTES) {
         PyErr_Clear(); /* a category not seen yet: the slow path validates it */
+        category_field = NULL;
         goto done;
     }
+    Py_INCREF(category_field);
     long long kind = code_of(self->kind_codes, f.kind);
     if (kind < 0) goto done;
     PyObject *detail = f.detail;
@@ -769,35 +772,9 @@ static int fast_publish(Writer *self, PyObject *event, PyObject **envelope_out) 
         result = r;
         goto done;
     }
-    const char *data_bytes = NULL;
-    Py_ssize_t data_len = 0;
-    Py_buffer data_view;
-    int have_data_view = 0;
-    if (data != self->no_data) {
-        if (PyObject_GetBuffer(data, &data_view, PyBUF_SIMPLE) < 0) {
-            PyErr_Clear();
-            goto done;
-        }
-        have_data_view = 1;
-        data_bytes = (const char *)data_view.buf;
-        data_len = data_view.len;
-    }
-    uint64_t seq = (uint64_t)self->last_seq + 1;
-    Py_ssize_t length = encode_envelope(self, self->capture_session_id, seq, &f, ts, detail, data_bytes, data_len);
-    if (have_data_view) PyBuffer_Release(&data_view);
-    if (length < 0 || length > self->max_record_bytes) goto done; /* the size rule lives in Python */
-
-    /* Where the record goes; a gating wait is the slow path's. */
-    long long area = self->data_bytes, pos = self->data_head, off = pos % area;
-    if (off + length > area) {
-        pos += area - off;
-        off = 0;
-    }
-    long long end = pos + length;
-    if ((long long)seq > self->gate_seq || end - area > self->gate_low) goto done;
-
-    /* The envelope as published, built before anything is written. */
-    if (f.ts_value == 0 || detail != f.detail || data != f.data) {
+    /* As the Python path: the caller's Event is copied when anything is
+       filled in or when it has data (normalised into a Raw of our own). */
+    if (f.ts_value == 0 || detail != f.detail || f.data != self->no_data) {
         stamped = PyObject_CallMethodNoArgs(event, s_copy);
         if (stamped == NULL) {
             result = -1;
@@ -817,18 +794,52 @@ static int fast_publish(Writer *self, PyObject *event, PyObject **envelope_out) 
     } else {
         stamped = Py_NewRef(event);
     }
-    PyObject *seq_obj = PyLong_FromUnsignedLongLong(seq);
+    PyObject *zero = PyLong_FromLong(0); /* a placeholder seq; phase 2 sets the real one */
+    if (zero == NULL) {
+        result = -1;
+        goto done;
+    }
+    PyObject *envelope_args[] = {self->capture_session_id, zero, stamped};
+    envelope = PyObject_Vectorcall(self->envelope_type, envelope_args, 3, NULL);
+    Py_DECREF(zero);
+    if (envelope == NULL || Py_TYPE(envelope) != (PyTypeObject *)self->envelope_type) {
+        result = envelope == NULL ? -1 : 0;
+        goto done;
+    }
+    const char *data_bytes = NULL;
+    Py_ssize_t data_len = 0;
+    if (data != self->no_data) {
+        if (PyObject_GetBuffer(data, &data_view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            goto done;
+        }
+        have_data_view = 1;
+        data_bytes = (const char *)data_view.buf;
+        data_len = data_view.len;
+    }
+
+    /* -- phase 2: no Python code from here on ----------------------------- */
+    if (!self->have_views || self->closed || self->slow_depth) goto done;
+    char *ring = (char *)self->ring_view.buf;
+    const char *registry = (const char *)self->registry_view.buf;
+    if (registry[self->reg_gates_changed]) goto done; /* a flusher came or went: the slow path re-evaluates gating */
+    uint64_t seq = (uint64_t)self->last_seq + 1;
+    Py_ssize_t length = encode_envelope(self, self->capture_session_id, seq, &f, ts, detail, data_bytes, data_len);
+    if (length < 0 || length > self->max_record_bytes) goto done; /* the size rule lives in Python */
+    /* Where the record goes; a gating wait is the slow path's. */
+    long long area = self->data_bytes, pos = self->data_head, off = pos % area;
+    if (off + length > area) {
+        pos += area - off;
+        off = 0;
+    }
+    long long end = pos + length;
+    if ((long long)seq > self->gate_seq || end - area > self->gate_low) goto done;
+    PyObject *seq_obj = PyLong_FromUnsignedLongLong(seq); /* not GC-tracked: no collection */
     if (seq_obj == NULL) {
         result = -1;
         goto done;
     }
-    PyObject *envelope_args[] = {self->capture_session_id, seq_obj, stamped};
-    envelope = PyObject_Vectorcall(self->envelope_type, envelope_args, 3, NULL);
-    Py_DECREF(seq_obj);
-    if (envelope == NULL) {
-        result = -1;
-        goto done;
-    }
+    set_field(envelope, self->envelope_seq_offset, seq_obj);
 
     /* The seqlock write: ring.py's RingWriterCore.write, step for step. */
     if (end - area > self->data_low) {
@@ -863,7 +874,9 @@ static int fast_publish(Writer *self, PyObject *event, PyObject **envelope_out) 
     envelope = NULL;
     result = 1;
 done:
+    if (have_data_view) PyBuffer_Release(&data_view);
     fields_clear(&f);
+    Py_XDECREF(category_field);
     Py_XDECREF(data);
     Py_XDECREF(stamped);
     Py_XDECREF(envelope);
@@ -995,8 +1008,7 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
         }
         if ((*ints[i].dst = PyLong_AsLongLong(v)) == -1 && PyErr_Occurred()) return -1;
     }
-    static const char *const seq_name[] = {"seq"};
-    if (member_offsets((PyTypeObject *)envelope_type, seq_name, 1, &self->seq_offset) < 0) return -1;
+    if (member_offsets((PyTypeObject *)envelope_type, ENVELOPE_SEQ_NAME, 1, &self->seq_offset) < 0) return -1;
     if (capacity < 1 || (capacity & (capacity - 1)) || data_bytes < 1 || self->slot_bytes != 64) {
         PyErr_SetString(PyExc_ValueError, "capacity must be a power of two and data_bytes positive");
         return -1;
