@@ -125,7 +125,7 @@ class _Gates:
 
     LIVENESS_EVERY_S = 0.05
     POLL_S = 0.001
-    MAX_POLL_S = 0.008
+    MAX_POLL_S = 0.05
 
     def __init__(self, registry: Registry, core: RingWriterCore, capacity: int, grace_s: float):
         self.registry = registry
@@ -171,7 +171,7 @@ class _Gates:
         """
         core = self.core
         waited = False
-        poll_s = self.POLL_S
+        previous = None  # (time, min cursor) at the previous poll
         while True:
             cursors = self._cursors()
             if not cursors:
@@ -183,16 +183,29 @@ class _Gates:
             needed = core.oldest_intact(taken + 1, seq - 1)
             core.gate_seq = needed - 1 + self.capacity
             core.gate_low = core.position_of(needed) if needed < seq else core.data_head
-            if seq <= core.gate_seq and needed_low <= core.gate_low and (
-                    not waited or taken >= seq - 1
-                    or (seq + self.resume_slots <= core.gate_seq and needed_low + self.resume_bytes <= core.gate_low)):
+            room = seq <= core.gate_seq and needed_low <= core.gate_low
+            if room and (not waited or taken >= seq - 1
+                         or (seq + self.resume_slots <= core.gate_seq
+                             and needed_low + self.resume_bytes <= core.gate_low)):
                 return
             waited = True
-            time.sleep(poll_s)
-            # Each poll costs the writer CPU; once the minimum room is there
-            # the flusher still has most of a ring queued, so back off.
-            if seq <= core.gate_seq and needed_low <= core.gate_low:
+            # Each poll costs the writer CPU. A flusher moves its cursor a
+            # batch at a time: back off while it does not move; once there is
+            # some room, sleep about as long as it needs to free the rest, at
+            # the pace it has shown.
+            now = time.monotonic()
+            if previous is None:
+                poll_s = self.POLL_S
+            elif taken == previous[1]:
                 poll_s = min(2 * poll_s, self.MAX_POLL_S)
+            elif room:
+                pace = (taken - previous[1]) / (now - previous[0])
+                poll_s = min(max((seq + self.resume_slots - core.gate_seq) / pace, self.POLL_S), self.MAX_POLL_S)
+            else:
+                poll_s = self.POLL_S
+            if previous is None or taken != previous[1]:
+                previous = (now, taken)
+            time.sleep(poll_s)
 
     def wait_until_taken(self, last_seq: int) -> None:
         """At close: until every honoured gating reader has taken `last_seq`."""
