@@ -406,7 +406,7 @@ typedef struct {
         chunk_bytes, max_record_bytes;
     PyObject *capture_session_id, *category_fields, *kind_codes, *detail_codes, *standard, *standard_code;
     PyObject *event_type, *source_type, *envelope_type, *raw_type, *no_data;
-    PyObject *slow, *on_flags, *normalise_data;
+    PyObject *slow, *on_flags, *normalise_data, *encode_data;
     Py_ssize_t event_offsets[EVENT_FIELDS], source_offsets[SOURCE_FIELDS], envelope_seq_offset;
     char *scratch;
     Py_ssize_t scratch_size;
@@ -431,6 +431,7 @@ static int Writer_traverse(Writer *self, visitproc visit, void *arg) {
     Py_VISIT(self->slow);
     Py_VISIT(self->on_flags);
     Py_VISIT(self->normalise_data);
+    Py_VISIT(self->encode_data);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -461,6 +462,7 @@ static int Writer_clear(Writer *self) {
     Py_CLEAR(self->slow);
     Py_CLEAR(self->on_flags);
     Py_CLEAR(self->normalise_data);
+    Py_CLEAR(self->encode_data);
     return 0;
 }
 
@@ -511,14 +513,15 @@ static int ensure_compact_buf(Writer *self, Py_ssize_t need) {
 static PyObject *Writer_configure_publish(Writer *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"ring", "registry", "layout", "capture_session_id", "category_fields", "kind_codes",
                              "detail_codes", "standard", "event_type", "source_type", "envelope_type", "raw_type",
-                             "no_data", "slow", "on_flags", "normalise_data", NULL};
+                             "no_data", "slow", "on_flags", "normalise_data", "encode_data", NULL};
     PyObject *ring, *registry, *layout, *csid, *category_fields, *kind_codes, *detail_codes, *standard;
-    PyObject *event_type, *source_type, *envelope_type, *raw_type, *no_data, *slow, *on_flags, *normalise_data;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOO!UO!O!O!UO!O!O!O!OOOO", kwlist, &ring, &registry,
+    PyObject *event_type, *source_type, *envelope_type, *raw_type, *no_data, *slow, *on_flags, *normalise_data,
+        *encode_data;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOO!UO!O!O!UO!O!O!O!OOOOO", kwlist, &ring, &registry,
                                      &PyDict_Type, &layout, &csid, &PyDict_Type, &category_fields, &PyDict_Type,
                                      &kind_codes, &PyDict_Type, &detail_codes, &standard, &PyType_Type, &event_type,
                                      &PyType_Type, &source_type, &PyType_Type, &envelope_type, &PyType_Type,
-                                     &raw_type, &no_data, &slow, &on_flags, &normalise_data))
+                                     &raw_type, &no_data, &slow, &on_flags, &normalise_data, &encode_data))
         return NULL;
     PyObject *fmt = PyDict_GetItemString(layout, "slot_format");
     if (fmt == NULL || !PyUnicode_Check(fmt) || PyUnicode_CompareWithASCIIString(fmt, SLOT_FORMAT) != 0) {
@@ -577,6 +580,7 @@ static PyObject *Writer_configure_publish(Writer *self, PyObject *args, PyObject
     SET(slow, slow);
     SET(on_flags, on_flags);
     SET(normalise_data, normalise_data);
+    SET(encode_data, encode_data);
 #undef SET
     Py_RETURN_NONE;
 }
@@ -688,9 +692,14 @@ static int normalised_data(Writer *self, PyObject *data, PyObject **result) {
         *result = Py_NewRef(data);
         return 1;
     }
-    if (Py_TYPE(data) == (PyTypeObject *)self->raw_type) {
-        Py_buffer view;
-        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+    int is_raw = Py_TYPE(data) == (PyTypeObject *)self->raw_type, is_bytes = PyBytes_CheckExact(data),
+        is_str = PyUnicode_CheckExact(data);
+    if (is_raw || is_bytes || is_str) {
+        Py_buffer view = {0};
+        if (is_str) {
+            view.buf = (void *)utf8_of(data, &view.len);
+            if (view.buf == NULL) return 0;
+        } else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
             PyErr_Clear();
             return 0;
         }
@@ -702,11 +711,35 @@ static int normalised_data(Writer *self, PyObject *data, PyObject **result) {
                 PyErr_Clear();
         }
         Py_ssize_t len = view.len;
-        PyBuffer_Release(&view);
-        if (n == len) { /* valid and already compact */
+        if (!is_str) PyBuffer_Release(&view);
+        if (n == len && is_raw) { /* valid and already compact */
             *result = Py_NewRef(data);
             return 1;
         }
+        if (n >= 0) { /* valid: a Raw of the compact text, as the Python rule makes (str stays str) */
+            PyObject *compact = n == len ? Py_NewRef(data)
+                                : is_str ? PyUnicode_FromStringAndSize((const char *)self->compact_buf, n)
+                                         : PyBytes_FromStringAndSize((const char *)self->compact_buf, n);
+            if (compact == NULL) return -1;
+            PyObject *raw = PyObject_CallOneArg(self->raw_type, compact);
+            Py_DECREF(compact);
+            if (raw == NULL) return -1;
+            *result = raw;
+            return 1;
+        }
+    }
+    if (PyDict_CheckExact(data) || PyList_CheckExact(data)) {
+        /* A container: the encoder the Python rule uses; any failure, the Python rule reports it. */
+        PyObject *encoded = PyObject_CallOneArg(self->encode_data, data);
+        if (encoded != NULL) {
+            PyObject *raw = PyObject_CallOneArg(self->raw_type, encoded);
+            Py_DECREF(encoded);
+            if (raw == NULL) return -1;
+            *result = raw;
+            return 1;
+        }
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+        PyErr_Clear();
     }
     /* Anything else (not compact, not a Raw, not vouched for): the Python
        rule validates and compacts it, or raises InvalidEvent. */

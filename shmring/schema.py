@@ -32,6 +32,7 @@ __all__ = [
     "validate_category",
     "EventPreparer",
     "normalise_data",
+    "encode_data",
     "NO_DATA",
     "encode_envelope",
     "decode_envelope",
@@ -132,6 +133,8 @@ _KINDS = frozenset(SOURCE_KINDS)
 _DETAILS = frozenset(DETAIL_LEVELS)
 _compact = msgspec.json.format
 _data_encoder = msgspec.json.Encoder()
+encode_data = _data_encoder.encode
+"""Event data that is not JSON text yet -> compact JSON bytes (what normalise_data uses)."""
 _encoder = msgspec.json.Encoder(order="deterministic")
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _event_decoder = msgspec.json.Decoder(Event)
@@ -166,7 +169,7 @@ def normalise_data(data: Any) -> Raw:
         except (msgspec.DecodeError, TypeError) as exc:
             raise InvalidEvent(f"event data is not valid JSON: {exc}") from None
     try:
-        return Raw(_data_encoder.encode(data))
+        return Raw(encode_data(data))
     except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
         raise InvalidEvent(f"event data cannot be encoded as JSON: {exc}") from None
 

@@ -58,6 +58,7 @@ from .schema import (
     EventPreparer,
     Source,
     apply_size_rule,
+    encode_data,
     encode_envelope,
     normalise_data,
     validate_capture_session_id,
@@ -304,6 +305,7 @@ class CaptureSession:
             kind_codes=_KIND_CODES, detail_codes=_DETAIL_CODES, standard="standard",
             event_type=Event, source_type=Source, envelope_type=Envelope, raw_type=msgspec.Raw,
             no_data=NO_DATA, slow=slow, on_flags=on_flags, normalise_data=normalise_data,
+            encode_data=encode_data,
         )
         self.publish = self._core.publish
 
