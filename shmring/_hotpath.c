@@ -305,7 +305,8 @@ typedef struct {
     long long ts_value;
 } EventFields;
 
-static PyObject *s_copy; /* "__copy__", interned */
+static PyObject *s_copy;        /* "__copy__", interned */
+static PyObject *s_copy_method; /* "copy", interned */
 
 static void fields_clear(EventFields *f) {
     Py_CLEAR(f->type);
@@ -385,7 +386,36 @@ static int fields_load(EventFields *f, PyObject *event, PyTypeObject *source_typ
         PyErr_Clear();
         return -1;
     }
+    /* Each string's UTF-8 now (CPython caches it in the str), so that phase 2
+       only reads it; metadata must map str to str (order is checked in phase 2). */
+    Py_ssize_t n;
+    if (!utf8_of(f->type, &n) || !utf8_of(f->category, &n) || !utf8_of(f->kind, &n) ||
+        !utf8_of(f->source_event, &n) || !utf8_of(f->detail, &n) || !utf8_of(f->url, &n))
+        return -1;
+    Py_ssize_t i = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(f->metadata, &i, &key, &value)) {
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(value) || !utf8_of(key, &n) || !utf8_of(value, &n))
+            return -1;
+    }
     return 0;
+}
+
+/* 1 if `event` (and its source) still hold the field values `f` was loaded
+   from: Python code in phase 1 may have changed them. Reads pointers only. */
+static int fields_unchanged(const EventFields *f, PyObject *event, const Py_ssize_t *ev_off,
+                            const Py_ssize_t *src_off, int stamped) {
+#define AT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+    if (AT(event, ev_off[F_TYPE]) != f->type || AT(event, ev_off[F_CATEGORY]) != f->category ||
+        AT(event, ev_off[F_SOURCE]) != f->source || AT(event, ev_off[F_URL]) != f->url ||
+        AT(event, ev_off[F_TRUNCATED]) != f->truncated)
+        return 0;
+    if (!stamped && (AT(event, ev_off[F_TS]) != f->ts || AT(event, ev_off[F_DETAIL]) != f->detail ||
+                     AT(event, ev_off[F_DATA]) != f->data))
+        return 0;
+    return AT(f->source, src_off[F_KIND]) == f->kind && AT(f->source, src_off[F_SOURCE_EVENT]) == f->source_event &&
+           AT(f->source, src_off[F_METADATA]) == f->metadata;
+#undef AT
 }
 
 /* ------------------------------------------------------------------------
@@ -404,7 +434,7 @@ typedef struct {
     int have_views;
     long long header_bytes, slot_bytes, hdr_head, hdr_data_low, reg_wait_flags, reg_scan_end, reg_gates_changed,
         chunk_bytes, max_record_bytes;
-    PyObject *capture_session_id, *category_fields, *kind_codes, *detail_codes, *standard, *standard_code;
+    PyObject *capture_session_id, *category_fields, *kind_codes, *detail_codes, *standard;
     PyObject *event_type, *source_type, *envelope_type, *raw_type, *no_data;
     PyObject *slow, *on_flags, *normalise_data, *encode_data;
     Py_ssize_t event_offsets[EVENT_FIELDS], source_offsets[SOURCE_FIELDS], envelope_seq_offset;
@@ -422,7 +452,6 @@ static int Writer_traverse(Writer *self, visitproc visit, void *arg) {
     Py_VISIT(self->kind_codes);
     Py_VISIT(self->detail_codes);
     Py_VISIT(self->standard);
-    Py_VISIT(self->standard_code);
     Py_VISIT(self->event_type);
     Py_VISIT(self->source_type);
     Py_VISIT(self->envelope_type);
@@ -453,7 +482,6 @@ static int Writer_clear(Writer *self) {
     Py_CLEAR(self->kind_codes);
     Py_CLEAR(self->detail_codes);
     Py_CLEAR(self->standard);
-    Py_CLEAR(self->standard_code);
     Py_CLEAR(self->event_type);
     Py_CLEAR(self->source_type);
     Py_CLEAR(self->envelope_type);
@@ -543,8 +571,7 @@ static PyObject *Writer_configure_publish(Writer *self, PyObject *args, PyObject
         }
         GET_LL(*ints[i].dst, v);
     }
-    PyObject *standard_code = PyDict_GetItemWithError(detail_codes, standard);
-    if (standard_code == NULL) {
+    if (PyDict_GetItemWithError(detail_codes, standard) == NULL) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "standard must be a key of detail_codes");
         return NULL;
     }
@@ -559,10 +586,11 @@ static PyObject *Writer_configure_publish(Writer *self, PyObject *args, PyObject
         return NULL;
     }
     self->have_views = 1;
-    if (self->ring_view.len < self->data_base + self->data_bytes ||
-        self->registry_view.len < self->reg_scan_end || self->slot_bytes != 64) {
+    if (self->data_bytes < self->max_record_bytes || self->mask < 0 || self->slot_bytes != 64 ||
+        self->data_base != self->header_bytes + (self->mask + 1) * self->slot_bytes ||
+        self->ring_view.len < self->data_base + self->data_bytes || self->registry_view.len < self->reg_scan_end) {
         release_views(self);
-        PyErr_SetString(PyExc_ValueError, "ring or registry smaller than the layout says");
+        PyErr_SetString(PyExc_ValueError, "the writer's sizes do not match the ring, the registry or the layout");
         return NULL;
     }
 #define SET(field, value) Py_XSETREF(self->field, Py_NewRef(value))
@@ -571,7 +599,6 @@ static PyObject *Writer_configure_publish(Writer *self, PyObject *args, PyObject
     SET(kind_codes, kind_codes);
     SET(detail_codes, detail_codes);
     SET(standard, standard);
-    SET(standard_code, standard_code);
     SET(event_type, event_type);
     SET(source_type, source_type);
     SET(envelope_type, envelope_type);
@@ -688,12 +715,19 @@ static Py_ssize_t encode_envelope(Writer *self, PyObject *csid, uint64_t seq, Ev
    input itself when it was already compact; or no_data), 0 when not vouched,
    -1 on error (raised by the Python normaliser: the event is invalid). */
 static int normalised_data(Writer *self, PyObject *data, PyObject **result) {
+    PyObject *const original = data;
     if (data == self->no_data) {
         *result = Py_NewRef(data);
         return 1;
     }
     int is_raw = Py_TYPE(data) == (PyTypeObject *)self->raw_type, is_bytes = PyBytes_CheckExact(data),
         is_str = PyUnicode_CheckExact(data);
+    PyObject *own = NULL; /* a Raw over a bytearray or memoryview is a live view: copy it before validating */
+    if (is_raw) {
+        own = PyObject_CallMethodNoArgs(data, s_copy_method);
+        if (own == NULL) return -1;
+        data = own;
+    }
     if (is_raw || is_bytes || is_str) {
         Py_buffer view = {0};
         if (is_str) {
@@ -704,7 +738,7 @@ static int normalised_data(Writer *self, PyObject *data, PyObject **result) {
             return 0;
         }
         Py_ssize_t n = -1;
-        if (view.len > 0) {
+        if (view.len > 0 && view.len <= self->max_record_bytes) { /* longer: the Python rule truncates it */
             if (ensure_compact_buf(self, view.len) == 0)
                 n = compact_json((const unsigned char *)view.buf, view.len, self->compact_buf);
             else
@@ -713,7 +747,7 @@ static int normalised_data(Writer *self, PyObject *data, PyObject **result) {
         Py_ssize_t len = view.len;
         if (!is_str) PyBuffer_Release(&view);
         if (n == len && is_raw) { /* valid and already compact */
-            *result = Py_NewRef(data);
+            *result = data; /* own's reference */
             return 1;
         }
         if (n >= 0) { /* valid: a Raw of the compact text, as the Python rule makes (str stays str) */
@@ -723,11 +757,14 @@ static int normalised_data(Writer *self, PyObject *data, PyObject **result) {
             if (compact == NULL) return -1;
             PyObject *raw = PyObject_CallOneArg(self->raw_type, compact);
             Py_DECREF(compact);
+            Py_XDECREF(own);
             if (raw == NULL) return -1;
             *result = raw;
             return 1;
         }
     }
+    Py_XDECREF(own);
+    data = original;
     if (PyDict_CheckExact(data) || PyList_CheckExact(data)) {
         /* A container: the encoder the Python rule uses; any failure, the Python rule reports it. */
         PyObject *encoded = PyObject_CallOneArg(self->encode_data, data);
@@ -761,14 +798,16 @@ static inline void set_field(PyObject *obj, Py_ssize_t offset, PyObject *value) 
     Py_XDECREF(old);
 }
 
-/* 1: published, *envelope set. 0: not vouched for, nothing written. -1: error, nothing written.
+/* 1: published, *envelope set; 2: the same, and a wait flag is set (call on_flags).
+   0: not vouched for, nothing written. -1: error, nothing written.
 
    Two phases. The first may run Python code (the data normaliser, or a
    garbage collection triggered by an allocation, which runs finalizers):
-   another thread can publish or close meanwhile. So it takes no seq and
-   touches no writer state. The second runs no Python code and allocates
-   no GC-tracked object: it re-checks the state, takes the seq, encodes and
-   writes, atomically with respect to every other thread. */
+   another thread can publish or close meanwhile, or change the event. So it
+   takes no seq and touches no writer state. The second runs no Python code
+   and allocates no GC-tracked object before it writes: it re-checks the
+   state and the event's fields, takes the seq, encodes and writes,
+   atomically with respect to every other thread. */
 static int fast_publish(Writer *self, PyObject *event, PyObject **envelope_out) {
     if (Py_TYPE(event) != (PyTypeObject *)self->event_type || !self->have_views || self->closed || self->slow_depth)
         return 0;
@@ -794,7 +833,7 @@ static int fast_publish(Writer *self, PyObject *event, PyObject **envelope_out) 
     long long detail_code;
     if (PyUnicode_GET_LENGTH(detail) == 0) {
         detail = self->standard;
-        detail_code = PyLong_AsLongLong(self->standard_code);
+        detail_code = code_of(self->detail_codes, detail);
     } else {
         detail_code = code_of(self->detail_codes, detail);
     }
@@ -853,6 +892,7 @@ static int fast_publish(Writer *self, PyObject *event, PyObject **envelope_out) 
 
     /* -- phase 2: no Python code from here on ----------------------------- */
     if (!self->have_views || self->closed || self->slow_depth) goto done;
+    if (!fields_unchanged(&f, stamped, self->event_offsets, self->source_offsets, stamped != event)) goto done;
     char *ring = (char *)self->ring_view.buf;
     const char *registry = (const char *)self->registry_view.buf;
     if (registry[self->reg_gates_changed]) goto done; /* a flusher came or went: the slow path re-evaluates gating */
@@ -885,6 +925,7 @@ static int fast_publish(Writer *self, PyObject *event, PyObject **envelope_out) 
     }
     char *slot = ring + self->header_bytes + (long long)(seq & (uint64_t)self->mask) * self->slot_bytes;
     store_u64(slot + SLOT_STAMP, 2 * seq + 1);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the compiler keeps the odd stamp first (the CPU does: TSO) */
     store_u64(slot + SLOT_POS, (uint64_t)pos);
     uint32_t len32 = (uint32_t)length;
     memcpy(slot + SLOT_LEN, &len32, 4);
@@ -897,15 +938,20 @@ static int fast_publish(Writer *self, PyObject *event, PyObject **envelope_out) 
     memcpy(ring + self->data_base + off, self->scratch, (size_t)length);
     full_fence(); /* the copy (rep movsb, not ordered by TSO) is visible before the even stamp */
     __atomic_store_n((uint64_t *)(slot + SLOT_STAMP), 2 * seq, __ATOMIC_RELEASE);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     self->data_head = end;
     self->last_seq = (long long)seq;
     if (!(seq & (uint64_t)self->head_mask)) {
         store_u64(ring + self->hdr_head, seq);
         store_u64(ring + self->hdr_head + 8, (uint64_t)end);
     }
+    /* The slot stores are globally visible before the flag loads (no lost
+       wake-up: a reader sets its flag, fences, then re-checks the slot).
+       Scanned here, while the registry is surely still mapped. */
+    full_fence();
+    result = memchr(registry + self->reg_wait_flags, 1, (size_t)(self->reg_scan_end - self->reg_wait_flags)) ? 2 : 1;
     *envelope_out = envelope;
     envelope = NULL;
-    result = 1;
 done:
     if (have_data_view) PyBuffer_Release(&data_view);
     fields_clear(&f);
@@ -917,15 +963,15 @@ done:
 }
 
 static PyObject *Writer_publish(Writer *self, PyObject *event) {
+    if (self->slow == NULL || self->on_flags == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this writer's publish path is not configured");
+        return NULL;
+    }
     PyObject *envelope = NULL;
     int r = fast_publish(self, event, &envelope);
     if (r < 0) return NULL;
     if (r == 0) return PyObject_CallOneArg(self->slow, event);
-    /* The slot stores are globally visible before the flag loads (no lost
-       wake-up: a reader sets its flag, fences, then re-checks the slot). */
-    full_fence();
-    const char *registry = (const char *)self->registry_view.buf;
-    if (memchr(registry + self->reg_wait_flags, 1, (size_t)(self->reg_scan_end - self->reg_wait_flags)) != NULL) {
+    if (r == 2) { /* a reader sleeps, or a flusher came or went */
         PyObject *r2 = PyObject_CallNoArgs(self->on_flags);
         if (r2 == NULL) {
             Py_DECREF(envelope);
@@ -1170,6 +1216,7 @@ static PyMethodDef module_methods[] = {
 static int module_exec(PyObject *module) {
 init_tables();
     if ((s_copy = PyUnicode_InternFromString("__copy__")) == NULL) return -1;
+    if ((s_copy_method = PyUnicode_InternFromString("copy")) == NULL) return -1;
     PyObject *writer_type = PyType_FromModuleAndSpec(module, &Writer_spec, NULL);
     if (writer_type == NULL) return -1;
     if (PyModule_AddObject(module, "Writer", writer_type) < 0) {

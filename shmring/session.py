@@ -140,9 +140,11 @@ class _Gates:
 
     def changed(self) -> None:
         """A gating reader came or went: make the next write re-evaluate."""
+        # Gate first: the compiled fast path does not take the lock, and must
+        # never see the flag cleared while the old gate still stands.
+        self.core.gate_seq = self.core.gate_low = 0
         self.registry.take_gates_changed()
         full_fence()  # the flag's clear is visible before we next read entries
-        self.core.gate_seq = self.core.gate_low = 0
 
     def _honoured(self, index: int, pid: int, start_time: float, now: float) -> bool:
         """Alive, or dead for less than the grace period. Retires it otherwise."""
@@ -435,10 +437,18 @@ class CaptureSession:
 
     def _on_flags(self) -> None:
         res = self._res
+        if res.closed:  # close() has woken everyone already
+            return
         registry = res.registry
         if registry.buf[REG_GATES_CHANGED]:
             with self._lock:
-                res.gates.changed()
+                core = self._core
+                core.slow_depth += 1  # the compiled fast path stays out meanwhile
+                try:
+                    if not res.closed:
+                        res.gates.changed()
+                finally:
+                    core.slow_depth -= 1
         for index in list(registry.sleepers()):
             registry.set_waiting(index, False)
             res.wake(index)

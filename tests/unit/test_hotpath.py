@@ -833,3 +833,104 @@ def test_close_during_a_fast_path_publish_raises_ring_closed_not_a_crash(ring_na
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-2000:]}"
     assert proc.stdout.strip() == "RingClosed"
+
+
+# -- review findings: a live buffer, an event changed mid-publish, gates changing, misuse --------------
+
+
+def test_a_raw_over_a_mutable_buffer_is_copied_before_it_is_checked(pair):
+    fast, pure = pair
+    publish_both(fast, pure, console_event())
+    buffer = bytearray(b'{"n":1}')
+    event = console_event(data=msgspec.Raw(buffer))  # msgspec.Raw over a bytearray is a live view
+    f_env, p_env = fast.publish(event), pure.publish(event)
+    buffer[5:6] = b"2"
+    assert bytes(f_env.event.data) == bytes(p_env.event.data) == b'{"n":1}'
+    assert record(fast, f_env.seq)[1] == encode_envelope(f_env)
+
+
+def during_next_collection(action):
+    """Run `action` once, at the next garbage collection (threshold 1): Python code inside phase 1."""
+    armed = [True]
+
+    def callback(phase, info):
+        if armed[0] and phase == "start":
+            armed[0] = False
+            action()
+
+    return callback
+
+
+@pytest.mark.parametrize("change", ["buffer", "type", "metadata object"])
+def test_an_event_changed_during_publish_is_never_written_as_something_else(ring_name, change):
+    with CaptureSession.create(ring_name, capacity=CAPACITY, data_bytes=DATA_BYTES) as session:
+        session.publish(console_event())
+        buffer = bytearray(b'{"n":1}')
+        event = console_event(ts=0, data=msgspec.Raw(buffer), source=Source(kind="cdp", metadata={"a": "1"}))
+        actions = {
+            "buffer": lambda: buffer.__setitem__(slice(0, 7), b"xxxxxxx"),
+            "type": lambda: setattr(event, "type", "changed"),
+            "metadata object": lambda: setattr(event.source, "metadata", {"b": "2"}),
+        }
+        callback = during_next_collection(actions[change])
+        threshold = gc.get_threshold()
+        gc.collect()
+        gc.callbacks.append(callback)
+        try:
+            gc.set_threshold(1)
+            envelope = session.publish(event)
+        finally:
+            gc.set_threshold(*threshold)
+            gc.callbacks.remove(callback)
+        # Whatever the collection changed, the record in the ring is the envelope returned.
+        assert record(session, envelope.seq)[1] == encode_envelope(envelope)
+        with Reader.attach(session.name, after_seq=envelope.seq - 1) as reader:
+            assert reader.read(timeout=1).envelope == envelope
+
+
+def test_bad_metadata_is_reported_before_bad_data_as_the_reference_does(pair):
+    fast, pure = pair
+    publish_both(fast, pure, console_event())
+    event = console_event(source=Source(kind="cdp", metadata={"a": 1}), data=b"nope")
+    assert outcome(fast, event) == outcome(pure, event)
+    assert "metadata" in str(outcome(fast, event))
+
+
+def test_a_publish_while_the_gates_change_waits_for_the_gating_reader(ring_name, monkeypatch):
+    from shmring.layout import ROLE_FLUSHER
+    from shmring.registry import Registry
+
+    with CaptureSession.create(ring_name, capacity=4, data_bytes=1 << 20) as session:
+        for _ in range(4):
+            session.publish(console_event())  # the ring is full
+        gating = Reader._attach(ring_name, after_seq=0, filter=None, role=ROLE_FLUSHER, gating=True)
+        try:
+            take_gates_changed = Registry.take_gates_changed
+            published = threading.Event()
+            other = threading.Thread(target=lambda: (session.publish(console_event()), published.set()))
+
+            def take_in_the_middle(registry):
+                # Another thread publishes while the writer is re-evaluating its gates.
+                other.start()
+                published.wait(0.3)
+                return take_gates_changed(registry)
+
+            monkeypatch.setattr(Registry, "take_gates_changed", take_in_the_middle)
+            session._on_flags()
+            monkeypatch.setattr(Registry, "take_gates_changed", take_gates_changed)
+            assert not published.is_set()  # held at the gate: seq 1 is not taken yet
+            seqs = [gating.read(timeout=5).envelope.seq for _ in range(4)]
+            gating._commit(gating.cursor)  # as the flusher does once its lines are written
+            seqs.append(gating.read(timeout=5).envelope.seq)
+            other.join(5)
+            assert published.is_set()
+            assert seqs == [1, 2, 3, 4, 5] and gating.dropped == 0
+        finally:
+            gating.close()
+
+
+def test_an_unconfigured_writer_refuses_to_publish():
+    from shmring.ring import RingWriterCore
+
+    with pytest.raises(RuntimeError, match="not configured"):
+        RingWriterCore(bytearray(1 << 21), 4, 1 << 20).publish(console_event())
