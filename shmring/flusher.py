@@ -463,7 +463,9 @@ class Flusher:
         for cat_file in self._files.values():
             cat_file.close()
         if self._reader is not None:
-            self._reader.close()
+            # After an error, the writer keeps waiting (its grace period) for
+            # a restarted flusher to take over, as if this process had died.
+            self._reader._close(abandon_gate=self._failed)
 
     def __enter__(self) -> "Flusher":
         return self

@@ -490,13 +490,20 @@ class Reader:
 
     def close(self) -> None:
         """Detach: free the registry entry and unmap. Idempotent."""
+        self._close(abandon_gate=False)
+
+    def _close(self, abandon_gate: bool) -> None:
+        """Detach; a gating reader that failed (``abandon_gate``) leaves its entry for a successor."""
         if self._detached:
             return
         self._detached = True
         self._fast = False
         try:
             self._publish_progress()
-            self._registry.release(self._index)
+            if abandon_gate and self._committed is not None:
+                self._registry.abandon(self._index)
+            else:
+                self._registry.release(self._index)
         finally:
             if self._taker is not None:
                 self._taker.release()  # before the unmap: it holds a view of the ring

@@ -112,6 +112,18 @@ class Registry:
             if gating:
                 self.buf[REG_GATES_CHANGED] = 1
 
+    def abandon(self, index: int) -> None:
+        """A gating reader that stopped on an error: leave its entry as a dead owner's.
+
+        The writer then keeps honouring the cursor for its grace period, so a
+        flusher restarted within it takes the entry over and loses nothing.
+        """
+        with self.mapping.locked():
+            self.buf[REG_WAIT_FLAGS + index] = 0
+            off = entry_offset(index)
+            state, _, _, role, gating = ENTRY_IDENTITY.unpack_from(self.buf, off)
+            ENTRY_IDENTITY.pack_into(self.buf, off, state, 0, 0.0, role, gating)  # pid 0: never alive
+
     def retire_gate(self, index: int) -> None:
         """Writer side: stop honouring a dead flusher's cursor."""
         U64.pack_into(self.buf, entry_offset(index) + ENTRY_GATING_OFFSET, 0)

@@ -644,6 +644,38 @@ def test_full_disk_stops_with_flush_error_and_a_restart_resumes_without_loss(rin
     check_files(out, session.capture_session_id, expected, gap_ranges)
 
 
+def test_a_flusher_that_failed_keeps_the_writer_waiting_for_its_successor(ring_name, spawn, flushers, tmp_path):
+    out = tmp_path / "logs"
+    capacity = 256
+    session = CaptureSession.create(ring_name, capacity=capacity, data_bytes=1 << 20, flusher_grace_s=30)
+    results, ready = spawn.Queue(), spawn.Event()
+    failing = spawn.Process(target=faulty_flusher,
+                            args=(ring_name, str(out), results, ready, "enospc", "category", 3000))
+    failing.start()
+    assert ready.wait(TIMEOUT_S)
+    expected = dict(publish(session, 1, 100))
+    outcome = results.get(timeout=TIMEOUT_S)
+    failing.join(TIMEOUT_S)
+    assert outcome["error"] is not None and "No space left on device" in outcome["error"], outcome
+    # Three rings' worth follows while no flusher runs: the writer must hold it for the successor.
+    more, done = {}, threading.Event()
+
+    def publish_more():
+        more.update(publish(session, 101, 100 + 3 * capacity))
+        done.set()
+
+    publisher = threading.Thread(target=publish_more)
+    publisher.start()
+    assert not done.wait(1.0)  # held: the ring is full of events the failed flusher never wrote
+    proc = flushers(ring_name, out)  # space is back
+    publisher.join(TIMEOUT_S)
+    assert done.is_set()
+    expected.update(more)
+    session.close()
+    finish(proc)
+    check_files(out, session.capture_session_id, expected)  # every seq once, no gap
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 64 KiB tmpfs (root only); yields (mount point, remount(size))."""
@@ -716,7 +748,8 @@ def inject_raw(session, category_field: bytes) -> int:
                                    b"page.1", b"a/b", b"x\0y", b"\xff\xfe", b"con sole", b"a-b", b"9lives"])
 def test_a_category_that_is_not_a_valid_file_name_never_reaches_the_file_system(ring_name, tmp_path, field):
     out = tmp_path / "nested" / "logs"
-    with CaptureSession.create(ring_name, capacity=64, data_bytes=1 << 20) as session:
+    # A short grace: close() waits that long for a successor of the flusher that stopped.
+    with CaptureSession.create(ring_name, capacity=64, data_bytes=1 << 20, flusher_grace_s=0.2) as session:
         publish(session, 1, 3, categories=("console",))
         bad = inject_raw(session, field)
         with Flusher(ring_name, out) as flusher:
