@@ -963,7 +963,18 @@ done:
     return result;
 }
 
-static PyObject *Writer_publish(Writer *self, PyObject *event) {
+static PyObject *Writer_publish(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    /* publish(event), publish(event=event): as CaptureSession.publish takes it. */
+    PyObject *event = NULL;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs == 1 && nkw == 0) {
+        event = args[0];
+    } else if (nargs == 0 && nkw == 1 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "event") == 0) {
+        event = args[0];
+    } else {
+        PyErr_SetString(PyExc_TypeError, "publish() takes exactly one argument, the event");
+        return NULL;
+    }
     if (self->slow == NULL || self->on_flags == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "this writer's publish path is not configured");
         return NULL;
@@ -986,7 +997,7 @@ static PyObject *Writer_publish(Writer *self, PyObject *event) {
 static PyMethodDef Writer_methods[] = {
     {"configure_publish", (PyCFunction)(void (*)(void))Writer_configure_publish, METH_VARARGS | METH_KEYWORDS,
      "Set up the compiled publish fast path over the ring and registry buffers."},
-    {"publish", (PyCFunction)Writer_publish, METH_O,
+    {"publish", (PyCFunction)(void (*)(void))Writer_publish, METH_FASTCALL | METH_KEYWORDS,
      "publish(event) -> Envelope: the fast path; defers to the slow path for anything it does not vouch for."},
     {"release", (PyCFunction)Writer_release, METH_NOARGS,
      "Stop the fast path and release its buffer views (before the ring is unmapped)."},

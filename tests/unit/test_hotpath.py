@@ -934,3 +934,15 @@ def test_an_unconfigured_writer_refuses_to_publish():
 
     with pytest.raises(RuntimeError, match="not configured"):
         RingWriterCore(bytearray(1 << 21), 4, 1 << 20).publish(console_event())
+
+
+def test_publish_takes_the_event_by_position_or_by_keyword_on_both_paths(pair):
+    fast, pure = pair
+    for session in (fast, pure):
+        assert session.publish(console_event()).seq == 1
+        assert session.publish(event=console_event()).seq == 2
+        for call in (lambda: session.publish(), lambda: session.publish(console_event(), console_event()),
+                     lambda: session.publish(evt=console_event())):
+            with pytest.raises(TypeError):
+                call()
+        assert session.last_seq == 2
