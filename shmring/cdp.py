@@ -5,9 +5,9 @@ Rules:
   (``waitForDebuggerOnStart``, ``flatten``) at browser level follows every page,
   including tabs opened later; on each page session the same call follows its
   out-of-process iframes. A new target is resumed (``Runtime.runIfWaitingForDebugger``)
-  only after Runtime, Network and Page are enabled and the interaction script is
-  installed, so its first requests are not lost. Targets of other types are
-  resumed and detached.
+  only after Runtime, Network and Page are enabled and the interaction script
+  and the console hook are installed, so its first requests and console calls
+  are not lost. Targets of other types are resumed and detached.
 - Events go out through serve's ingest socket with the Producer client; the
   writer stays the single write path. A publisher thread batches with
   ``publish_many`` so the asyncio loop never blocks on the socket.
@@ -50,7 +50,21 @@ What Chromium (156) imposes, measured:
 - Once Runtime is enabled, Chromium's inspector does work on every console
   call (serialising it, capturing a stack), on the page's own thread. Stack
   capture is switched off below ``verbose``; the rest is the price of
-  ``Runtime.consoleAPICalled`` (tools/bench_cdp.py measures it).
+  ``Runtime.consoleAPICalled`` (tools/bench_cdp.py measures it: the page's
+  console-heavy loop runs 2-3x slower).
+- So by default (``console_hook``; below detail level ``raw``) the producer
+  avoids that price: an injected main-world script replaces console.log/info/warn/error/debug,
+  records each call (args as text previews, as the DevTools console shows
+  them), and sends the calls in batches through the
+  ``__shmringConsole`` binding. Those events have ``source.event``
+  ``Runtime.bindingCalled`` (the method that carried them) and their frame
+  from the binding's execution context. The calls no longer reach Chromium's
+  console, so DevTools and other CDP clients do not see them; uncaught
+  exceptions still come from ``Runtime.exceptionThrown``. Page code can call
+  the binding too, so a page can forge its own console lines (as it can log
+  anything it likes anyway). ``console_hook=False``
+  (``capture-cdp --console-via-inspector``), and detail level ``raw``, use
+  ``Runtime.consoleAPICalled`` instead, at the inspector's price.
 """
 
 import asyncio
@@ -106,7 +120,9 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
                   "--disable-component-update", "--disable-sync")
 
 BINDING = "__shmringInteraction"
+CONSOLE_BINDING = "__shmringConsole"
 WORLD = "shmring"
+CONSOLE_HOOK_BATCH = 500
 FOLLOWED_TYPES = frozenset({"page", "iframe"})
 MAX_REQUESTS_PER_TARGET = 10_000
 MAX_FRAMES_PER_TARGET = 1_000
@@ -152,6 +168,74 @@ INTERACTION_SCRIPT = r"""
   }, opts);
 })();
 """ % {"binding": BINDING}
+
+
+CONSOLE_HOOK_SCRIPT = r"""
+(() => {
+  const emit = globalThis.%(binding)s;
+  if (typeof emit !== "function" || globalThis.__shmringConsoleHooked) return;
+  globalThis.__shmringConsoleHooked = true;
+  const withStack = %(stack)s;
+  const now = () => performance.timeOrigin + performance.now();
+  // Text previews as the DevTools console (and remote_object_text) shows them.
+  const inner = (v) => {
+    if (typeof v === "string") return "'" + v + "'";
+    if (v === null) return "null";
+    if (Array.isArray(v)) return "Array(" + v.length + ")";
+    if (typeof v === "object") return (v.constructor && v.constructor.name) || "Object";
+    if (typeof v === "function") return "ƒ";
+    return typeof v === "bigint" ? v + "n" : String(v);
+  };
+  const text = (v) => {
+    try {
+      if (typeof v === "string") return v;
+      if (v === null) return "null";
+      if (typeof v === "bigint") return v + "n";
+      if (typeof v !== "object") return String(v);
+      if (v instanceof Error) return String(v.stack || v);
+      if (v instanceof RegExp || v instanceof Date) return String(v);
+      if (typeof Node !== "undefined" && v instanceof Node) {
+        if (v.nodeType !== 1) return v.nodeName;
+        const classes = v.classList.length ? "." + Array.from(v.classList).join(".") : "";
+        return v.localName + (v.id ? "#" + v.id : "") + classes;
+      }
+      if (Array.isArray(v)) {
+        return "[" + v.slice(0, 100).map(inner).join(", ") + (v.length > 100 ? ", …" : "") + "]";
+      }
+      const keys = Object.keys(v);
+      const props = keys.slice(0, 5).map((k) => k + ": " + inner(v[k]));
+      return "{" + props.join(", ") + (keys.length > 5 ? ", …" : "") + "}";
+    } catch (e) {
+      return "?";
+    }
+  };
+  const frameText = (line) => {
+    line = line.trim().replace(/^at /, "");
+    return line.endsWith(")") ? line : "(anonymous) (" + line + ")";
+  };
+  let batch = [], scheduled = false;
+  const flush = () => {
+    scheduled = false;
+    if (!batch.length) return;
+    const out = batch;
+    batch = [];
+    try { emit(JSON.stringify(out)); } catch (e) {}
+  };
+  for (const level of ["log", "info", "warn", "error", "debug"]) {
+    const hooked = function (...args) {
+      const entry = [level, now(), args.map(text)];
+      if (withStack) entry.push(String(new Error().stack || "").split("\n").slice(2).map(frameText));
+      batch.push(entry);
+      if (batch.length >= %(batch)d) flush();
+      else if (!scheduled) { scheduled = true; queueMicrotask(flush); }
+    };
+    try { Object.defineProperty(console, level, {value: hooked, writable: true, configurable: true}); } catch (e) {}
+  }
+})();
+"""
+"""The console hook (``console_hook=True``): the page's console methods record
+their calls and send them, batched per microtask, through a binding. Chromium's
+inspector then never sees them, which is what makes it cheap for the page."""
 
 
 # -- mapping: CDP messages -> Event dicts (no I/O) -----------------------------
@@ -266,6 +350,7 @@ class _Target:
 
 _CONSOLE_LEVELS = {"log": "log", "info": "info", "warning": "warn", "error": "error", "debug": "debug",
                    "assert": "error"}
+_HOOK_LEVELS = frozenset({"log", "info", "warn", "error", "debug"})
 _NETWORK_CATEGORY = "network"
 
 
@@ -459,7 +544,35 @@ class CdpMapper:
         return [self._event("console.exception", "console", method, target, frame_id, target.frame_url(frame_id),
                             ts, data, params)]
 
+    def _console_batch(self, method, params, target):
+        """A batch from the console hook: one console.* event per call it recorded."""
+        try:
+            entries = json.loads(params["payload"])
+        except (TypeError, ValueError):
+            raise MalformedCdp(f"{method}: console payload is not JSON") from None
+        if not isinstance(entries, list):
+            raise MalformedCdp(f"{method}: console payload is not a list")
+        context = params.get("executionContextId")
+        frame_id = target.contexts.get(context)
+        url = target.frame_url(frame_id)
+        events = []
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) >= 3 and entry[0] in _HOOK_LEVELS
+                    and isinstance(entry[2], list)):
+                raise MalformedCdp(f"{method}: unexpected console entry")
+            level, ts, args = entry[0], entry[1], entry[2]
+            ts = int(ts * 1000) if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > 0 \
+                else self.now_us()
+            data = {"level": level, "args": [a if isinstance(a, str) else str(a) for a in args]}
+            if self.verbose and len(entry) > 3 and isinstance(entry[3], list):
+                data["stack"] = [str(line) for line in entry[3]]
+            raw = {"name": CONSOLE_BINDING, "executionContextId": context, "entry": entry}
+            events.append(self._event(f"console.{level}", "console", method, target, frame_id, url, ts, data, raw))
+        return events
+
     def _binding(self, method, params, target):
+        if params.get("name") == CONSOLE_BINDING:
+            return self._console_batch(method, params, target)
         if params.get("name") != BINDING:
             return []
         try:
@@ -1046,9 +1159,12 @@ class CdpCapture:
     """
 
     def __init__(self, cdp_url: str, socket_path: str, *, detail_level: str = "standard", log=lambda msg: None,
-                 max_backoff_s: float = 3.0, name: str | None = None):
+                 max_backoff_s: float = 3.0, name: str | None = None, console_hook: bool | None = None):
         _http_base(cdp_url)  # reject a bad URL now
         self.cdp_url = cdp_url
+        # By default console calls go through the in-page hook; at detail level
+        # raw (the untouched CDP params) through Runtime.consoleAPICalled.
+        self.console_hook = detail_level != "raw" if console_hook is None else bool(console_hook)
         self.socket_path = socket_path
         self.name = name
         self.log = log
@@ -1158,6 +1274,13 @@ class CdpCapture:
                     ("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True,
                                               "filter": [{"type": "iframe", "exclude": False}]}),
                 ]
+                if self.console_hook:  # before the target resumes: its first console call is hooked
+                    commands[-1:-1] = [
+                        ("Runtime.addBinding", {"name": CONSOLE_BINDING}),
+                        ("Page.addScriptToEvaluateOnNewDocument", {"source": CONSOLE_HOOK_SCRIPT % {
+                            "binding": CONSOLE_BINDING, "stack": "true" if self.mapper.verbose else "false",
+                            "batch": CONSOLE_HOOK_BATCH}, "runImmediately": True}),
+                    ]
                 # Sent in order, answered in any order; all before the target is resumed.
                 replies = []
                 try:
@@ -1302,22 +1425,28 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
 
 
 def capture(cdp_url: str, socket_path: str, *, stop: threading.Event, detail_level: str = "standard",
-            log=lambda msg: None, name: str | None = None, max_backoff_s: float = 3.0) -> dict:
+            log=lambda msg: None, name: str | None = None, max_backoff_s: float = 3.0,
+            console_hook: bool | None = None) -> dict:
     """Capture the browser at `cdp_url` into serve's ingest socket until `stop` is set; return counts.
 
     `cdp_url`: ``http://127.0.0.1:PORT`` or the browser's ``ws://…/devtools/browser/…`` URL.
     Raises ConfigError for a bad URL or detail level; everything else (no
     browser yet, browser gone, ingest socket down) is retried and reported
     through `log`, one line per change of state.
+    `console_hook`: console calls through the in-page hook (True) or through
+    ``Runtime.consoleAPICalled`` (False); None: the hook, except at detail
+    level raw. See the module docstring.
     """
     return CdpCapture(cdp_url, socket_path, detail_level=detail_level, log=log, name=name,
-                      max_backoff_s=max_backoff_s).run(stop)
+                      max_backoff_s=max_backoff_s, console_hook=console_hook).run(stop)
 
 
-def capture_command(name: str, cdp_url: str, socket_path: str, detail_level: str = "standard") -> list[str]:
+def capture_command(name: str, cdp_url: str, socket_path: str, detail_level: str = "standard",
+                    console_hook: bool | None = None) -> list[str]:
     """The argv of a ``shmring capture-cdp`` child process (for ``serve --cdp``)."""
+    flag = {None: [], True: ["--console-hook"], False: ["--console-via-inspector"]}[console_hook]
     return [sys.executable, "-m", "shmring", "capture-cdp", name, "--cdp", cdp_url, "--socket", socket_path,
-            "--detail-level", detail_level]
+            "--detail-level", detail_level, *flag]
 
 
 # -- a real browser: launching Chromium and serving a page --------------------

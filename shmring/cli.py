@@ -56,6 +56,7 @@ def cmd_serve(args) -> int:
     result = serve(
         args.name, stop=stop, socket_path=args.socket, log_dir=args.log_dir, fsync=args.fsync, log=_err,
         on_ready=ready, cdp_url=args.cdp, cdp_detail_level=args.cdp_detail_level,
+        cdp_console_hook=False if args.cdp_console_via_inspector else None,
         capacity=args.capacity, data_bytes=args.data_bytes,
         flusher_grace_s=args.flusher_grace_s, capture_session_id=args.session_id,
     )
@@ -68,7 +69,8 @@ def cmd_capture_cdp(args) -> int:
     from .cdp import capture
 
     stop = _stop_on_signals()
-    capture(args.cdp, args.socket, stop=stop, detail_level=args.detail_level, name=args.name, log=_err)
+    capture(args.cdp, args.socket, stop=stop, detail_level=args.detail_level, name=args.name, log=_err,
+            console_hook=args.console_hook)
     return 0
 
 
@@ -294,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--session-id", help="capture session id (default: a new uuid4)")
     s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (needs --socket)")
     s.add_argument("--cdp-detail-level", choices=DETAIL_LEVELS, default="standard")
+    s.add_argument("--cdp-console-via-inspector", action="store_true",
+                   help="capture console calls through Runtime.consoleAPICalled (see capture-cdp)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("capture-cdp", help="publish a live Chromium's events (CDP) through a serve socket")
@@ -303,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--socket", metavar="PATH", required=True)
     s.add_argument("--detail-level", choices=DETAIL_LEVELS, default="standard",
                    help="how much goes into data: minimal, standard, verbose (headers, stacks), raw (CDP params)")
+    console = s.add_mutually_exclusive_group()
+    console.add_argument("--console-hook", dest="console_hook", action="store_const", const=True,
+                         help="console calls through an in-page hook (the default below --detail-level raw): the "
+                              "page runs at full speed, but its console calls no longer reach DevTools or other "
+                              "CDP clients")
+    console.add_argument("--console-via-inspector", dest="console_hook", action="store_const", const=False,
+                         help="console calls through Runtime.consoleAPICalled (the default at raw): they still "
+                              "reach DevTools, but Chromium's inspector slows a console-heavy page 2-3x")
     s.set_defaults(func=cmd_capture_cdp)
 
     s = sub.add_parser("publish", help="send JSON Event lines from stdin to a serve socket")

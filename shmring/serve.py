@@ -147,7 +147,7 @@ async def _ingest_until(server: IngestServer, stop: threading.Event, ready, capt
 
 def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, log_dir: str | None = None,
           fsync: str = "batch", log=lambda msg: None, on_ready=lambda session: None, cdp_url: str | None = None,
-          cdp_detail_level: str = "standard", **create_kwargs) -> dict:
+          cdp_detail_level: str = "standard", cdp_console_hook: bool | None = None, **create_kwargs) -> dict:
     """Run until `stop` is set; return counts. Raises ShmringError on set-up failures.
 
     cdp_url: also run ``shmring capture-cdp`` against that browser, publishing
@@ -176,7 +176,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
             if cdp_url is not None:
                 from .cdp import capture_command
 
-                command = capture_command(name, cdp_url, socket_path, cdp_detail_level)
+                command = capture_command(name, cdp_url, socket_path, cdp_detail_level, cdp_console_hook)
             asyncio.run(_ingest_until(server, stop, lambda: on_ready(session), command, log))
         else:
             on_ready(session)

@@ -1,6 +1,7 @@
 """How much does capturing over CDP slow a page? A page logs N console lines, with and without the producer.
 
-    python tools/bench_cdp.py [--lines 10000] [--rounds 5] [--detail standard] [--json]
+    python tools/bench_cdp.py [--lines 10000] [--rounds 5] [--detail standard] [--console-via-inspector]
+                              [--control] [--json]
 
 Set-up, as in production: ``shmring.serve.serve`` (ring, ingest socket, a
 flusher process writing JSONL) runs in this process for the whole benchmark;
@@ -9,7 +10,9 @@ page is served from loopback. Each round opens a fresh tab twice:
 
 - baseline: no producer attached; the page runs alone;
 - captured: a ``CdpCapture`` follows the browser (Runtime, Network and Page
-  enabled, interaction script injected) and publishes to the ring;
+  enabled, interaction script injected; console calls through the in-page
+  hook, or through ``Runtime.consoleAPICalled`` with
+  ``--console-via-inspector`` or ``--detail raw``) and publishes to the ring;
 - with ``--control``, also: a do-nothing CDP client that only sends
   ``Runtime.enable`` to each tab and discards what it gets. It separates
   what Chromium's inspector costs the page from what this producer adds.
@@ -159,6 +162,9 @@ def main(argv=None) -> int:
     parser.add_argument("--lines", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--detail", default="standard", choices=["minimal", "standard", "verbose", "raw"])
+    parser.add_argument("--console-via-inspector", action="store_true",
+                        help="capture with CdpCapture(console_hook=False): console calls through "
+                             "Runtime.consoleAPICalled (the default is the in-page hook, except at --detail raw)")
     parser.add_argument("--nice", type=int, default=0,
                         help="run the producer's threads at this niceness (the page's renderer keeps its own)")
     parser.add_argument("--control", action="store_true",
@@ -199,10 +205,12 @@ def main(argv=None) -> int:
                     if round_no >= 0:
                         control_runs.append(only)
                 logs, stop = [], threading.Event()
-                cap = CdpCapture(browser.cdp_url, sock, detail_level=args.detail, log=logs.append)
+                cap = CdpCapture(browser.cdp_url, sock, detail_level=args.detail, log=logs.append,
+                                 console_hook=False if args.console_via_inspector else None)
+
                 def run_capture(cap=cap, stop=stop):
-                    if args.nice:
-                        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), args.nice)  # inherited by its threads
+                    if args.nice:  # inherited by its threads
+                        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), args.nice)
                     cap.run(stop)
 
                 thread = threading.Thread(target=run_capture, daemon=True)
@@ -242,6 +250,7 @@ def main(argv=None) -> int:
 
     summary = dict(
         lines=args.lines, rounds=args.rounds, detail_level=args.detail,
+        console_via_inspector=args.console_via_inspector,
         baseline_loop_ms=med(baseline, "loop_ms"), captured_loop_ms=med(captured, "loop_ms"),
         baseline_page_ms=med(baseline, "total_ms"), captured_page_ms=med(captured, "total_ms"),
         producer_lag_ms=med(captured, "lag_ms"),
@@ -264,7 +273,9 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{args.lines} console lines, {args.rounds} rounds, detail {args.detail} (medians)")
+        inspector = args.console_via_inspector or args.detail == "raw"
+        how = "console through Runtime.consoleAPICalled" if inspector else "console through the in-page hook"
+        print(f"{args.lines} console lines, {args.rounds} rounds, detail {args.detail}, {how} (medians)")
         print(f"  loop of console.log calls: {summary['baseline_loop_ms']:.1f} ms alone, "
               f"{summary['captured_loop_ms']:.1f} ms captured: {summary['loop_overhead_pct']:+.1f}%")
         print(f"  navigation start to end of loop: {summary['baseline_page_ms']:.1f} ms alone, "

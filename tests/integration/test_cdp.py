@@ -171,10 +171,10 @@ def running_writer(name):
 
 
 @contextlib.contextmanager
-def running_capture(cdp_url, sock, detail="standard"):
+def running_capture(cdp_url, sock, detail="standard", console_hook=None):
     """A CdpCapture in a thread, connected and following the tabs already open."""
     logs, stop, result = [], threading.Event(), {}
-    cap = CdpCapture(cdp_url, sock, detail_level=detail, log=logs.append)
+    cap = CdpCapture(cdp_url, sock, detail_level=detail, log=logs.append, console_hook=console_hook)
     thread = threading.Thread(target=lambda: result.update(cap.run(stop)), daemon=True)
     thread.start()
     try:
@@ -251,10 +251,10 @@ def file_envelopes(log_dir, session_id):
     return out
 
 
-CDP_METHOD = {
-    "console.log": "Runtime.consoleAPICalled", "console.info": "Runtime.consoleAPICalled",
-    "console.warn": "Runtime.consoleAPICalled", "console.error": "Runtime.consoleAPICalled",
-    "console.debug": "Runtime.consoleAPICalled", "console.exception": "Runtime.exceptionThrown",
+CDP_METHOD = {  # console calls come through the in-page hook's binding (the default below detail level raw)
+    "console.log": "Runtime.bindingCalled", "console.info": "Runtime.bindingCalled",
+    "console.warn": "Runtime.bindingCalled", "console.error": "Runtime.bindingCalled",
+    "console.debug": "Runtime.bindingCalled", "console.exception": "Runtime.exceptionThrown",
     "network.request": "Network.requestWillBeSent", "network.response": "Network.responseReceived",
     "network.failed": "Network.loadingFailed", "network.finished": "Network.loadingFinished",
     "page.navigation": "Page.frameNavigated", "page.dom_content_loaded": "Page.domContentEventFired",
@@ -430,6 +430,38 @@ def test_detail_level_controls_what_goes_into_data(ring_name, browser, site, det
         assert data(request)["request"]["url"].endswith("/api/data.json?detail=1")
         assert data(response)["response"]["status"] == 200
         assert data(response)["requestId"] == data(request)["requestId"]
+
+
+@needs_chromium
+@pytest.mark.parametrize("console_hook, method", [(True, "Runtime.bindingCalled"),
+                                                  (False, "Runtime.consoleAPICalled")])
+def test_console_calls_come_through_the_hook_or_the_inspector(ring_name, browser, site, console_hook, method):
+    with running_writer(ring_name) as writer:
+        collector = Collector(ring_name)
+        try:
+            with running_capture(browser.cdp_url, writer.socket, console_hook=console_hook) as run, \
+                    BrowserControl(browser.cdp_url) as control:
+                tab = open_followed_tab(control, run.cap, site.base_url + "/detail.html")
+
+                def done(events):
+                    lines = {(data(e) or {}).get("args", [None])[0] for e in events
+                             if e.category == "console" and e.source.metadata.get("target_id") == tab}
+                    return {"detail line", "detail done"} <= lines and any(
+                        e.type == "page.load" and e.source.metadata.get("target_id") == tab for e in events)
+
+                events = collector.until(done, what="the hooked console lines")
+                control.close_tab(tab)
+        finally:
+            collector.close()
+    mine = [e for e in events if e.category == "console" and e.source.metadata.get("target_id") == tab]
+    assert mine and all(e.type == "console.log" for e in mine)
+    navigation = next(e for e in events if e.type == "page.navigation" and e.source.metadata.get("target_id") == tab)
+    for event in mine:
+        assert event.source.event == method
+        assert event.source.metadata["frame_id"] == navigation.source.metadata["frame_id"]
+        assert event.url == site.base_url + "/detail.html"
+        assert data(event)["level"] == "log" and event.detail_level == "standard"
+    assert [data(e)["args"] for e in mine] == [["detail line"], ["detail done"]]
 
 
 @needs_chromium

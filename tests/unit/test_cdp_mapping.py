@@ -16,6 +16,8 @@ import pytest
 from shmring import ConfigError, Event, ShmringError
 from shmring.cdp import (
     BINDING,
+    CONSOLE_BINDING,
+    CONSOLE_HOOK_SCRIPT,
     MAX_REQUESTS_PER_TARGET,
     CdpCapture,
     CdpMapper,
@@ -249,6 +251,53 @@ def test_interactions_from_the_binding():
     scroll = one(call({"kind": "scroll", "target": "document", "x": 0, "y": 300}))
     assert scroll["type"] == "interaction.scroll" and scroll["data"] == {"x": 0, "y": 300, "target": "document"}
     assert call({"kind": "click"}, name="someone elses binding") == []
+
+
+def hook_batch(m, entries, context=1):
+    return m.map("Runtime.bindingCalled", {"name": CONSOLE_BINDING, "payload": json.dumps(entries),
+                                           "executionContextId": context}, SESSION)
+
+
+def test_console_hook_batches_become_one_console_event_per_call():
+    m = mapper()
+    events = hook_batch(m, [["log", 1_700_000_000_001.5, ["hello", "42", '{"answer":42}']],
+                            ["warn", 1_700_000_000_002.0, ["careful"]],
+                            ["error", 1_700_000_000_003.0, ["Error: bad\n    at f (x.js:1:2)"]]], context=2)
+    assert [e["type"] for e in events] == ["console.log", "console.warn", "console.error"]
+    first = events[0]
+    assert first["category"] == "console" and first["ts"] == 1_700_000_000_001_500
+    assert first["source"] == {"kind": "cdp", "event": "Runtime.bindingCalled",
+                               "metadata": {"target_id": TARGET, "cdp_session_id": SESSION, "frame_id": CHILD_FRAME}}
+    assert first["url"] == PAGE + "frame"
+    assert first["data"] == {"level": "log", "args": ["hello", "42", '{"answer":42}']}
+    assert events[1]["data"] == {"level": "warn", "args": ["careful"]}
+    for event in events:
+        msgspec.json.decode(encode_for_ingest(event)[0], type=Event)
+
+
+def test_console_hook_detail_levels():
+    entry = ["info", 1_700_000_000_000.0, ["x"], ["f (http://127.0.0.1:8000/:3:9)"]]
+    assert one(hook_batch(mapper("standard"), [entry]))["data"] == {"level": "info", "args": ["x"]}
+    verbose = one(hook_batch(mapper("verbose"), [entry]))
+    assert verbose["data"]["stack"] == ["f (http://127.0.0.1:8000/:3:9)"]
+    raw = one(hook_batch(mapper("raw"), [entry]))
+    assert raw["data"] == {"name": CONSOLE_BINDING, "executionContextId": 1, "entry": entry}
+
+
+@pytest.mark.parametrize("payload", ["{not json", json.dumps({"level": "log"}), json.dumps([["shout", 1, []]]),
+                                     json.dumps([["log", 1, "not a list"]]), json.dumps([["log"]])])
+def test_malformed_console_hook_batches_raise_malformed_cdp(payload):
+    with pytest.raises(MalformedCdp, match="Runtime"):
+        mapper().map("Runtime.bindingCalled", {"name": CONSOLE_BINDING, "payload": payload,
+                                               "executionContextId": 1}, SESSION)
+
+
+def test_the_console_hook_script_takes_its_settings():
+    # (It runs in a real Chromium in tests/integration/test_cdp.py.)
+    for stack in ("true", "false"):
+        script = CONSOLE_HOOK_SCRIPT % {"binding": CONSOLE_BINDING, "stack": stack, "batch": 500}
+        assert f"globalThis.{CONSOLE_BINDING};" in script and f"const withStack = {stack};" in script
+        assert "batch.length >= 500" in script
 
 
 @pytest.mark.parametrize("method, params", [
