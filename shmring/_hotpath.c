@@ -726,8 +726,13 @@ static int normalised_data(Writer *self, PyObject *data, PyObject **result) {
     PyObject *own = NULL; /* a Raw over a bytearray or memoryview is a live view: copy it before validating */
     if (is_raw) {
         own = PyObject_CallMethodNoArgs(data, s_copy_method);
-        if (own == NULL) return -1;
-        data = own;
+        if (own == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+            PyErr_Clear(); /* a msgspec without Raw.copy: the Python rule copies it */
+            is_raw = 0;
+        } else {
+            data = own;
+        }
     }
     if (is_raw || is_bytes || is_str) {
         Py_buffer view = {0};
