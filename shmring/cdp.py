@@ -53,18 +53,28 @@ What Chromium (156) imposes, measured:
   ``Runtime.consoleAPICalled`` (tools/bench_cdp.py measures it: the page's
   console-heavy loop runs 2-3x slower).
 - So by default (``console_hook``; below detail level ``raw``) the producer
-  avoids that price: an injected main-world script replaces console.log/info/warn/error/debug,
-  records each call (args as text previews, as the DevTools console shows
-  them), and sends the calls in batches through the
-  ``__shmringConsole`` binding. Those events have ``source.event``
-  ``Runtime.bindingCalled`` (the method that carried them) and their frame
-  from the binding's execution context. The calls no longer reach Chromium's
-  console, so DevTools and other CDP clients do not see them; uncaught
-  exceptions still come from ``Runtime.exceptionThrown``. Page code can call
-  the binding too, so a page can forge its own console lines (as it can log
-  anything it likes anyway). ``console_hook=False``
-  (``capture-cdp --console-via-inspector``), and detail level ``raw``, use
-  ``Runtime.consoleAPICalled`` instead, at the inspector's price.
+  avoids that price: a script injected in every document's main world, before
+  page scripts, replaces console.log/info/warn/error/debug. Each call is sent
+  through the ``__shmringConsole`` binding, with its arguments as text
+  previews close to DevTools' (accessors are shown, not called) and, at
+  verbose, its stack; calls within a millisecond of the last one sent are
+  batched until the end of the task (warn and error never wait). Those
+  events have ``source.event`` ``Runtime.bindingCalled`` (the method that
+  carried them) and their frame
+  from the binding's execution context. What that costs, and changes:
+  - The hooked calls no longer reach Chromium's console, so DevTools and other
+    CDP clients do not see them, and a document keeps its hook after the
+    producer stops: calls made while no producer runs are lost (the inspector
+    path would replay them on attach). console.table/trace/assert/dir/count/
+    group/time still go through the inspector.
+  - The hook takes the built-ins it uses when it is installed and never
+    throws into the page; a Proxy argument's traps do run (DevTools avoids them).
+  - Page code that grabs the binding before the hook does (it deletes the
+    global) could send forged lines; what the producer accepts through it is
+    bounded and validated (``_console_batch``).
+  ``console_hook=False`` (``capture-cdp --console-via-inspector``), and detail
+  level ``raw``, use ``Runtime.consoleAPICalled`` instead, at the inspector's
+  price.
 """
 
 import asyncio
@@ -123,6 +133,10 @@ BINDING = "__shmringInteraction"
 CONSOLE_BINDING = "__shmringConsole"
 WORLD = "shmring"
 CONSOLE_HOOK_BATCH = 500
+"""Most calls in one console payload (the hook sends at most this many at once)."""
+MAX_CONSOLE_PAYLOAD = 64 * 1024 * 1024
+"""Largest console payload accepted: a huge argument is cut to just over the size rule's limit
+in the page (and ends as a truncated event), so a real one stays far below this."""
 FOLLOWED_TYPES = frozenset({"page", "iframe"})
 MAX_REQUESTS_PER_TARGET = 10_000
 MAX_FRAMES_PER_TARGET = 1_000
@@ -172,70 +186,153 @@ INTERACTION_SCRIPT = r"""
 
 CONSOLE_HOOK_SCRIPT = r"""
 (() => {
-  const emit = globalThis.%(binding)s;
-  if (typeof emit !== "function" || globalThis.__shmringConsoleHooked) return;
-  globalThis.__shmringConsoleHooked = true;
-  const withStack = %(stack)s;
-  const now = () => performance.timeOrigin + performance.now();
-  // Text previews as the DevTools console (and remote_object_text) shows them.
+  // Everything the hook uses is taken now, before page code can replace it,
+  // and a hooked call never throws into the page.
+  const G = globalThis, O = Object, A = Array, S = String;
+  const emit = G.%(binding)s;
+  if (typeof emit !== "function" || G.__shmringConsoleHooked) return;
+  O.defineProperty(G, "__shmringConsoleHooked", {value: true});  // not enumerable
+  try { delete G.%(binding)s; } catch (e) {}
+  const withStack = %(stack)s, MAX_TEXT = %(max_text)d, MAX_BATCH = %(batch)d;
+  const stringify = JSON.stringify, keysOf = O.keys, describeKey = O.getOwnPropertyDescriptor;
+  const isArray = A.isArray, isView = ArrayBuffer.isView, brand = O.prototype.toString;
+  const call = Function.prototype.call.bind(Function.prototype.call);
+  const later = G.queueMicrotask.bind(G), perf = G.performance, perfNow = perf.now.bind(perf);
+  const origin = perf.timeOrigin, ErrorCtor = G.Error, MapCtor = G.Map, SetCtor = G.Set;
+  const getter = (proto, name) => { const d = proto && describeKey(proto, name); return d && d.get; };
+  const E = G.Element && G.Element.prototype, N = G.Node && G.Node.prototype;
+  const nodeTypeOf = getter(N, "nodeType"), nodeNameOf = getter(N, "nodeName");
+  const localNameOf = getter(E, "localName"), idOf = getter(E, "id"), classNameOf = getter(E, "className");
+  const cap = (t) => (t.length > MAX_TEXT ? t.slice(0, MAX_TEXT) : t);
+  const isNode = (v) => { try { return nodeTypeOf !== undefined && typeof call(nodeTypeOf, v) === "number"; }
+                          catch (e) { return false; } };
+  const nodeText = (v) => {
+    if (call(nodeTypeOf, v) !== 1) return S(call(nodeNameOf, v));
+    const id = call(idOf, v), cls = S(call(classNameOf, v) || "").trim();
+    return call(localNameOf, v) + (id ? "#" + id : "") + (cls ? "." + cls.split(/\s+/).join(".") : "");
+  };
+  // Text previews close to what the DevTools console shows; accessors are
+  // never called (as DevTools doesn't), so previewing has no side effects.
   const inner = (v) => {
     if (typeof v === "string") return "'" + v + "'";
     if (v === null) return "null";
-    if (Array.isArray(v)) return "Array(" + v.length + ")";
-    if (typeof v === "object") return (v.constructor && v.constructor.name) || "Object";
     if (typeof v === "function") return "ƒ";
-    return typeof v === "bigint" ? v + "n" : String(v);
+    if (typeof v === "bigint") return v + "n";
+    if (typeof v !== "object") return S(v);
+    if (isArray(v)) return "Array(" + v.length + ")";
+    const b = call(brand, v);
+    return b.slice(8, -1);
   };
   const text = (v) => {
+    if (typeof v === "string") return cap(v);
+    if (v === null) return "null";
+    if (typeof v === "bigint") return v + "n";
+    if (typeof v === "symbol") return S(v);
+    if (typeof v !== "object") return cap(S(v));
     try {
-      if (typeof v === "string") return v;
-      if (v === null) return "null";
-      if (typeof v === "bigint") return v + "n";
-      if (typeof v !== "object") return String(v);
-      if (v instanceof Error) return String(v.stack || v);
-      if (v instanceof RegExp || v instanceof Date) return String(v);
-      if (typeof Node !== "undefined" && v instanceof Node) {
-        if (v.nodeType !== 1) return v.nodeName;
-        const classes = v.classList.length ? "." + Array.from(v.classList).join(".") : "";
-        return v.localName + (v.id ? "#" + v.id : "") + classes;
+      const b = call(brand, v);
+      if (b === "[object Error]") return cap(S(v.stack || v));
+      if (b === "[object RegExp]" || b === "[object Date]") return cap(S(v));
+      if (b === "[object String]") return cap("String {'" + v.valueOf() + "'}");
+      if (v instanceof MapCtor || v instanceof SetCtor) return (v instanceof MapCtor ? "Map(" : "Set(") + v.size + ")";
+      if (isNode(v)) return cap(nodeText(v));
+      if (isArray(v) || isView(v)) {
+        let out = "[", n = v.length, i = 0;
+        for (; i < n && i < 100; i++) {
+          if (i) out += ", ";
+          const d = describeKey(v, i);
+          out += d === undefined ? "" : ("get" in d ? "accessor" : inner(d.value));
+        }
+        return cap(out + (n > 100 ? ", …]" : "]"));
       }
-      if (Array.isArray(v)) {
-        return "[" + v.slice(0, 100).map(inner).join(", ") + (v.length > 100 ? ", …" : "") + "]";
+      const keys = keysOf(v);
+      let out = "{", i = 0;
+      for (; i < keys.length && i < 5; i++) {
+        let part;
+        try { const d = describeKey(v, keys[i]); part = d && "get" in d ? "accessor" : inner(d && d.value); }
+        catch (e) { part = "?"; }
+        out += (i ? ", " : "") + keys[i] + ": " + part;
       }
-      const keys = Object.keys(v);
-      const props = keys.slice(0, 5).map((k) => k + ": " + inner(v[k]));
-      return "{" + props.join(", ") + (keys.length > 5 ? ", …" : "") + "}";
+      return cap(out + (keys.length > 5 ? ", …}" : "}"));
     } catch (e) {
       return "?";
     }
   };
-  const frameText = (line) => {
-    line = line.trim().replace(/^at /, "");
-    return line.endsWith(")") ? line : "(anonymous) (" + line + ")";
+  const stackHere = () => {
+    const limit = ErrorCtor.stackTraceLimit, prepare = ErrorCtor.prepareStackTrace;
+    try {
+      ErrorCtor.stackTraceLimit = 203;  // this function, record() and the hooked method, then the caller's 200
+      ErrorCtor.prepareStackTrace = undefined;
+      const lines = S(new ErrorCtor().stack || "").split("\n"), out = [];
+      for (let i = 4; i < lines.length; i++) {
+        const line = lines[i].trim().replace(/^at /, "");
+        out.push(line.endsWith(")") ? line : "(anonymous) (" + line + ")");
+      }
+      return out;
+    } finally {
+      ErrorCtor.stackTraceLimit = limit;
+      ErrorCtor.prepareStackTrace = prepare;
+    }
   };
-  let batch = [], scheduled = false;
-  const flush = () => {
+  // JSON by hand: only strings go through stringify, which never consults a
+  // page's toJSON for a primitive.
+  const strings = (list) => {
+    let out = "[";
+    for (let i = 0; i < list.length; i++) out += (i ? "," : "") + stringify(list[i]);
+    return out + "]";
+  };
+  // A call goes out at once (synchronously) unless one went out less than
+  // 1 ms before: then it waits for the end of the task, or for 1 ms more of
+  // calls, or for a warn or error. So a page that hangs, blocks in an alert
+  // or crashes loses at most its last millisecond of log/info/debug calls,
+  // and a burst of thousands of calls costs a few dozen binding calls (each
+  // costs the page about what a native console call does).
+  let batch = "", count = 0, scheduled = false, sentAt = -1e9;
+  const send = () => {
     scheduled = false;
-    if (!batch.length) return;
-    const out = batch;
-    batch = [];
-    try { emit(JSON.stringify(out)); } catch (e) {}
+    if (!count) return;
+    const out = "[" + batch + "]";
+    batch = "";
+    count = 0;
+    try { emit(out); } catch (e) {}
+  };
+  const record = (level, args) => {
+    try {
+      const texts = [];
+      for (let i = 0; i < args.length; i++) texts.push(text(args[i]));
+      const now = perfNow(), time = origin + now;
+      batch += (count ? "," : "") + '["' + level + '",' + (time === time ? time : 0) + "," + strings(texts) +
+               (withStack ? "," + strings(stackHere()) : "") + "]";
+      count++;
+      if (level === "warn" || level === "error" || count >= MAX_BATCH || now - sentAt >= 1) {
+        sentAt = now;
+        send();
+      } else if (!scheduled) {
+        scheduled = true;
+        later(send);
+      }
+    } catch (e) {}
+  };
+  const hooks = {
+    log(...args) { record("log", args); }, info(...args) { record("info", args); },
+    warn(...args) { record("warn", args); }, error(...args) { record("error", args); },
+    debug(...args) { record("debug", args); },
   };
   for (const level of ["log", "info", "warn", "error", "debug"]) {
-    const hooked = function (...args) {
-      const entry = [level, now(), args.map(text)];
-      if (withStack) entry.push(String(new Error().stack || "").split("\n").slice(2).map(frameText));
-      batch.push(entry);
-      if (batch.length >= %(batch)d) flush();
-      else if (!scheduled) { scheduled = true; queueMicrotask(flush); }
-    };
-    try { Object.defineProperty(console, level, {value: hooked, writable: true, configurable: true}); } catch (e) {}
+    try { O.defineProperty(console, level, {value: hooks[level], writable: true, configurable: true}); } catch (e) {}
   }
 })();
 """
-"""The console hook (``console_hook=True``): the page's console methods record
-their calls and send them, batched per microtask, through a binding. Chromium's
-inspector then never sees them, which is what makes it cheap for the page."""
+
+
+def console_hook_script(verbose: bool) -> str:
+    """The console hook for one capture: with a stack per call at verbose.
+
+    Each argument's text is cut at one byte over the size rule's limit, so a
+    huge one still ends as a truncated event, and a payload stays bounded.
+    """
+    return CONSOLE_HOOK_SCRIPT % {"binding": CONSOLE_BINDING, "stack": "true" if verbose else "false",
+                                  "max_text": MAX_RECORD_BYTES + 1, "batch": CONSOLE_HOOK_BATCH}
 
 
 # -- mapping: CDP messages -> Event dicts (no I/O) -----------------------------
@@ -420,7 +517,7 @@ class CdpMapper:
             return handler(method, params, target)
         except MalformedCdp:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a message makes a mapping raise, it is that message's fault
             raise MalformedCdp(f"{method}: {type(exc).__name__}: {exc}") from None
 
     def system_event(self, type_: str, data: dict) -> dict:
@@ -545,13 +642,20 @@ class CdpMapper:
                             ts, data, params)]
 
     def _console_batch(self, method, params, target):
-        """A batch from the console hook: one console.* event per call it recorded."""
+        """A payload from the console hook: one console.* event per call in it.
+
+        The binding is in the page's main world, so page code could call it with
+        anything: the payload is bounded before it is decoded.
+        """
+        payload = params["payload"]
+        if not isinstance(payload, str) or len(payload) > MAX_CONSOLE_PAYLOAD:
+            raise MalformedCdp(f"{method}: console payload is not a string of at most {MAX_CONSOLE_PAYLOAD} characters")
         try:
-            entries = json.loads(params["payload"])
-        except (TypeError, ValueError):
+            entries = json.loads(payload)
+        except (TypeError, ValueError, RecursionError):
             raise MalformedCdp(f"{method}: console payload is not JSON") from None
-        if not isinstance(entries, list):
-            raise MalformedCdp(f"{method}: console payload is not a list")
+        if not isinstance(entries, list) or len(entries) > CONSOLE_HOOK_BATCH:
+            raise MalformedCdp(f"{method}: console payload is not a list of at most {CONSOLE_HOOK_BATCH} calls")
         context = params.get("executionContextId")
         frame_id = target.contexts.get(context)
         url = target.frame_url(frame_id)
@@ -561,8 +665,8 @@ class CdpMapper:
                     and isinstance(entry[2], list)):
                 raise MalformedCdp(f"{method}: unexpected console entry")
             level, ts, args = entry[0], entry[1], entry[2]
-            ts = int(ts * 1000) if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > 0 \
-                else self.now_us()
+            ts = int(ts * 1000) if isinstance(ts, (int, float)) and not isinstance(ts, bool) and 0 < ts < 1e13 \
+                else self.now_us()  # 1e13 ms: the year 2286
             data = {"level": level, "args": [a if isinstance(a, str) else str(a) for a in args]}
             if self.verbose and len(entry) > 3 and isinstance(entry[3], list):
                 data["stack"] = [str(line) for line in entry[3]]
@@ -1226,6 +1330,9 @@ class CdpCapture:
         except MalformedCdp as exc:
             self._malformed(str(exc))
             return
+        except RecursionError:
+            self._malformed(f"{method}: nested too deeply")
+            return
         self._emit(events)
         if method == "Target.detachedFromTarget":
             self._following.discard(params.get("targetId"))
@@ -1277,9 +1384,8 @@ class CdpCapture:
                 if self.console_hook:  # before the target resumes: its first console call is hooked
                     commands[-1:-1] = [
                         ("Runtime.addBinding", {"name": CONSOLE_BINDING}),
-                        ("Page.addScriptToEvaluateOnNewDocument", {"source": CONSOLE_HOOK_SCRIPT % {
-                            "binding": CONSOLE_BINDING, "stack": "true" if self.mapper.verbose else "false",
-                            "batch": CONSOLE_HOOK_BATCH}, "runImmediately": True}),
+                        ("Page.addScriptToEvaluateOnNewDocument", {"source": console_hook_script(self.mapper.verbose),
+                                                                   "runImmediately": True}),
                     ]
                 # Sent in order, answered in any order; all before the target is resumed.
                 replies = []

@@ -82,6 +82,13 @@ PAGES = {
                                        b'fetch("/api/data.json?detail=1").then(r => r.text())'
                                        b'.then(() => console.log("detail done"))</script>')),
     "/blank.html": (200, "text/html", b"<p>blank</p>"),
+    # Hooked console: an accessor is shown, never called; the last line before the page stops arrives.
+    "/hooked.html": (200, "text/html", (b'<script>window.hits = [];'
+                                        b'console.log("preview", {get a() { hits.push("a"); return 1; }, b: 2});'
+                                        b'window.queueMicrotask = () => {};'  # as fake timers do
+                                        b'setTimeout(() => { console.log("last words", "getter runs: " + hits.length);'
+                                        b'const t = Date.now(); while (Date.now() - t < 4000) {} }, 100);'
+                                        b'</script>')),
 }
 
 
@@ -462,6 +469,29 @@ def test_console_calls_come_through_the_hook_or_the_inspector(ring_name, browser
         assert event.url == site.base_url + "/detail.html"
         assert data(event)["level"] == "log" and event.detail_level == "standard"
     assert [data(e)["args"] for e in mine] == [["detail line"], ["detail done"]]
+
+
+@needs_chromium
+def test_the_console_hook_has_no_side_effects_and_keeps_a_stalled_pages_last_words(ring_name, browser, site):
+    with running_writer(ring_name) as writer:
+        collector = Collector(ring_name)
+        try:
+            with running_capture(browser.cdp_url, writer.socket) as run, \
+                    BrowserControl(browser.cdp_url) as control:
+                tab = open_followed_tab(control, run.cap, site.base_url + "/hooked.html")
+                # The page spins for 4 s right after its last line: that line must not wait for it.
+                started = time.monotonic()
+                events = collector.until(lambda ev: "last words" in console_lines(ev), timeout=3.5,
+                                         what="the line logged just before the page stalls")
+                assert time.monotonic() - started < 3.5
+                control.close_tab(tab)
+        finally:
+            collector.close()
+    mine = [e for e in events if e.category == "console" and e.source.metadata.get("target_id") == tab]
+    preview = next(e for e in mine if data(e)["args"][0] == "preview")
+    assert data(preview)["args"] == ["preview", "{a: accessor, b: 2}"]  # as DevTools shows it
+    last = next(e for e in mine if data(e)["args"][0] == "last words")
+    assert data(last)["args"] == ["last words", "getter runs: 0"]  # previewing ran no page code
 
 
 @needs_chromium

@@ -17,7 +17,8 @@ from shmring import ConfigError, Event, ShmringError
 from shmring.cdp import (
     BINDING,
     CONSOLE_BINDING,
-    CONSOLE_HOOK_SCRIPT,
+    CONSOLE_HOOK_BATCH,
+    console_hook_script,
     MAX_REQUESTS_PER_TARGET,
     CdpCapture,
     CdpMapper,
@@ -294,10 +295,33 @@ def test_malformed_console_hook_batches_raise_malformed_cdp(payload):
 
 def test_the_console_hook_script_takes_its_settings():
     # (It runs in a real Chromium in tests/integration/test_cdp.py.)
-    for stack in ("true", "false"):
-        script = CONSOLE_HOOK_SCRIPT % {"binding": CONSOLE_BINDING, "stack": stack, "batch": 500}
-        assert f"globalThis.{CONSOLE_BINDING};" in script and f"const withStack = {stack};" in script
-        assert "batch.length >= 500" in script
+    for verbose in (True, False):
+        script = console_hook_script(verbose)
+        assert f"G.{CONSOLE_BINDING};" in script and f"const withStack = {str(verbose).lower()}," in script
+        assert f"MAX_TEXT = {MAX_RECORD_BYTES + 1}, MAX_BATCH = {CONSOLE_HOOK_BATCH};" in script
+
+
+@pytest.mark.parametrize("payload", [
+    '[["log", 1e999, []]]',  # inf: a time that is no time
+    '[["log", -5, []]]',
+    '[["log", 1e300, []]]',
+])
+def test_a_console_batch_with_an_impossible_time_is_stamped_on_receipt(payload):
+    event = one(mapper().map("Runtime.bindingCalled", {"name": CONSOLE_BINDING, "payload": payload,
+                                                       "executionContextId": 1}, SESSION))
+    assert event["ts"] == ATTACHED_US
+
+
+@pytest.mark.parametrize("payload", [
+    "[" * 100_000 + "]" * 100_000,  # deeper than the JSON decoder goes
+    json.dumps([["log", 1, []]] * (CONSOLE_HOOK_BATCH + 1)),  # more calls than a payload may carry
+    5,
+    "x" * (64 * 1024 * 1024 + 1),
+])
+def test_a_hostile_console_batch_is_malformed_not_a_crash(payload):
+    with pytest.raises(MalformedCdp):
+        mapper().map("Runtime.bindingCalled", {"name": CONSOLE_BINDING, "payload": payload,
+                                               "executionContextId": 1}, SESSION)
 
 
 @pytest.mark.parametrize("method, params", [
