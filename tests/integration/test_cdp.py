@@ -87,7 +87,7 @@ PAGES = {
                                         b'console.log("preview", {get a() { hits.push("a"); return 1; }, b: 2});'
                                         b'window.queueMicrotask = () => {};'  # as fake timers do
                                         b'setTimeout(() => { console.log("last words", "getter runs: " + hits.length);'
-                                        b'const t = Date.now(); while (Date.now() - t < 4000) {} }, 100);'
+                                        b'const t = Date.now(); while (Date.now() - t < 10000) {} }, 100);'
                                         b'</script>')),
 }
 
@@ -479,11 +479,9 @@ def test_the_console_hook_has_no_side_effects_and_keeps_a_stalled_pages_last_wor
             with running_capture(browser.cdp_url, writer.socket) as run, \
                     BrowserControl(browser.cdp_url) as control:
                 tab = open_followed_tab(control, run.cap, site.base_url + "/hooked.html")
-                # The page spins for 4 s right after its last line: that line must not wait for it.
-                started = time.monotonic()
-                events = collector.until(lambda ev: "last words" in console_lines(ev), timeout=3.5,
+                # The page spins for 10 s right after its last line: that line must not wait for it.
+                events = collector.until(lambda ev: "last words" in console_lines(ev), timeout=7,
                                          what="the line logged just before the page stalls")
-                assert time.monotonic() - started < 3.5
                 control.close_tab(tab)
         finally:
             collector.close()
