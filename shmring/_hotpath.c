@@ -505,39 +505,45 @@ static void Writer_dealloc(Writer *self) {
     Py_DECREF(tp);
 }
 
-static int ensure_scratch(Writer *self, Py_ssize_t need) {
-    if (need <= self->scratch_size) return 0;
-    Py_ssize_t size = self->scratch_size ? self->scratch_size : 4096;
-    while (size < need) size *= 2;
-    char *p = PyMem_Realloc(self->scratch, (size_t)size);
+/* Grow *buf (of *size bytes) to hold at least `need`, doubling from 4 KiB. 0, or -1 with MemoryError. */
+static int ensure_room(void **buf, Py_ssize_t *size, Py_ssize_t need) {
+    if (need <= *size) return 0;
+    Py_ssize_t grown = *size ? *size : 4096;
+    while (grown < need) grown *= 2;
+    void *p = PyMem_Realloc(*buf, (size_t)grown);
     if (p == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    self->scratch = p;
-    self->scratch_size = size;
+    *buf = p;
+    *size = grown;
     return 0;
 }
 
-static int ensure_compact_buf(Writer *self, Py_ssize_t need) {
-    if (need <= self->compact_size) return 0;
-    Py_ssize_t size = self->compact_size ? self->compact_size : 4096;
-    while (size < need) size *= 2;
-    unsigned char *p = PyMem_Realloc(self->compact_buf, (size_t)size);
-    if (p == NULL) {
-        PyErr_NoMemory();
+typedef struct {
+    const char *key;
+    long long *dst;
+} LayoutField;
+
+/* Check the layout's slot format against the one compiled in, and read
+   `fields` from layout.ACCELERATOR_LAYOUT. 0, or -1 with an exception. */
+static int read_layout(PyObject *layout, const LayoutField *fields, size_t n) {
+    PyObject *fmt = PyDict_GetItemString(layout, "slot_format");
+    if (fmt == NULL || !PyUnicode_Check(fmt) || PyUnicode_CompareWithASCIIString(fmt, SLOT_FORMAT) != 0) {
+        PyErr_SetString(PyExc_ValueError, "shmring._hotpath was built for slot format " SLOT_FORMAT
+                                          "; rebuild it (pip install -e .) after changing layout.py");
         return -1;
     }
-    self->compact_buf = p;
-    self->compact_size = size;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *v = PyDict_GetItemString(layout, fields[i].key);
+        if (v == NULL) {
+            PyErr_Format(PyExc_KeyError, "layout is missing %s", fields[i].key);
+            return -1;
+        }
+        if ((*fields[i].dst = PyLong_AsLongLong(v)) == -1 && PyErr_Occurred()) return -1;
+    }
     return 0;
 }
-
-#define GET_LL(dst, obj)                                        \
-    do {                                                        \
-        (dst) = PyLong_AsLongLong(obj);                         \
-        if ((dst) == -1 && PyErr_Occurred()) return NULL;       \
-    } while (0)
 
 static PyObject *Writer_configure_publish(Writer *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"ring", "registry", "layout", "capture_session_id", "category_fields", "kind_codes",
@@ -552,26 +558,13 @@ static PyObject *Writer_configure_publish(Writer *self, PyObject *args, PyObject
                                      &PyType_Type, &source_type, &PyType_Type, &envelope_type, &PyType_Type,
                                      &raw_type, &no_data, &slow, &on_flags, &normalise_data, &encode_data))
         return NULL;
-    PyObject *fmt = PyDict_GetItemString(layout, "slot_format");
-    if (fmt == NULL || !PyUnicode_Check(fmt) || PyUnicode_CompareWithASCIIString(fmt, SLOT_FORMAT) != 0) {
-        PyErr_SetString(PyExc_ValueError, "shmring._hotpath was built for slot format " SLOT_FORMAT
-                                          "; rebuild it (pip install -e .) after changing layout.py");
-        return NULL;
-    }
-    struct { const char *key; long long *dst; } ints[] = {
+    const LayoutField fields[] = {
         {"header_bytes", &self->header_bytes}, {"slot_bytes", &self->slot_bytes},
         {"hdr_head", &self->hdr_head}, {"hdr_data_low", &self->hdr_data_low},
         {"reg_wait_flags", &self->reg_wait_flags}, {"reg_scan_end", &self->reg_scan_end},
         {"reg_gates_changed", &self->reg_gates_changed}, {"chunk_bytes", &self->chunk_bytes},
         {"max_record_bytes", &self->max_record_bytes}};
-    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
-        PyObject *v = PyDict_GetItemString(layout, ints[i].key);
-        if (v == NULL) {
-            PyErr_Format(PyExc_KeyError, "layout is missing %s", ints[i].key);
-            return NULL;
-        }
-        GET_LL(*ints[i].dst, v);
-    }
+    if (read_layout(layout, fields, sizeof(fields) / sizeof(fields[0])) < 0) return NULL;
     if (PyDict_GetItemWithError(detail_codes, standard) == NULL) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "standard must be a key of detail_codes");
         return NULL;
@@ -662,7 +655,7 @@ static Py_ssize_t encode_envelope(Writer *self, PyObject *csid, uint64_t seq, Ev
         bound += 8 + 6 * (nk + nv);
     }
     if (bound > self->max_record_bytes + 4096 + 6 * (Py_ssize_t)self->max_record_bytes) return -1;
-    if (ensure_scratch(self, bound) < 0) {
+    if (ensure_room((void **)&self->scratch, &self->scratch_size, bound) < 0) {
         PyErr_Clear();
         return -1;
     }
@@ -745,7 +738,7 @@ static int normalised_data(Writer *self, PyObject *data, PyObject **result) {
         }
         Py_ssize_t n = -1;
         if (view.len > 0 && view.len <= self->max_record_bytes) { /* longer: the Python rule truncates it */
-            if (ensure_compact_buf(self, view.len) == 0)
+            if (ensure_room((void **)&self->compact_buf, &self->compact_size, view.len) == 0)
                 n = compact_json((const unsigned char *)view.buf, view.len, self->compact_buf);
             else
                 PyErr_Clear();
@@ -1087,23 +1080,10 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OLLO!OOO!", kwlist, &ring, &capacity, &data_bytes, &PyDict_Type,
                                      &layout, &decode, &decode_error, &PyType_Type, &envelope_type))
         return -1;
-    PyObject *fmt = PyDict_GetItemString(layout, "slot_format");
-    if (fmt == NULL || !PyUnicode_Check(fmt) || PyUnicode_CompareWithASCIIString(fmt, SLOT_FORMAT) != 0) {
-        PyErr_SetString(PyExc_ValueError, "shmring._hotpath was built for slot format " SLOT_FORMAT
-                                          "; rebuild it (pip install -e .) after changing layout.py");
-        return -1;
-    }
-    struct { const char *key; long long *dst; } ints[] = {
+    const LayoutField fields[] = {
         {"header_bytes", &self->header_bytes}, {"slot_bytes", &self->slot_bytes},
         {"hdr_data_low", &self->hdr_data_low}};
-    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
-        PyObject *v = PyDict_GetItemString(layout, ints[i].key);
-        if (v == NULL) {
-            PyErr_Format(PyExc_KeyError, "layout is missing %s", ints[i].key);
-            return -1;
-        }
-        if ((*ints[i].dst = PyLong_AsLongLong(v)) == -1 && PyErr_Occurred()) return -1;
-    }
+    if (read_layout(layout, fields, sizeof(fields) / sizeof(fields[0])) < 0) return -1;
     if (member_offsets((PyTypeObject *)envelope_type, ENVELOPE_SEQ_NAME, 1, &self->seq_offset) < 0) return -1;
     if (capacity < 1 || (capacity & (capacity - 1)) || data_bytes < 1 || self->slot_bytes != 64) {
         PyErr_SetString(PyExc_ValueError, "capacity must be a power of two and data_bytes positive");

@@ -22,9 +22,9 @@ import time
 import uuid
 import weakref
 
-from .errors import ConfigError, RingBusy, RingClosed, RingNotFound
 import msgspec
 
+from .errors import ConfigError, RingBusy, RingClosed, RingNotFound
 from .layout import (
     ACCELERATOR_LAYOUT,
     CONFIG,
@@ -87,7 +87,6 @@ MIN_DATA_BYTES = 1024 * 1024
 """Every envelope the size rule admits fits in the smallest data area."""
 MAX_CAPACITY = 1 << 24
 DEFAULT_FLUSHER_GRACE_S = 5.0
-
 
 
 def _validate_sizes(capacity: object, data_bytes: object) -> None:
@@ -385,7 +384,7 @@ class CaptureSession:
     @property
     def last_seq(self) -> int:
         """The seq of the latest published event (0 before the first)."""
-        return self._res.core.last_seq
+        return self._core.last_seq
 
     @property
     def closed(self) -> bool:
