@@ -777,32 +777,19 @@ ROWS = [
 ]
 
 
+_FORMATS = {"int": "{:.0f}", "pct": "{:.2f}%", "pct1": "{:.1f}%", "pct3": "{:.3f}%", "spct": "{:+.1f}%",
+            "us2": "{:.2f}", "float2": "{:.2f}", "float": "{:.1f}", "ratio": "{:.2f}×"}
+
+
 def fmt(value: float, kind: str) -> str:
     if value != value:  # NaN
         return "n/a"
     if kind == "rate":
         return f"{value / 1000:.1f}k" if value < 1e6 else f"{value / 1e6:.2f}M"
-    if kind == "int":
-        return f"{value:.0f}"
     if kind == "us":
         return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
-    if kind == "pct":
-        return f"{value:.2f}%"
-    if kind == "pct1":
-        return f"{value:.1f}%"
-    if kind == "pct3":
-        return f"{value:.3f}%"
-    if kind == "spct":
-        return f"{value:+.1f}%"
-    if kind == "us2":
-        return f"{value:.2f}"
-    if kind == "float2":
-        return f"{value:.2f}"
-    if kind == "float":
-        return f"{value:.1f}"
-    if kind == "ratio":
-        return f"{value:.2f}×"
-    return str(value)
+    spec = _FORMATS.get(kind)
+    return spec.format(value) if spec else str(value)
 
 
 def summarise(runs: list[dict]) -> list[dict]:

@@ -79,12 +79,11 @@ sys.path.insert(0, ROOT)
 
 import msgspec  # noqa: E402
 
-from shmring import CaptureSession, Envelope, Event, Reader, RingClosed, Source  # noqa: E402
+from bench import CAPTURE_SESSION_ID, TARGET_ENVELOPE_BYTES, Stamp, make_data, make_event  # noqa: E402
+from shmring import CaptureSession, Envelope, Event, Reader, RingClosed  # noqa: E402
 
 TRANSPORTS = ("shmring", "mp.Queue", "faster-fifo", "zmq", "iceoryx2", "redis")
 READER_COUNTS = (1, 2, 4)
-CAPTURE_SESSION_ID = "0b9d2c1e-5f7a-4c3b-9e8d-7a6b5c4d3e2f"
-TARGET_ENVELOPE_BYTES = 300
 CAPACITY = 65536
 DATA_BYTES = 64 * 1024 * 1024
 MPQ_MAXSIZE = 8192
@@ -108,21 +107,8 @@ def unique(prefix: str) -> str:
 
 
 # =============================================================================
-# The event
+# The event: tools/bench.py's (make_event, make_data, Stamp)
 # =============================================================================
-
-class Stamp(msgspec.Struct):
-    t: int
-
-
-def make_data(stamp_ns: int, pad: str) -> msgspec.Raw:
-    return msgspec.Raw(b'{"level":"log","args":["%s"],"t":%d}' % (pad.encode(), stamp_ns))
-
-
-def make_event(pad: str, stamp_ns: int = 0) -> Event:
-    return Event(type="console.log", category="console", source=Source(kind="cdp", event="Runtime.consoleAPICalled"),
-                 url="http://localhost/", data=make_data(stamp_ns or time.monotonic_ns(), pad))
-
 
 def stamped_for_peers(event: Event) -> Event:
     """The event as publish would stamp it (ts, detail level), for transports that skip publish."""
