@@ -26,6 +26,8 @@ from .session import DEFAULT_CAPACITY, DEFAULT_DATA_BYTES, DEFAULT_FLUSHER_GRACE
 
 __all__ = ["main"]
 
+GROUP_READABLE_HELP = "create the log directory 0750 and its files 0640 (default 0700 and 0600)"
+
 
 def _err(message: str) -> None:
     print(f"shmring: {message}", file=sys.stderr, flush=True)
@@ -54,7 +56,8 @@ def cmd_serve(args) -> int:
         _err(", ".join(parts))
 
     result = serve(
-        args.name, stop=stop, socket_path=args.socket, log_dir=args.log_dir, fsync=args.fsync, log=_err,
+        args.name, stop=stop, socket_path=args.socket, log_dir=args.log_dir, fsync=args.fsync,
+        group_readable=args.group_readable, log=_err,
         on_ready=ready, cdp_url=args.cdp, cdp_detail_level=args.cdp_detail_level,
         cdp_console_hook=False if args.cdp_console_via_inspector else None,
         capacity=args.capacity, data_bytes=args.data_bytes,
@@ -80,6 +83,8 @@ def cmd_flush(args) -> int:
     forwarded = [args.name, args.directory, "--fsync", args.fsync]
     if args.max_file_bytes:
         forwarded += ["--max-file-bytes", str(args.max_file_bytes)]
+    if args.group_readable:
+        forwarded.append("--group-readable")
     return flusher_main(forwarded)
 
 
@@ -293,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-bytes", type=_positive_int, default=DEFAULT_DATA_BYTES, help="data area size")
     s.add_argument("--flusher-grace-s", type=float, default=DEFAULT_FLUSHER_GRACE_S)
     s.add_argument("--fsync", choices=("always", "batch", "never"), default="batch")
+    s.add_argument("--group-readable", action="store_true", help=GROUP_READABLE_HELP)
     s.add_argument("--session-id", help="capture session id (default: a new uuid4)")
     s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (needs --socket)")
     s.add_argument("--cdp-detail-level", choices=DETAIL_LEVELS, default="standard")
@@ -350,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("directory")
     s.add_argument("--fsync", choices=("always", "batch", "never"), default="batch")
     s.add_argument("--max-file-bytes", type=_positive_int)
+    s.add_argument("--group-readable", action="store_true", help=GROUP_READABLE_HELP)
     s.set_defaults(func=cmd_flush)
 
     s = sub.add_parser("demo", help="run everything for ten seconds on synthetic browser events")

@@ -15,13 +15,20 @@ Rules:
   checkpoint. Loss that cannot be avoided goes to ``DIR/_gaps.jsonl`` as one
   line per seq range, never silently, and never twice.
 - Lines of another capture session never count as this session's.
+- The directory must be this user's and not writable by group or others; a
+  new one is created 0700 (0750 with ``group_readable``), its files 0600
+  (0640). Every file is opened relative to the checked directory's fd with
+  ``O_NOFOLLOW``; a symlink or other non-regular file where one of the
+  flusher's files belongs is refused before anything is written or cut.
 """
 
 import argparse
+import errno
 import json
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -35,14 +42,151 @@ from .reader import Reader, open_ring_info
 from .schema import validate_category
 from .segment import open_segment, ring_shm_name, validate_ring_name
 
-__all__ = ["Flusher", "FlushStats", "FSYNC_POLICIES"]
+__all__ = ["Flusher", "FlushStats", "FSYNC_POLICIES", "prepare_log_directory"]
 
 FSYNC_POLICIES = ("always", "batch", "never")
 GAPS_FILE = "_gaps.jsonl"
 CHECKPOINT_FILE = "_checkpoint.json"
+CHECKPOINT_TMP = CHECKPOINT_FILE + ".tmp"
 BATCH_MAX_LINES = 4096
 _LINE_HEAD = re.compile(rb'\{"capture_session_id":"((?:[^"\\]|\\.)*)","seq":(\d+),')
 _ROTATED = re.compile(r"([a-z][a-z0-9_]{0,31})\.(\d+)\.jsonl")
+_OWN_FILE = re.compile(r"[a-z][a-z0-9_]{0,31}(\.\d+)?\.jsonl")
+
+
+def _modes(group_readable: bool) -> tuple[int, int]:
+    """(directory mode, file mode) of what the flusher creates."""
+    return (0o750, 0o640) if group_readable else (0o700, 0o600)
+
+
+def _open_directory(path: str, group_readable: bool) -> int:
+    """An fd of log directory `path`, created if missing, after checking that no other user controls it."""
+    path = path.rstrip(os.sep) or os.sep  # a trailing slash would follow a symlink
+    dir_mode = _modes(group_readable)[0]
+    try:
+        os.makedirs(path, dir_mode)
+        created = True
+    except FileExistsError:
+        created = False
+    except OSError as exc:
+        raise FlushError(f"cannot create log directory {path}: {exc.strerror}") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            what = "a symbolic link" if os.path.islink(path) else "not a directory"
+            raise FlushError(f"log directory {path} is {what}; give the path of a directory you own, "
+                             "or a new path") from None
+        raise FlushError(f"cannot open log directory {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise FlushError(f"log directory {path} belongs to uid {st.st_uid}, not to this user "
+                             f"(uid {os.geteuid()}), and its owner could plant links in it; use a directory of "
+                             "your own, or a new path")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise FlushError(f"log directory {path} is writable by group or others (mode "
+                             f"{stat.S_IMODE(st.st_mode):04o}); run `chmod go-w` on it, or use a new path")
+        if created:  # exact, whatever the umask; a directory that was there keeps its mode
+            os.fchmod(fd, dir_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def prepare_log_directory(path: str | os.PathLike, *, group_readable: bool = False) -> None:
+    """Create log directory `path` (0700, or 0750), or check an existing one, as a Flusher would.
+
+    Raises FlushError if it is a symbolic link, not a directory, not owned
+    by this user, or writable by group or others.
+    """
+    os.close(_open_directory(os.fspath(path), group_readable))
+
+
+class _LogDirectory:
+    """The checked log directory, held open: every file operation goes through its fd, never a symlink."""
+
+    def __init__(self, path: str, group_readable: bool):
+        self.path = path
+        self.file_mode = _modes(group_readable)[1]
+        self.fd = _open_directory(path, group_readable)
+
+    def check_entries(self) -> list[str]:
+        """Every entry's name; FlushError if one of the flusher's names is not a regular file."""
+        names = os.listdir(self.fd)
+        for name in names:
+            own = name in (GAPS_FILE, CHECKPOINT_FILE, CHECKPOINT_TMP) or _OWN_FILE.fullmatch(name)
+            if own and not stat.S_ISREG(os.lstat(name, dir_fd=self.fd).st_mode):
+                raise self._not_a_file(name)
+        return names
+
+    def open(self, name: str, flags: int) -> int:
+        """Open `name` (a file created here gets exactly the file mode); never a symlink or non-regular file."""
+        # O_NONBLOCK: a FIFO planted there cannot hang the open; it is cleared once the file is known regular.
+        flags |= os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            if flags & os.O_CREAT and not flags & os.O_EXCL:  # create if missing: learn whether it was
+                try:
+                    fd = os.open(name, flags | os.O_EXCL, self.file_mode, dir_fd=self.fd)
+                    created = True
+                except FileExistsError:
+                    fd, created = os.open(name, flags & ~os.O_CREAT, dir_fd=self.fd), False
+            else:
+                fd, created = os.open(name, flags, self.file_mode, dir_fd=self.fd), bool(flags & os.O_CREAT)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO):
+                raise self._not_a_file(name) from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self._not_a_file(name)
+            os.set_blocking(fd, True)
+            if created and stat.S_IMODE(st.st_mode) != self.file_mode:
+                os.fchmod(fd, self.file_mode)  # the umask may have taken bits off
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def open_file(self, name: str, mode: str):
+        """A Python file object for reading ('rb') or repairing ('rb+') `name`."""
+        return os.fdopen(self.open(name, os.O_RDWR if "+" in mode else os.O_RDONLY), mode)
+
+    def create_exclusive(self, name: str) -> int:
+        """A new, empty `name` for writing; a stale one (the flusher's own, or a link) is removed first."""
+        try:
+            os.unlink(name, dir_fd=self.fd)  # unlink never follows a link
+        except FileNotFoundError:
+            pass
+        return self.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+
+    def rename_new(self, src: str, dst: str) -> None:
+        """Rename `src` to `dst`, which must not exist (a rotation never replaces anything)."""
+        try:
+            os.lstat(dst, dir_fd=self.fd)
+        except FileNotFoundError:
+            os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            return
+        raise FlushError(f"cannot rotate {self.join(src)}: {self.join(dst)} already exists and the flusher "
+                         "did not expect it; move it away and restart the flusher")
+
+    def replace(self, src: str, dst: str) -> None:
+        os.replace(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def join(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def _not_a_file(self, name: str) -> FlushError:
+        return FlushError(f"{self.join(name)} is a symbolic link or another non-regular file where the flusher "
+                          "keeps one of its files, and was left alone; remove it (was the directory tampered "
+                          "with?) and restart the flusher")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class FlushStats(dict):
@@ -54,7 +198,7 @@ class _CategoryFile:
 
     __slots__ = ("directory", "category", "rotated", "fd", "size", "dirty")
 
-    def __init__(self, directory: str, category: str, rotated: int):
+    def __init__(self, directory: _LogDirectory, category: str, rotated: int):
         self.directory = directory
         self.category = category
         self.rotated = rotated
@@ -63,15 +207,15 @@ class _CategoryFile:
         self.dirty = False
 
     @property
-    def path(self) -> str:
-        return os.path.join(self.directory, f"{self.category}.jsonl")
+    def name(self) -> str:
+        return f"{self.category}.jsonl"
 
-    def rotated_path(self, number: int) -> str:
-        return os.path.join(self.directory, f"{self.category}.{number}.jsonl")
+    def rotated_name(self, number: int) -> str:
+        return f"{self.category}.{number}.jsonl"
 
     def open(self) -> None:
         if self.fd is None:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self.fd = self.directory.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             self.size = os.fstat(self.fd).st_size
 
     def write(self, data: bytes) -> None:
@@ -91,8 +235,8 @@ class _CategoryFile:
     def rotate(self) -> None:
         """Close the (synced) current file and rename it to the next number."""
         self.close()
+        self.directory.rename_new(self.name, self.rotated_name(self.rotated + 1))
         self.rotated += 1
-        os.rename(self.path, self.rotated_path(self.rotated))
         self.size = 0
 
     def close(self) -> None:
@@ -113,6 +257,7 @@ class Flusher:
         fsync_every_lines: int = 4096,
         fsync_every_s: float = 0.1,
         max_file_bytes: int | None = None,
+        group_readable: bool = False,
     ):
         if fsync not in FSYNC_POLICIES:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
@@ -127,10 +272,7 @@ class Flusher:
         self.fsync_every_lines = 1 if fsync == "always" else fsync_every_lines
         self.fsync_every_s = fsync_every_s
         self.max_file_bytes = max_file_bytes
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-        except OSError as exc:
-            raise FlushError(f"cannot create log directory {self.directory}: {exc.strerror}") from None
+        self._dir = _LogDirectory(self.directory, bool(group_readable))
         self._files: dict[bytes, _CategoryFile] = {}
         self._closed = False
         self._failed = False
@@ -139,7 +281,11 @@ class Flusher:
         self.lines_written = 0
         self.gap_events = 0
         self._reader = None
-        self._recover(name)
+        try:
+            self._recover(name)
+        except BaseException:
+            self._dir.close()
+            raise
 
     # -- restart ------------------------------------------------------------------
     def _recover(self, name: str) -> None:
@@ -152,6 +298,8 @@ class Flusher:
             self.capture_session_id = session = open_ring_info(name, mapping).capture_session_id
         finally:
             mapping.close()
+        # Every name is checked before anything is read, cut or written.
+        categories = self._categories_on_disk(self._dir.check_entries())
         checkpoint = self._load_checkpoint()
         if checkpoint.get("capture_session_id") == session:
             self._checkpoint_seq = checkpoint["seq"]
@@ -160,15 +308,15 @@ class Flusher:
             self._checkpoint_seq = 0
             marks = {}
         present: set[int] = set()
-        for category, rotated in self._categories_on_disk().items():
-            cat_file = _CategoryFile(self.directory, category, rotated)
-            self._repair_partial_line(cat_file.path)
+        for category, rotated in categories.items():
+            cat_file = _CategoryFile(self._dir, category, rotated)
+            self._repair_partial_line(cat_file.name)
             self._files[category.encode().ljust(32, b"\0")] = cat_file
-            for path, offset in self._paths_after_mark(cat_file, marks.get(category)):
-                present.update(self._seqs_in(path, offset, session))
+            for file_name, offset in self._names_after_mark(cat_file, marks.get(category)):
+                present.update(self._seqs_in(file_name, offset, session))
         # Only lines after the checkpoint matter: the reader resumes there.
         self._present = {seq for seq in present if seq > self._checkpoint_seq}
-        self._repair_partial_line(os.path.join(self.directory, GAPS_FILE))
+        self._repair_partial_line(GAPS_FILE)
         self._recorded_gaps = self._load_gaps(session)
         try:
             self._reader = Reader._attach(name, after_seq=self._checkpoint_seq, filter=None, role=ROLE_FLUSHER,
@@ -181,9 +329,9 @@ class Flusher:
             ) from None
 
     def _load_checkpoint(self) -> dict:
-        path = os.path.join(self.directory, CHECKPOINT_FILE)
+        path = self._dir.join(CHECKPOINT_FILE)
         try:
-            with open(path, "rb") as f:
+            with self._dir.open_file(CHECKPOINT_FILE, "rb") as f:
                 data = json.loads(f.read())
         except FileNotFoundError:
             return {}
@@ -191,10 +339,11 @@ class Flusher:
             raise FlushError(f"cannot read checkpoint {path}: {exc}; move it away to rescan the files") from None
         return data if isinstance(data, dict) and isinstance(data.get("seq"), int) else {}
 
-    def _categories_on_disk(self) -> dict[str, int]:
-        """category -> number of rotated files, for every category file in the directory."""
+    @staticmethod
+    def _categories_on_disk(entries: list[str]) -> dict[str, int]:
+        """category -> number of rotated files, for every category file among the directory's entries."""
         found: dict[str, int] = {}
-        for entry in os.listdir(self.directory):
+        for entry in entries:
             if entry.startswith("_") or not entry.endswith(".jsonl"):
                 continue
             rotated = _ROTATED.fullmatch(entry)
@@ -204,11 +353,10 @@ class Flusher:
                 found.setdefault(entry[: -len(".jsonl")], 0)
         return {c: n for c, n in found.items() if re.fullmatch(r"[a-z][a-z0-9_]{0,31}", c)}
 
-    @staticmethod
-    def _repair_partial_line(path: str) -> None:
+    def _repair_partial_line(self, name: str) -> None:
         """Cut a last line that a crash left without its newline."""
         try:
-            with open(path, "rb+") as f:
+            with self._dir.open_file(name, "rb+") as f:
                 size = f.seek(0, os.SEEK_END)
                 if size == 0:
                     return
@@ -231,18 +379,17 @@ class Flusher:
             return
 
     @staticmethod
-    def _paths_after_mark(cat_file: _CategoryFile, mark: dict | None) -> Iterable[tuple[str, int]]:
-        """(path, offset) of every byte of this category written after the checkpoint."""
+    def _names_after_mark(cat_file: _CategoryFile, mark: dict | None) -> Iterable[tuple[str, int]]:
+        """(file name, offset) of every byte of this category written after the checkpoint."""
         first, offset = (1, 0) if mark is None else (mark.get("rotated", 0) + 1, mark.get("size", 0))
         for number in range(first, cat_file.rotated + 1):
-            yield cat_file.rotated_path(number), offset
+            yield cat_file.rotated_name(number), offset
             offset = 0
-        yield cat_file.path, offset if first > cat_file.rotated else 0
+        yield cat_file.name, offset if first > cat_file.rotated else 0
 
-    @staticmethod
-    def _seqs_in(path: str, offset: int, session: str) -> set[int]:
+    def _seqs_in(self, name: str, offset: int, session: str) -> set[int]:
         try:
-            with open(path, "rb") as f:
+            with self._dir.open_file(name, "rb") as f:
                 f.seek(offset)
                 data = f.read()
         except FileNotFoundError:
@@ -259,7 +406,7 @@ class Flusher:
         """Seq ranges already recorded as lost for this session (never recorded twice)."""
         recorded = []
         try:
-            with open(os.path.join(self.directory, GAPS_FILE), "rb") as f:
+            with self._dir.open_file(GAPS_FILE, "rb") as f:
                 for line in f:
                     try:
                         gap = json.loads(line)
@@ -354,7 +501,7 @@ class Flusher:
             validate_category(name)  # never trust a name from shared memory with the file system
         except ShmringError:
             raise FlushError(f"ring carries an invalid category {name!r}; refusing to create a file for it") from None
-        self._files[category] = _CategoryFile(self.directory, name, 0)
+        self._files[category] = _CategoryFile(self._dir, name, 0)
 
     def _write_batch(self, batch: dict[bytes, list[bytes]]) -> None:
         """Write each category's lines with one write (one per file when rotating), then let the writer past them."""
@@ -401,7 +548,7 @@ class Flusher:
                         "dropped": b - a + 1, "ts": now_us}, separators=(",", ":")).encode() + b"\n"
             for a, b in missing
         )
-        fd = os.open(os.path.join(self.directory, GAPS_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = self._dir.open(GAPS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             _write_all(fd, lines)
             os.fsync(fd)
@@ -430,16 +577,14 @@ class Flusher:
                  if f.fd is not None or f.rotated or f.size}
         data = json.dumps({"capture_session_id": self.capture_session_id, "seq": seq, "files": marks},
                           separators=(",", ":")).encode()
-        path = os.path.join(self.directory, CHECKPOINT_FILE)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = self._dir.create_exclusive(CHECKPOINT_TMP)
         try:
             _write_all(fd, data)
             if self.fsync != "never":
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        self._dir.replace(CHECKPOINT_TMP, CHECKPOINT_FILE)
         self._checkpoint_seq = seq
 
     def _io_error(self, exc: OSError) -> FlushError:
@@ -462,6 +607,7 @@ class Flusher:
         self._closed = True
         for cat_file in self._files.values():
             cat_file.close()
+        self._dir.close()
         if self._reader is not None:
             # After an error, the writer keeps waiting (its grace period) for
             # a restarted flusher to take over, as if this process had died.
@@ -503,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory")
     parser.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch")
     parser.add_argument("--max-file-bytes", type=int, default=None)
+    parser.add_argument("--group-readable", action="store_true",
+                        help="create the directory 0750 and the files 0640 (default 0700 and 0600)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     # SIGTERM is taken by a thread in sigwait, not by a handler: a handler
@@ -510,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     threading.Thread(target=lambda: (signal.sigwait({signal.SIGTERM}), stop.set()), daemon=True).start()
     try:
-        with Flusher(args.name, args.directory, fsync=args.fsync, max_file_bytes=args.max_file_bytes) as flusher:
+        with Flusher(args.name, args.directory, fsync=args.fsync, max_file_bytes=args.max_file_bytes,
+                     group_readable=args.group_readable) as flusher:
             stats = flusher.run(stop)
     except ShmringError as exc:
         print(f"shmring flusher: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ import threading
 import time
 
 from .errors import ConfigError, RingNotFound, ShmringError
+from .flusher import prepare_log_directory
 from .ingest import IngestServer, prepare_socket_path
 from .session import CaptureSession
 from .stats import ring_stats
@@ -36,10 +37,12 @@ class FlusherSupervisor:
     RESTART_DELAY_S = 0.2
     ATTACH_TIMEOUT_S = 30.0
 
-    def __init__(self, name: str, directory: str, *, fsync: str = "batch", log=lambda msg: None):
+    def __init__(self, name: str, directory: str, *, fsync: str = "batch", group_readable: bool = False,
+                 log=lambda msg: None):
         self.name = name
         self.directory = directory
         self.fsync = fsync
+        self.group_readable = group_readable
         self.log = log
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
@@ -47,10 +50,10 @@ class FlusherSupervisor:
         self._thread = threading.Thread(target=self._watch, name="flusher-supervisor", daemon=True)
 
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shmring.flusher", self.name, self.directory, "--fsync", self.fsync],
-            start_new_session=True,
-        )
+        command = [sys.executable, "-m", "shmring.flusher", self.name, self.directory, "--fsync", self.fsync]
+        if self.group_readable:
+            command.append("--group-readable")
+        self.proc = subprocess.Popen(command, start_new_session=True)
 
     def start(self) -> None:
         self._spawn()
@@ -146,25 +149,28 @@ async def _ingest_until(server: IngestServer, stop: threading.Event, ready, capt
 
 
 def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, log_dir: str | None = None,
-          fsync: str = "batch", log=lambda msg: None, on_ready=lambda session: None, cdp_url: str | None = None,
-          cdp_detail_level: str = "standard", cdp_console_hook: bool | None = None, **create_kwargs) -> dict:
+          fsync: str = "batch", group_readable: bool = False, log=lambda msg: None, on_ready=lambda session: None,
+          cdp_url: str | None = None, cdp_detail_level: str = "standard", cdp_console_hook: bool | None = None,
+          **create_kwargs) -> dict:
     """Run until `stop` is set; return counts. Raises ShmringError on set-up failures.
 
     cdp_url: also run ``shmring capture-cdp`` against that browser, publishing
-    through `socket_path` (required then).
+    through `socket_path` (required then). group_readable: the flusher's
+    directory and files are created 0750/0640 instead of 0700/0600.
     """
     if cdp_url is not None and socket_path is None:
         raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket")
     if socket_path is not None:
         prepare_socket_path(socket_path)  # fail before the ring exists
+    if log_dir is not None:
+        prepare_log_directory(log_dir, group_readable=group_readable)  # refuses one another user controls
     session = CaptureSession.create(name, **create_kwargs)
     supervisor = None
     server = None
     flusher_attached = False
     try:
         if log_dir is not None:
-            os.makedirs(log_dir, exist_ok=True)
-            supervisor = FlusherSupervisor(name, log_dir, fsync=fsync, log=log)
+            supervisor = FlusherSupervisor(name, log_dir, fsync=fsync, group_readable=group_readable, log=log)
             supervisor.start()
             if not supervisor.wait_attached():
                 raise ShmringError(f"the flusher into {log_dir} did not attach to ring {name!r} within "
