@@ -4,6 +4,8 @@ Rules:
 - The only module that prints or exits.
 - Every failure is one line on stderr (``shmring: what is wrong; what to
   do``) and a non-zero status, never a traceback.
+- Every ring NAME argument is checked by ``validate_ring_name`` as it is
+  parsed (``type=_ring_name``), so each command refuses a bad name alike.
 - ``tail`` works in pipelines: a closed stdout ends it quietly, as do
   SIGINT and SIGTERM (status 0).
 - ``serve --log-dir`` exits non-zero if its flusher did not end cleanly:
@@ -20,8 +22,10 @@ import threading
 import msgspec
 
 from . import __version__
-from .errors import RingClosed, RingNotFound, ShmringError, WriterGone
+from .errors import ConfigError, RingClosed, RingNotFound, ShmringError, WriterGone
+from .ingest import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS
 from .layout import DETAIL_LEVELS, SOURCE_KINDS
+from .segment import validate_ring_name
 from .session import DEFAULT_CAPACITY, DEFAULT_DATA_BYTES, DEFAULT_FLUSHER_GRACE_S
 
 __all__ = ["main"]
@@ -61,6 +65,7 @@ def cmd_serve(args) -> int:
         on_ready=ready, cdp_url=args.cdp, cdp_detail_level=args.cdp_detail_level,
         cdp_console_hook=False if args.cdp_console_via_inspector else None,
         capacity=args.capacity, data_bytes=args.data_bytes,
+        max_connections=args.max_connections, max_buffered_bytes=args.max_buffered_bytes,
         flusher_grace_s=args.flusher_grace_s, capture_session_id=args.session_id,
     )
     _err(f"ring {args.name!r} closed after {result['published']} events"
@@ -278,6 +283,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _ring_name(text: str) -> str:
+    try:
+        return validate_ring_name(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     """Bad arguments are one line too (subcommand parsers are made of this class)."""
 
@@ -291,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run a ring's writer (with ingest socket and flusher)")
-    s.add_argument("name")
+    s.add_argument("name", type=_ring_name)
     s.add_argument("--socket", metavar="PATH", help="accept events from producers on this Unix socket (mode 0600)")
     s.add_argument("--log-dir", metavar="DIR", help="run a flusher into DIR/<category>.jsonl")
     s.add_argument("--capacity", type=_positive_int, default=DEFAULT_CAPACITY, help="slots (a power of two)")
@@ -304,10 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cdp-detail-level", choices=DETAIL_LEVELS, default="standard")
     s.add_argument("--cdp-console-via-inspector", action="store_true",
                    help="capture console calls through Runtime.consoleAPICalled (see capture-cdp)")
+    s.add_argument("--max-connections", type=_positive_int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                   help="producers served at once on --socket; one more gets an error reply and is closed "
+                        f"(default {DEFAULT_MAX_CONNECTIONS})")
+    s.add_argument("--max-buffered-bytes", type=_positive_int, default=DEFAULT_MAX_BUFFERED_BYTES, metavar="N",
+                   help="bytes of partial lines held across all --socket connections; the connection that would "
+                        f"go over gets an error reply and is closed (default {DEFAULT_MAX_BUFFERED_BYTES})")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("capture-cdp", help="publish a live Chromium's events (CDP) through a serve socket")
-    s.add_argument("name", help="the ring (for messages; events go through --socket)")
+    s.add_argument("name", type=_ring_name, help="the ring (for messages; events go through --socket)")
     s.add_argument("--cdp", metavar="URL", required=True,
                    help="http://127.0.0.1:PORT or the browser's ws://.../devtools/browser/... URL")
     s.add_argument("--socket", metavar="PATH", required=True)
@@ -328,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_publish)
 
     s = sub.add_parser("tail", help="print a ring's envelopes as JSON lines")
-    s.add_argument("name")
+    s.add_argument("name", type=_ring_name)
     where = s.add_mutually_exclusive_group()
     where.add_argument("--from-start", action="store_true", help="start at seq 1 (or the oldest retained)")
     where.add_argument("--after", type=_positive_int, metavar="SEQ", help="start right after SEQ")
@@ -339,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_tail)
 
     s = sub.add_parser("stat", help="show a ring's writer, readers, cursors, lag and drops")
-    s.add_argument("name")
+    s.add_argument("name", type=_ring_name)
     s.add_argument("--json", action="store_true")
     s.add_argument("--watch", action="store_true", help="refresh every second")
     s.set_defaults(func=cmd_stat)
@@ -352,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_gc)
 
     s = sub.add_parser("flush", help="tail a ring into DIR/<category>.jsonl")
-    s.add_argument("name")
+    s.add_argument("name", type=_ring_name)
     s.add_argument("directory")
     s.add_argument("--fsync", choices=("always", "batch", "never"), default="batch")
     s.add_argument("--max-file-bytes", type=_positive_int)

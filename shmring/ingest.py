@@ -9,6 +9,15 @@ Rules:
   discarded as it streams in: the server never holds it whole.
 - A fragment without a newline when the producer disconnects is not a line:
   it is neither published nor answered.
+- Memory is bounded across connections. The bytes of every connection's
+  partial line (received, no newline yet) count against one server-wide
+  ``max_buffered_bytes``; the connection whose next bytes would take the
+  total over it gets an error reply after the replies to its complete lines,
+  and is closed, its partial line released. At most ``max_connections`` are
+  served at once; one more gets an error reply and is closed. Beyond that,
+  each connection's stream buffers are bounded on their own: the socket is
+  not read past ``2 * READ_CHUNK_BYTES`` unread (plus one socket read), and
+  its task reads nothing while ``WRITE_HIGH_WATER_BYTES`` of replies wait.
 - Each connection is its own task. A producer that stops reading its replies
   stalls only itself (its task waits for its socket to drain); the others
   go on. A task yields after every few lines, so producers share the writer.
@@ -24,18 +33,37 @@ import stat
 
 import msgspec
 
-from .errors import InvalidEvent, RingClosed, ShmringError
+from .errors import ConfigError, InvalidEvent, RingClosed, ShmringError
 from .schema import decode_event
 
-__all__ = ["MAX_LINE_BYTES", "IngestServer", "prepare_socket_path"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_BUFFERED_BYTES",
+    "IngestServer",
+    "prepare_socket_path",
+    "validate_ingest_limits",
+]
 
 MAX_LINE_BYTES = 4 * 1024 * 1024
 READ_CHUNK_BYTES = 64 * 1024
 LINES_PER_TURN = 64
 WRITE_HIGH_WATER_BYTES = 1024 * 1024
 ACCEPT_BACKLOG = 1024
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 
 _encode_reply = msgspec.json.Encoder().encode
+
+
+def _error_line(message: str) -> bytes:
+    return _encode_reply({"error": message}) + b"\n"
+
+
+def validate_ingest_limits(max_connections: object, max_buffered_bytes: object) -> None:
+    for option, value in (("max_connections", max_connections), ("max_buffered_bytes", max_buffered_bytes)):
+        if type(value) is not int or value < 1:
+            raise ConfigError(f"{option} must be a whole number of at least 1, not {value!r}")
 
 
 def prepare_socket_path(path: str) -> None:
@@ -62,13 +90,23 @@ def prepare_socket_path(path: str) -> None:
 class IngestServer:
     """Serves one socket path, publishing every accepted line through `publish`."""
 
-    def __init__(self, path: str, publish):
+    def __init__(self, path: str, publish, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES):
+        validate_ingest_limits(max_connections, max_buffered_bytes)
         self.path = path
         self._publish = publish
+        self.max_connections = max_connections
+        self.max_buffered_bytes = max_buffered_bytes
         self._server = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # one per connection being served
+        self.buffered_bytes = 0  # the partial lines held, summed over connections
         self.accepted = 0
         self.rejected = 0
+
+    @property
+    def connections(self) -> int:
+        """The connections being served."""
+        return len(self._tasks)
 
     async def start(self) -> None:
         prepare_socket_path(self.path)
@@ -108,18 +146,23 @@ class IngestServer:
             seq = self._publish(decode_event(line)).seq
         except (InvalidEvent, RingClosed) as exc:
             self.rejected += 1
-            return _encode_reply({"error": str(exc)}) + b"\n"
+            return _error_line(str(exc))
         except Exception as exc:  # noqa: BLE001 - hostile input must not end the connection or the server
             self.rejected += 1
-            return _encode_reply({"error": f"event not accepted: {type(exc).__name__}: {exc}"}) + b"\n"
+            return _error_line(f"event not accepted: {type(exc).__name__}: {exc}")
         self.accepted += 1
         return b'{"seq":%d}\n' % seq
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= self.max_connections:
+            writer.write(_error_line(f"too many connections: the server serves at most {self.max_connections} "
+                                     "at once; retry later"))
+            writer.close()
+            return
         task = asyncio.current_task()
         self._tasks.add(task)
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
-        pending = bytearray()
+        pending = bytearray()  # its length is always counted in self.buffered_bytes
         overlong = False
         try:
             while chunk := await reader.read(READ_CHUNK_BYTES):
@@ -127,13 +170,13 @@ class IngestServer:
                 start = 0
                 while (newline := chunk.find(b"\n", start)) != -1:
                     if overlong or len(pending) + newline - start > MAX_LINE_BYTES:
-                        replies.append(_encode_reply({"error": f"line longer than {MAX_LINE_BYTES} bytes"}) + b"\n")
+                        replies.append(_error_line(f"line longer than {MAX_LINE_BYTES} bytes"))
                         self.rejected += 1
                     else:
                         reply = self._answer(bytes(pending) + chunk[start:newline] if pending else chunk[start:newline])
                         if reply is not None:
                             replies.append(reply)
-                    pending.clear()
+                    self._release(pending)
                     overlong = False
                     start = newline + 1
                     if len(replies) >= LINES_PER_TURN:
@@ -141,16 +184,34 @@ class IngestServer:
                         replies.clear()
                         await writer.drain()
                         await asyncio.sleep(0)  # drain() does not yield unless paused: let the others in
-                if not overlong:
-                    pending += chunk[start:]
-                    if len(pending) > MAX_LINE_BYTES:
+                tail = len(chunk) - start  # the start of a line still to come
+                if tail and not overlong:
+                    if len(pending) + tail > MAX_LINE_BYTES:  # discarded as it streams in
                         overlong = True
-                        pending.clear()
+                        self._release(pending)
+                    elif self.buffered_bytes + tail > self.max_buffered_bytes:
+                        # Its complete lines are answered; this line and whatever follows are not taken.
+                        self.rejected += 1
+                        replies.append(_error_line(
+                            f"the server's ingest buffer limit is reached ({self.max_buffered_bytes} bytes of "
+                            "partial lines across all connections); retry later or send shorter lines; "
+                            "closing this connection"))
+                        writer.write(b"".join(replies))
+                        return
+                    else:
+                        pending += chunk[start:]
+                        self.buffered_bytes += tail
                 if replies:
                     writer.write(b"".join(replies))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            # Released before the close: a producer that sees its end finds the server's count already down.
+            self._release(pending)
             self._tasks.discard(task)
             writer.close()
+
+    def _release(self, pending: bytearray) -> None:
+        self.buffered_bytes -= len(pending)
+        pending.clear()

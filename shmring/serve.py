@@ -24,7 +24,14 @@ import time
 
 from .errors import ConfigError, RingNotFound, ShmringError
 from .flusher import prepare_log_directory
-from .ingest import IngestServer, prepare_socket_path
+from .ingest import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    IngestServer,
+    prepare_socket_path,
+    validate_ingest_limits,
+)
+from .segment import validate_ring_name
 from .session import CaptureSession
 from .stats import ring_stats
 
@@ -151,17 +158,21 @@ async def _ingest_until(server: IngestServer, stop: threading.Event, ready, capt
 def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, log_dir: str | None = None,
           fsync: str = "batch", group_readable: bool = False, log=lambda msg: None, on_ready=lambda session: None,
           cdp_url: str | None = None, cdp_detail_level: str = "standard", cdp_console_hook: bool | None = None,
+          max_connections: int = DEFAULT_MAX_CONNECTIONS, max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
           **create_kwargs) -> dict:
     """Run until `stop` is set; return counts. Raises ShmringError on set-up failures.
 
     cdp_url: also run ``shmring capture-cdp`` against that browser, publishing
     through `socket_path` (required then). group_readable: the flusher's
     directory and files are created 0750/0640 instead of 0700/0600.
+    max_connections, max_buffered_bytes: the ingest socket's limits (see ingest).
     """
+    validate_ring_name(name)
     if cdp_url is not None and socket_path is None:
         raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket")
     if socket_path is not None:
-        prepare_socket_path(socket_path)  # fail before the ring exists
+        validate_ingest_limits(max_connections, max_buffered_bytes)  # fail before the ring exists
+        prepare_socket_path(socket_path)
     if log_dir is not None:
         prepare_log_directory(log_dir, group_readable=group_readable)  # refuses one another user controls
     session = CaptureSession.create(name, **create_kwargs)
@@ -177,7 +188,8 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
                                    f"{supervisor.ATTACH_TIMEOUT_S:.0f} s; see its messages above")
             flusher_attached = True
         if socket_path is not None:
-            server = IngestServer(socket_path, session.publish)
+            server = IngestServer(socket_path, session.publish, max_connections=max_connections,
+                                  max_buffered_bytes=max_buffered_bytes)
             command = None
             if cdp_url is not None:
                 from .cdp import capture_command

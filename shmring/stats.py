@@ -18,7 +18,14 @@ from .liveness import is_alive
 from .reader import open_ring_info
 from .registry import Registry
 from .ring import RingReaderCore
-from .segment import list_ring_names, open_segment, registry_shm_name, ring_shm_name, unlink_ring_objects
+from .segment import (
+    list_ring_names,
+    open_segment,
+    registry_shm_name,
+    ring_shm_name,
+    unlink_ring_objects,
+    validate_ring_name,
+)
 
 __all__ = ["ring_stats", "list_rings", "collect_garbage"]
 
@@ -28,7 +35,7 @@ _ORPHAN = re.compile(r"(?:sem\.)?shmring\.(.+)\+(?:readers|wake\d+)")
 
 def ring_stats(name: str, *, sample_s: float = 0.0) -> dict:
     """Everything stat shows about ring `name`; publish rate sampled over `sample_s`."""
-    ring = open_segment(ring_shm_name(name), writable=False)
+    ring = open_segment(ring_shm_name(validate_ring_name(name)), writable=False)
     try:
         info = open_ring_info(name, ring)
         core = RingReaderCore(ring.buf, info.capacity, info.data_bytes)

@@ -9,6 +9,7 @@ producer ending the server or blocking another producer, a traceback, a
 failure that is not one line, anything left in /dev/shm or on disk.
 """
 
+import contextlib
 import json
 import os
 import random
@@ -26,6 +27,7 @@ import psutil
 import pytest
 
 from shmring import Producer, PublishRejected, Reader, ShmringError
+from shmring.errors import ConfigError
 from shmring.ingest import MAX_LINE_BYTES
 from shmring.stats import ring_stats
 from tests.procs import TIMEOUT_S, writer
@@ -444,7 +446,9 @@ def test_line_size_cap_is_enforced_without_holding_the_line(ring_name, serve):
 
 
 def test_hostile_connections_do_not_hurt_the_server(ring_name, serve):
-    srv = serve(ring_name)
+    # The 2000 short connections below may all be open on the server's side at once (it need not have seen
+    # one end before the next arrives): the cap is set above them, and tested on its own further down.
+    srv = serve(ring_name, "--max-connections", "4096")
     fds_before = len(os.listdir(f"/proc/{srv.pid}/fd"))
     rng = random.Random(1234)
     expected = set()  # the `i` of every valid event sent
@@ -578,6 +582,80 @@ def test_concurrent_producers_are_all_served_interleaved(ring_name, serve):
     for a in spans:  # served side by side, not one after another
         for b in spans:
             assert a[0] < b[1] and b[0] < a[1], spans
+
+
+def send_until_closed(sock: socket.socket, data: bytes) -> None:
+    """Send `data`; the server may close the connection part way (then the rest is not taken)."""
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+def replies_until_end(sock: socket.socket) -> list[dict]:
+    """Every reply line until the server ends the connection (EOF, or a reset if input was left unread)."""
+    buffer = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(1 << 16)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            break
+        buffer += chunk
+    return [json.loads(raw) for raw in buffer.splitlines()]
+
+
+def test_a_connection_over_the_cap_is_told_and_closed(ring_name, serve):
+    srv = serve(ring_name, *SMALL, "--max-connections", "4")
+    with contextlib.ExitStack() as stack:
+        served = [stack.enter_context(connect(srv.socket)) for _ in range(4)]
+        for n, sock in enumerate(served):  # each of the four is being served
+            sock.sendall(jl(ev(n)))
+            assert read_replies(sock, 1) == [{"seq": n + 1}]
+        with connect(srv.socket) as fifth:
+            refused = replies_until_end(fifth)
+        assert len(refused) == 1 and "too many connections" in refused[0]["error"], refused
+        assert "at most 4" in refused[0]["error"]
+        for n, sock in enumerate(served):  # the four go on
+            sock.sendall(jl(ev(10 + n)))
+            assert read_replies(sock, 1) == [{"seq": 5 + n}]
+        # One leaves; once the server has ended it, a new producer is served in its place.
+        served[0].shutdown(socket.SHUT_WR)
+        assert served[0].recv(1) == b""
+        with Producer.connect(srv.socket) as producer:
+            assert producer.publish(ev(20)) == 9
+            with connect(srv.socket) as another:  # four again: the next one is refused
+                assert "too many connections" in replies_until_end(another)[0]["error"]
+    got = envelopes(run("tail", ring_name, "--from-start", "--no-follow").stdout)
+    assert [e["event"]["data"]["i"] for e in got] == [0, 1, 2, 3, 10, 11, 12, 13, 20]
+    assert srv.popen.poll() is None
+
+
+def test_partial_lines_across_connections_are_bounded(ring_name, serve):
+    limit_mib, connections, line_mib = 8, 30, 3
+    srv = serve(ring_name, *SMALL, "--max-buffered-bytes", str(limit_mib << 20))
+    rss_before = vm_kib(srv.pid, "VmRSS")
+    whole = jl({**ev(1), "data": {"pad": "x" * (line_mib << 20)}})
+    fragment, ending = whole[:-4], whole[-4:]  # the ending: `"}}` and the newline
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(connect(srv.socket)) for _ in range(connections)]
+        for sock in socks:  # 90 MiB of unfinished lines offered
+            send_until_closed(sock, fragment)
+        peak_growth_mib = (vm_kib(srv.pid, "VmHWM") - rss_before) / 1024
+        for sock in socks:  # those still held now end: each connection has exactly one reply
+            send_until_closed(sock, ending)
+        outcomes = [read_replies(sock, 1)[0] for sock in socks]
+        # A connection still open once its sendall returned holds nearly 3 MiB: 8 MiB are two at most.
+        published = [r["seq"] for r in outcomes if "seq" in r]
+        refused = [r["error"] for r in outcomes if "error" in r]
+        assert 1 <= len(published) <= 2 and len(refused) == connections - len(published), outcomes
+        assert all("ingest buffer limit is reached" in error for error in refused)
+    # The limit, plus each connection's stream buffers (the old code grew 90 MiB here).
+    assert peak_growth_mib < limit_mib + 24, f"serve's peak memory grew {peak_growth_mib:.0f} MiB"
+    with Producer.connect(srv.socket) as producer:
+        assert producer.publish(ev(2)) == len(published) + 1
+    assert srv.popen.poll() is None
 
 
 # -- stat, ls, gc ---------------------------------------------------------------------------------------
@@ -819,6 +897,7 @@ def test_every_failure_is_one_line_without_a_traceback(ring_name, more_ring_name
         (("serve", unused, "--socket", str(regular_file)), "not a socket"),
         (("serve", ring_name), "live writer"),
         (("serve", unused, "--socket", srv.socket), "in use"),
+        (("serve", unused, "--socket", str(tmp_path / "fresh.sock"), "--max-connections", "0"), "at least 1"),
     ]
     running = [(subprocess.Popen([*SHMRING, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE), args, needle) for args, needle in cases]
@@ -838,6 +917,25 @@ def test_every_failure_is_one_line_without_a_traceback(ring_name, more_ring_name
     assert srv.popen.poll() is None
     with Producer.connect(srv.socket) as producer:  # the failed attempts took nothing from the live server
         assert producer.publish(ev(1)) == 1
+
+
+@pytest.mark.parametrize("name", ["../x", "", "a\nb", "r" * 200, "a+b", "-"])
+def test_every_command_refuses_a_bad_ring_name_alike(name, tmp_path):
+    expected = str(pytest.raises(ConfigError, ring_stats, name).value)  # the library says it too
+    assert "\n" not in expected and "invalid ring name" in expected
+    commands = {
+        "stat": ["--json"],
+        "tail": ["--no-follow"],
+        "serve": ["--socket", str(tmp_path / "x.sock")],
+        "flush": [str(tmp_path / "logs")],
+        "capture-cdp": ["--cdp", "http://127.0.0.1:9", "--socket", str(tmp_path / "x.sock")],
+    }
+    for command, extra in commands.items():
+        result = run(command, name, *extra)
+        line = assert_one_line_error(result, "invalid ring name")
+        assert line == f"shmring {command}: argument name: {expected}; see `shmring {command} --help`", line
+        assert result.stdout == b""
+    assert os.listdir(tmp_path) == []  # nothing was started
 
 
 # -- the demo ------------------------------------------------------------------------------------------------
