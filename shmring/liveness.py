@@ -7,10 +7,11 @@ Rules:
 """
 
 import os
+import select
 
 import psutil
 
-__all__ = ["ProcessIdentity", "current_identity", "is_alive"]
+__all__ = ["ProcessIdentity", "ProcessWatch", "current_identity", "is_alive"]
 
 # psutil derives create_time from boot time plus clock ticks: it is stable for
 # one process, and two processes sharing a pid are started far more than this
@@ -44,3 +45,57 @@ def is_alive(pid: int, start_time: float) -> bool:
         return False
     except psutil.AccessDenied:
         return True
+
+
+class ProcessWatch:
+    """Cheap, repeated liveness checks of one process (a reader watching its writer).
+
+    On Linux a pidfd refers to the very process it was opened on (pid reuse
+    cannot fool it) and turns readable when that process ends, so each check
+    is one ``poll`` syscall instead of a psutil ``Process``. The identity is
+    checked once, after the pidfd is open. Where pidfds are missing, a cached
+    ``psutil.Process`` (which compares start times) does the same job.
+    """
+
+    __slots__ = ("pid", "_fd", "_poll", "_proc", "_dead")
+
+    def __init__(self, pid: int, start_time: float):
+        self.pid = pid
+        self._fd = self._poll = self._proc = None
+        self._dead = False
+        try:
+            self._fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            pass
+        if not is_alive(pid, start_time):  # checked after the open: the pidfd is that process's
+            self._dead = True
+            self.close()
+            return
+        if self._fd is not None:
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLIN)
+        else:
+            try:
+                self._proc = psutil.Process(pid)
+            except psutil.Error:
+                self._dead = True
+
+    def alive(self) -> bool:
+        if self._dead:
+            return False
+        if self._poll is not None:
+            self._dead = bool(self._poll.poll(0))
+        elif self._proc is not None:
+            try:
+                self._dead = not self._proc.is_running() or self._proc.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                self._dead = True
+            except psutil.AccessDenied:
+                pass
+        return not self._dead
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._poll = None

@@ -41,7 +41,7 @@ from .layout import (
     category_field,
     ring_bytes,
 )
-from .liveness import current_identity, is_alive
+from .liveness import ProcessWatch, current_identity
 from .registry import Registry
 from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, check_memory_model, full_fence, hotpath
 from .schema import Envelope, Event, decode_envelope, validate_category
@@ -209,6 +209,11 @@ class Reader:
         # anything at or below the published cursor.
         self._committed: int | None = None
         self._last_wake = 0.0
+        self._writer = ProcessWatch(_info.writer_pid, _info.writer_start_time)
+        # The stuck-slot timer lives on the reader, not in one call: a caller
+        # polling with short timeouts must reach the rule too.
+        self._stuck_seq = 0
+        self._stuck_since = 0.0
         self._resynced_at: int | None = None  # the cursor after the last resync (see _skip_lapped)
 
     @classmethod
@@ -359,7 +364,6 @@ class Reader:
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = self._core.poll
         accept = self._accept
-        stuck_since = None
         while True:
             seq = self._cursor + 1
             status, payload, fields = poll(seq, accept)
@@ -378,8 +382,10 @@ class Reader:
             if status == LAPPED:
                 return self._skip_lapped(seq)
             if status == WRITING:
-                stuck_since = stuck_since or time.monotonic()
-                if time.monotonic() - stuck_since > STUCK_SLOT_S and not self._writer_alive():
+                now = time.monotonic()
+                if self._stuck_seq != seq:
+                    self._stuck_seq, self._stuck_since = seq, now
+                elif now - self._stuck_since > STUCK_SLOT_S and not self._writer.alive():
                     # The writer died mid-write: this slot will never complete.
                     return self._drop_to(seq)
             if time.monotonic() - self._last_wake < HOT_S and self._spin(seq):
@@ -416,9 +422,6 @@ class Reader:
         self._resynced_at = self._cursor
         return lost
 
-    def _writer_alive(self) -> bool:
-        return is_alive(self._info.writer_pid, self._info.writer_start_time)
-
     def _wait(self, seq: int, deadline: float | None) -> bool:
         """Sleep until `seq` may have changed; False on timeout. Raises at end of stream."""
         self._publish_progress()
@@ -427,7 +430,8 @@ class Reader:
         # the writer could miss the flag while we miss its publish.
         full_fence()
         try:
-            if self._slot_state(seq) not in (EMPTY, WRITING):
+            state = self._slot_state(seq)
+            if state not in (EMPTY, WRITING):
                 return True
             if self._core.closed():
                 if self._slot_state(seq) == EMPTY:
@@ -437,19 +441,22 @@ class Reader:
                     )
                     raise self._end
                 return True
-            wait_s = IDLE_CHECK_S if deadline is None else min(deadline - time.monotonic(), IDLE_CHECK_S)
+            longest_s = IDLE_CHECK_S
+            if not self._writer.alive():
+                if self._slot_state(seq) == EMPTY and not self._core.closed():
+                    self._end = WriterGone(
+                        f"the writer of ring {self.name!r} (pid {self._info.writer_pid}) died without closing "
+                        f"it; this reader has read all it left (last seq {self._cursor}). "
+                        "Run `shmring gc`, or create the ring again"
+                    )
+                    raise self._end
+                longest_s = STUCK_SLOT_S / 4  # a half-written slot: soon judged by the stuck-slot rule
+            wait_s = longest_s if deadline is None else min(deadline - time.monotonic(), longest_s)
             if wait_s <= 0:
                 return False
             if self._semaphore.wait(wait_s):
                 self._last_wake = time.monotonic()
                 return True
-            if not self._writer_alive() and self._slot_state(seq) == EMPTY and not self._core.closed():
-                self._end = WriterGone(
-                    f"the writer of ring {self.name!r} (pid {self._info.writer_pid}) died without closing "
-                    f"it; this reader has read all it left (last seq {self._cursor}). "
-                    "Run `shmring gc`, or create the ring again"
-                )
-                raise self._end
             return deadline is None or time.monotonic() < deadline
         finally:
             self._registry.set_waiting(self._index, False)
@@ -508,6 +515,7 @@ class Reader:
             if self._taker is not None:
                 self._taker.release()  # before the unmap: it holds a view of the ring
             self._semaphore.close()
+            self._writer.close()
             self._registry.mapping.close()
             self._ring.close()
 
