@@ -105,6 +105,7 @@ def create_segment(shm_name: str, size: int, *, keep_fd: bool = False) -> Mappin
     except posix_ipc.PermissionsError:
         raise _permission_denied(shm_name) from None
     try:
+        _reserve(shm.fd, shm_name, size)
         buf = mmap.mmap(shm.fd, size)
     except BaseException:
         shm.close_fd()
@@ -114,6 +115,37 @@ def create_segment(shm_name: str, size: int, *, keep_fd: bool = False) -> Mappin
         return Mapping(buf, shm.fd, size)
     shm.close_fd()
     return Mapping(buf, None, size)
+
+
+def _reserve(fd: int, shm_name: str, size: int) -> None:
+    """Commit the segment's pages now, so that touching them later can never raise SIGBUS.
+
+    A tmpfs segment is sparse: without this, the first store to a page that
+    /dev/shm has no room for kills the writer with SIGBUS, silently.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+            raise
+        free = _free_bytes()
+        raise ConfigError(
+            f"shared-memory segment {shm_name} needs {_mib(size)} but {_SHM_DIR} has {_mib(free)} free; lower "
+            "the ring's capacity or data_bytes (--capacity / --data-bytes), or give the machine or container more "
+            "shared memory (e.g. docker run --shm-size)"
+        ) from None
+
+
+def _free_bytes() -> int:
+    try:
+        st = os.statvfs(_SHM_DIR)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MiB"
 
 
 def open_segment(shm_name: str, *, writable: bool, keep_fd: bool = False) -> Mapping:
