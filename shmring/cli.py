@@ -26,7 +26,7 @@ from .errors import ConfigError, RingClosed, RingNotFound, ShmringError, WriterG
 from .ingest import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS
 from .layout import DETAIL_LEVELS, SOURCE_KINDS
 from .segment import validate_ring_name
-from .session import DEFAULT_CAPACITY, DEFAULT_DATA_BYTES, DEFAULT_FLUSHER_GRACE_S
+from .session import DEFAULT_CAPACITY, DEFAULT_DATA_BYTES, DEFAULT_FLUSHER_GRACE_S, DEFAULT_GATE_STALL_S
 
 __all__ = ["main"]
 
@@ -66,7 +66,7 @@ def cmd_serve(args) -> int:
         cdp_console_hook=False if args.cdp_console_via_inspector else None,
         capacity=args.capacity, data_bytes=args.data_bytes,
         max_connections=args.max_connections, max_buffered_bytes=args.max_buffered_bytes,
-        flusher_grace_s=args.flusher_grace_s, capture_session_id=args.session_id,
+        flusher_grace_s=args.flusher_grace_s, gate_stall_s=args.gate_stall_s, capture_session_id=args.session_id,
     )
     _err(f"ring {args.name!r} closed after {result['published']} events"
          + (f"; flusher exit status {result['flusher_status']}" if args.log_dir else ""))
@@ -308,7 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-dir", metavar="DIR", help="run a flusher into DIR/<category>.jsonl")
     s.add_argument("--capacity", type=_positive_int, default=DEFAULT_CAPACITY, help="slots (a power of two)")
     s.add_argument("--data-bytes", type=_positive_int, default=DEFAULT_DATA_BYTES, help="data area size")
-    s.add_argument("--flusher-grace-s", type=float, default=DEFAULT_FLUSHER_GRACE_S)
+    s.add_argument("--flusher-grace-s", type=float, default=DEFAULT_FLUSHER_GRACE_S,
+                   help="how long publish waits for a dead flusher")
+    s.add_argument("--gate-stall-s", type=float, default=DEFAULT_GATE_STALL_S,
+                   help="how long publish and shutdown wait for a live flusher that takes nothing (stopped, hung "
+                        "disk); then the writer goes on and the missed range becomes a recorded gap")
     s.add_argument("--fsync", choices=("always", "batch", "never"), default="batch")
     s.add_argument("--group-readable", action="store_true", help=GROUP_READABLE_HELP)
     s.add_argument("--session-id", help="capture session id (default: a new uuid4)")

@@ -483,6 +483,10 @@ class Reader:
         """Gating readers: everything up to `cursor` is safely taken; let the writer past it."""
         self._committed = cursor
         self._publish_progress()
+        if self._registry.gate_retired(self._index):
+            # The writer stopped waiting for us (we stalled); we take events
+            # again, so we gate again. What we missed meanwhile is a drop.
+            self._registry.rearm_gate(self._index)
 
     # -- lifecycle ------------------------------------------------------------
     def __iter__(self) -> Iterator[ReadResult]:

@@ -128,6 +128,15 @@ class Registry:
         """Writer side: stop honouring a dead flusher's cursor."""
         U64.pack_into(self.buf, entry_offset(index) + ENTRY_GATING_OFFSET, 0)
 
+    def gate_retired(self, index: int) -> bool:
+        """Reader side: has the writer stopped honouring this gating entry (dead or stalled too long)?"""
+        return U64.unpack_from(self.buf, entry_offset(index) + ENTRY_GATING_OFFSET)[0] == 0
+
+    def rearm_gate(self, index: int) -> None:
+        """Reader side: a retired gate that is taking events again asks to be honoured again."""
+        U64.pack_into(self.buf, entry_offset(index) + ENTRY_GATING_OFFSET, 1)
+        self.buf[REG_GATES_CHANGED] = 1  # after the entry: the writer sees both
+
     def take_gates_changed(self) -> bool:
         """Writer side: test and clear the gates-changed flag."""
         if self.buf[REG_GATES_CHANGED]:

@@ -93,19 +93,32 @@ class FlusherSupervisor:
             readers = ring_stats(self.name)["readers"]
         except RingNotFound:
             return False
-        return any(r["pid"] == pid and r["role"] == "flusher" and r["gating"] for r in readers)
+        return any(r["pid"] == pid and r["role"] == "flusher" for r in readers)  # gating or retired as stalled
 
-    def stop(self, timeout_s: float = 60.0) -> int | None:
-        """After the ring is closed: wait for the flusher to finish draining; return its status."""
+    STOP_TIMEOUT_S = 10.0
+    """After the ring is closed, how long the flusher may take to finish (then SIGTERM and SIGCONT, then SIGKILL)."""
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """After the ring is closed: wait for the flusher to finish draining; return its status.
+
+        Bounded whatever the flusher does: one that is stopped (SIGSTOP) or
+        stuck gets SIGTERM plus SIGCONT, and SIGKILL a few seconds later.
+        """
         self._closing.set()
-        self._thread.join(timeout_s)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        proc = self.proc
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.log(f"flusher (pid {proc.pid}) did not finish within {timeout_s:.0f} s of the ring's close; "
+                     "stopping it")
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGCONT)
             try:
-                self.proc.wait(10)
+                proc.wait(self.RESTART_DELAY_S * 25)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                proc.kill()
+                proc.wait()
+        self._thread.join(timeout_s)
         return self.proc.returncode
 
 
@@ -202,8 +215,11 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     finally:
         if flusher_attached:
             supervisor.wait_attached()  # a flusher being restarted must attach before close, or it finds no ring
-        session.close()
+        complete = session.close()  # bounded: a stalled flusher's gate is retired after gate_stall_s
         flusher_status = supervisor.stop() if supervisor is not None else None
+        if supervisor is not None and (not complete or flusher_status != 0):
+            log(f"the flusher did not finish (exit status {flusher_status}): events up to seq {session.last_seq} "
+                f"after its last checkpoint may be missing from {log_dir}")
     return dict(
         capture_session_id=session.capture_session_id,
         published=session.last_seq,

@@ -6,7 +6,10 @@ Rules:
   rule, writes, then wakes sleeping readers.
 - ``publish`` never waits for plain readers. It is thread-safe. It waits
   only for a gating reader (the flusher) that has not yet taken the event
-  it would overwrite; for a dead one, only ``flusher_grace_s``.
+  it would overwrite; for a dead one, only ``flusher_grace_s``; for a live
+  one that takes nothing (stopped, on a hung disk, or a reader forging a
+  gate), only ``gate_stall_s``. Either way the gate is then retired: the
+  writer goes on and the gate's owner sees the loss as drops.
 - ``close`` (or leaving the ``with`` block, or interpreter exit) marks the
   stream ended, wakes every reader, waits until gating readers have taken
   everything (a dead one for at most the grace period), and removes every
@@ -87,6 +90,7 @@ MIN_DATA_BYTES = 1024 * 1024
 """Every envelope the size rule admits fits in the smallest data area."""
 MAX_CAPACITY = 1 << 24
 DEFAULT_FLUSHER_GRACE_S = 5.0
+DEFAULT_GATE_STALL_S = 30.0
 
 
 def _validate_sizes(capacity: object, data_bytes: object) -> None:
@@ -127,11 +131,13 @@ class _Gates:
     POLL_S = 0.001
     MAX_POLL_S = 0.05
 
-    def __init__(self, registry: Registry, core: RingWriterCore, capacity: int, grace_s: float):
+    def __init__(self, registry: Registry, core: RingWriterCore, capacity: int, grace_s: float,
+                 stall_s: float | None):
         self.registry = registry
         self.core = core
         self.capacity = capacity
         self.grace_s = grace_s
+        self.stall_s = stall_s
         self.resume_slots = capacity // 4
         self.resume_bytes = core.data_bytes // 4
         self._health: dict[tuple[int, int], tuple[float, bool, float | None]] = {}
@@ -158,10 +164,17 @@ class _Gates:
         self.registry.retire_gate(index)
         return False
 
-    def _cursors(self) -> list[int]:
+    def _cursors(self) -> list[tuple[int, int]]:
+        """(cursor, index) of every honoured gate."""
         now = time.monotonic()
-        return [cursor for index, pid, start_time, cursor in self.registry.gates()
+        return [(cursor, index) for index, pid, start_time, cursor in self.registry.gates()
                 if self._honoured(index, pid, start_time, now)]
+
+    def _retire_stalled(self, cursors: list[tuple[int, int]], taken: int) -> None:
+        """Live gates that took nothing for stall_s: stop honouring those that hold the writer at `taken`."""
+        for cursor, index in cursors:
+            if cursor == taken:
+                self.registry.retire_gate(index)
 
     def wait_for_room(self, seq: int, needed_low: int) -> None:
         """Block until writing `seq` (raising data_low to `needed_low`) loses nothing gated.
@@ -181,7 +194,7 @@ class _Gates:
                 return
             # The first event a gating reader still needs; if it is already
             # gone (the reader came late), the oldest one still held.
-            taken = min(cursors)
+            taken = min(cursors)[0]
             needed = core.oldest_intact(taken + 1, seq - 1)
             core.gate_seq = needed - 1 + self.capacity
             core.gate_low = core.position_of(needed) if needed < seq else core.data_head
@@ -207,11 +220,32 @@ class _Gates:
                 poll_s = self.POLL_S
             if previous is None or taken != previous[1]:
                 previous = (now, taken)
+            elif self.stall_s is not None and now - previous[0] >= self.stall_s:
+                self._retire_stalled(cursors, taken)
+                continue
             time.sleep(poll_s)
 
-    def wait_until_taken(self, last_seq: int) -> None:
-        """At close: until every honoured gating reader has taken `last_seq`."""
-        while any(cursor < last_seq for cursor in self._cursors()):
+    def wait_until_taken(self, last_seq: int, timeout_s: float | None) -> bool:
+        """At close: until every honoured gate has taken `last_seq`; False if `timeout_s` passed first.
+
+        A live gate that takes nothing for stall_s is retired, as in wait_for_room.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        previous = None
+        while True:
+            cursors = self._cursors()
+            behind = [c for c in cursors if c[0] < last_seq]
+            if not behind:
+                return True
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            taken = min(behind)[0]
+            if previous is None or taken != previous[1]:
+                previous = (now, taken)
+            elif self.stall_s is not None and now - previous[0] >= self.stall_s:
+                self._retire_stalled(behind, taken)
+                continue
             time.sleep(0.001)
 
 
@@ -234,10 +268,12 @@ class _Resources:
             sem = self.semaphores[index] = WakeSemaphore(self.name, index)
         sem.post()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> bool:
+        """True if every gate took everything (see CaptureSession.close)."""
         if self.closed or os.getpid() != self.owner_pid:
-            return
+            return True
         self.closed = True
+        complete = True
         last_seq = 0
         if self.core is not None:
             self.core.release()  # stops the fast path; it no longer holds views of the ring
@@ -251,7 +287,7 @@ class _Resources:
             for entry in self.registry.entries():
                 self.registry.set_waiting(entry["index"], False)
                 self.wake(entry["index"])
-            self.gates.wait_until_taken(last_seq)
+            complete = self.gates.wait_until_taken(last_seq, timeout_s)
         unlink_ring_objects(self.name)
         for sem in self.semaphores.values():
             sem.close()
@@ -260,6 +296,7 @@ class _Resources:
             self.registry.mapping.close()
         if self.ring is not None:
             self.ring.close()
+        return complete
 
 
 class CaptureSession:
@@ -319,12 +356,15 @@ class CaptureSession:
         capacity: int = DEFAULT_CAPACITY,
         data_bytes: int = DEFAULT_DATA_BYTES,
         flusher_grace_s: float = DEFAULT_FLUSHER_GRACE_S,
+        gate_stall_s: float | None = DEFAULT_GATE_STALL_S,
     ) -> "CaptureSession":
         """Create ring `name` and own it.
 
         capacity: events the ring retains (slots), a power of two.
         data_bytes: size of the data area holding the encoded envelopes.
         flusher_grace_s: how long publish waits for a dead gating flusher.
+        gate_stall_s: how long publish (and close) wait for a live gate that
+        takes nothing; None waits for as long as it takes.
         """
         validate_ring_name(name)
         _validate_sizes(capacity, data_bytes)
@@ -333,6 +373,8 @@ class CaptureSession:
         validate_capture_session_id(capture_session_id)
         if not isinstance(flusher_grace_s, (int, float)) or flusher_grace_s < 0:
             raise ConfigError(f"flusher_grace_s must be a number of seconds >= 0, not {flusher_grace_s!r}")
+        if gate_stall_s is not None and (not isinstance(gate_stall_s, (int, float)) or gate_stall_s <= 0):
+            raise ConfigError(f"gate_stall_s must be None or a number of seconds > 0, not {gate_stall_s!r}")
         check_memory_model()
         pid, start_time = current_identity()
         res = _Resources(name, pid)
@@ -356,7 +398,8 @@ class CaptureSession:
             res.registry = Registry(create_segment(registry_shm_name(name), REGISTRY_BYTES, keep_fd=True))
             res.registry.initialise(epoch)
             res.core = RingWriterCore(buf, capacity, data_bytes)
-            res.gates = _Gates(res.registry, res.core, capacity, float(flusher_grace_s))
+            res.gates = _Gates(res.registry, res.core, capacity, float(flusher_grace_s),
+                               None if gate_stall_s is None else float(gate_stall_s))
             U64.pack_into(buf, HDR_VERSION, LAYOUT_VERSION)
             U64.pack_into(buf, HDR_MAGIC, MAGIC)  # last: the ring is now attachable
         except BaseException:
@@ -453,14 +496,20 @@ class CaptureSession:
             res.wake(index)
 
     # -- lifecycle ------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> bool:
         """End the stream: readers drain what remains, then see RingClosed.
 
+        Waits until gating readers have taken everything: a dead one for at
+        most ``flusher_grace_s``, a live one that takes nothing for at most
+        ``gate_stall_s``, and all of them for at most `timeout` seconds if
+        given. Returns False if a gate was left behind, True otherwise.
         Removes every shared-memory object and semaphore the ring made.
         Idempotent.
         """
         with self._lock:
-            self._finalizer()
+            if self._finalizer.detach() is None:
+                return True
+            return self._res.close(timeout)
 
     def __enter__(self) -> "CaptureSession":
         return self
