@@ -125,6 +125,16 @@ def _send(producer, numbered) -> int:
 
 
 # -- tail --------------------------------------------------------------------------------
+TAIL_MAX_DELAY_S = 0.005
+"""tail's latency budget: what came in the last few ms is printed in one go."""
+
+
+def _raise_stop(*_):
+    # KeyboardInterrupt, not an exception of our own: posix_ipc lets only that
+    # one out of an interrupted semaphore wait (others become its SignalError).
+    raise KeyboardInterrupt
+
+
 def cmd_tail(args) -> int:
     from .reader import Filter, Reader
 
@@ -132,31 +142,30 @@ def cmd_tail(args) -> int:
     if args.category or args.detail_level or args.source_kind:
         filt = Filter(categories=args.category, detail_levels=args.detail_level, source_kinds=args.source_kind)
     after = 0 if args.from_start else args.after
-    stop = _stop_on_signals()
     out = sys.stdout.buffer
-    with Reader.attach(args.name, after_seq=after, filter=filt) as reader:
+    with Reader.attach(args.name, after_seq=after, filter=filt, max_delay_s=TAIL_MAX_DELAY_S) as reader:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _raise_stop)
         try:
-            while not stop.is_set():
-                taken = reader._take(0 if args.no_follow else 0.2)
-                if taken is None:
-                    if args.no_follow:
-                        break
-                    out.flush()
-                    continue
-                if type(taken) is int:
-                    out.flush()
-                    print(f"shmring: dropped {taken} events (overwritten before this reader got them)",
-                          file=sys.stderr, flush=True)
-                    continue
-                out.write(taken[1])
-                out.write(b"\n")
-        except RingClosed:
+            while records := reader.read_raw_many(timeout=0 if args.no_follow else None):
+                for record in records:
+                    if record.dropped:
+                        out.flush()
+                        print(f"shmring: dropped {record.dropped} events (overwritten before this reader got them)",
+                              file=sys.stderr, flush=True)
+                    else:
+                        out.write(record.payload)
+                        out.write(b"\n")
+                out.flush()
+        except (RingClosed, KeyboardInterrupt):
             pass
         except WriterGone:
             out.flush()
             _err(f"the writer of ring {args.name!r} died; everything it left was printed")
             return 1
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)  # the reader closes undisturbed
             try:
                 out.flush()
             except BrokenPipeError:

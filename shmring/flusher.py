@@ -37,8 +37,7 @@ from collections.abc import Iterable
 import msgspec
 
 from .errors import ConfigError, FlushError, RingClosed, ShmringError, WriterGone
-from .layout import ROLE_FLUSHER
-from .reader import Reader, open_ring_info
+from .reader import GatingReader, open_ring_info
 from .schema import validate_category
 from .segment import open_segment, ring_shm_name, validate_ring_name
 
@@ -49,6 +48,10 @@ GAPS_FILE = "_gaps.jsonl"
 CHECKPOINT_FILE = "_checkpoint.json"
 CHECKPOINT_TMP = CHECKPOINT_FILE + ".tmp"
 BATCH_MAX_LINES = 4096
+MAX_DELAY_S = 0.005
+"""The flusher's latency budget: it takes what came in the last few ms in one go (see waiting.py)."""
+STOP_CHECK_S = 1.0
+"""With a stop event, how often an idle flusher looks at it."""
 _LINE_HEAD = re.compile(rb'\{"capture_session_id":"((?:[^"\\]|\\.)*)","seq":(\d+),')
 _ROTATED = re.compile(r"([a-z][a-z0-9_]{0,31})\.(\d+)\.jsonl")
 _OWN_FILE = re.compile(r"[a-z][a-z0-9_]{0,31}(\.\d+)?\.jsonl")
@@ -311,16 +314,16 @@ class Flusher:
         for category, rotated in categories.items():
             cat_file = _CategoryFile(self._dir, category, rotated)
             self._repair_partial_line(cat_file.name)
-            self._files[category.encode().ljust(32, b"\0")] = cat_file
+            self._files[category] = cat_file
             for file_name, offset in self._names_after_mark(cat_file, marks.get(category)):
                 present.update(self._seqs_in(file_name, offset, session))
         # Only lines after the checkpoint matter: the reader resumes there.
         self._present = {seq for seq in present if seq > self._checkpoint_seq}
         self._repair_partial_line(GAPS_FILE)
         self._recorded_gaps = self._load_gaps(session)
+        self._through = self._checkpoint_seq  # the last seq written to the files or recorded as a gap
         try:
-            self._reader = Reader._attach(name, after_seq=self._checkpoint_seq, filter=None, role=ROLE_FLUSHER,
-                                          gating=True)
+            self._reader = GatingReader.attach(name, after_seq=self._checkpoint_seq, max_delay_s=MAX_DELAY_S)
         except ConfigError as exc:
             raise FlushError(
                 f"{self.directory} holds seq {self._checkpoint_seq} of capture session {session}, but ring "
@@ -433,42 +436,38 @@ class Flusher:
                 f"close it and create a new one, which resumes after the checkpoint (seq {self._checkpoint_seq})"
             )
         reader = self._reader
-        take = reader._take
-        take_run = reader._take_run
+        read_raw_many = reader.read_raw_many
         batch_lines = min(BATCH_MAX_LINES, self.fsync_every_lines)
         files = self._files
         present = self._present
         ending = "stopped"
-        batch: dict[bytes, list[bytes]] = {}
+        batch: dict[str, list[bytes]] = {}
         try:
             while stop is None or not stop.is_set():
                 lines = 0
-                taken = take(self._wait_s(stop))
-                while taken is not None:
-                    if type(taken) is int:
-                        self._write_batch(batch)
-                        lines = 0
-                        self._record_gap(reader.cursor - taken + 1, reader.cursor)
-                        taken = take(0)
-                        continue
-                    # One event from the slow path, then every event already whole.
-                    first, payload, fields = taken
-                    run = [(payload, fields[8])]
-                    run += take_run(batch_lines - lines - 1)
-                    for offset, (payload, category) in enumerate(run):
-                        if present and first + offset in present:
-                            present.discard(first + offset)
+                records = read_raw_many(batch_lines, self._wait_s(stop))
+                while records:
+                    for record in records:
+                        seq = record.seq
+                        if record.dropped:
+                            self._write_batch(batch)  # commits up to the record before the drop
+                            self._record_gap(seq - record.dropped + 1, seq)
+                            self._through = seq
                             continue
-                        pending = batch.get(category)
+                        self._through = seq
+                        if present and seq in present:
+                            present.discard(seq)
+                            continue
+                        pending = batch.get(record.category)
                         if pending is None:
-                            pending = batch[category] = []
-                            if category not in files:
-                                self._open_category(category)
-                        pending.append(payload)
-                    lines += len(run)
+                            pending = batch[record.category] = []
+                            if record.category not in files:
+                                self._open_category(record.category)
+                        pending.append(record.payload)
+                    lines += len(records)
                     if lines >= batch_lines:
                         break
-                    taken = take(0)
+                    records = read_raw_many(batch_lines - lines, 0)
                 self._write_batch(batch)
                 self._maybe_sync()
         except RingClosed:
@@ -493,17 +492,16 @@ class Flusher:
     def _wait_s(self, stop) -> float | None:
         if self._unsynced:
             return max(0.0, self.fsync_every_s - (time.monotonic() - self._last_sync))
-        return 0.1 if stop is not None else None
+        return STOP_CHECK_S if stop is not None else None
 
-    def _open_category(self, category: bytes) -> None:
-        name = category.rstrip(b"\0").decode("ascii", "replace")
+    def _open_category(self, name: str) -> None:
         try:
             validate_category(name)  # never trust a name from shared memory with the file system
         except ShmringError:
             raise FlushError(f"ring carries an invalid category {name!r}; refusing to create a file for it") from None
-        self._files[category] = _CategoryFile(self._dir, name, 0)
+        self._files[name] = _CategoryFile(self._dir, name, 0)
 
-    def _write_batch(self, batch: dict[bytes, list[bytes]]) -> None:
+    def _write_batch(self, batch: dict[str, list[bytes]]) -> None:
         """Write each category's lines with one write (one per file when rotating), then let the writer past them."""
         count = 0
         for category, payloads in batch.items():
@@ -516,8 +514,8 @@ class Flusher:
         batch.clear()
         self.lines_written += count
         self._unsynced += count
-        if self._reader.cursor != self._reader._committed:
-            self._reader._commit(self._reader.cursor)
+        if self._through != self._reader.committed:
+            self._reader.commit(self._through)
 
     def _write_rotating(self, cat_file: _CategoryFile, payloads: list[bytes]) -> None:
         """Write `payloads` as lines; rotate first whenever the next line would take the file over the limit
@@ -568,7 +566,7 @@ class Flusher:
         if self.fsync != "never":
             for cat_file in self._files.values():
                 cat_file.sync()
-        self._write_checkpoint(self._reader._committed)
+        self._write_checkpoint(self._reader.committed)
         self._unsynced = 0
         self._last_sync = time.monotonic()
 
@@ -611,7 +609,10 @@ class Flusher:
         if self._reader is not None:
             # After an error, the writer keeps waiting (its grace period) for
             # a restarted flusher to take over, as if this process had died.
-            self._reader._close(abandon_gate=self._failed)
+            if self._failed:
+                self._reader.abandon()
+            else:
+                self._reader.close()
 
     def __enter__(self) -> "Flusher":
         return self

@@ -9,9 +9,16 @@ Rules:
 - For every reader, always: delivered + dropped + filtered == cursor - start.
 - Filtered events are judged from the slot alone: never copied, never
   decoded, never counted as drops.
-- Blocking waits sleep on a semaphore, with a bounded timeout as a backstop;
-  they never spin. The end of the stream is an error that sticks:
+- How a reader waits is its wait strategy (see waiting.py): with
+  ``max_delay_s=0`` it wakes for every event, with ``max_delay_s=D`` it lets
+  events collect for up to D and takes them in one go. Either way an idle
+  reader sleeps on its semaphore, and the writer posts only to readers that
+  sleep there. The end of the stream is an error that sticks:
   ``RingClosed`` after a clean close, ``WriterGone`` if the writer died.
+- Batches (``read_many``, ``read_raw_many``) keep the same order, drops and
+  accounting as ``read``; raw records are the writer's bytes, undecoded.
+- Sinks use only this public API; a gating sink (the flusher) uses
+  ``GatingReader``, which lets the writer past only what it committed.
 """
 
 import os
@@ -23,6 +30,7 @@ import msgspec
 from .errors import ConfigError, IncompatibleRing, RingClosed, ShmringError, WriterGone
 from .layout import (
     ACCELERATOR_LAYOUT,
+    ROLE_FLUSHER,
     CONFIG,
     DETAIL_CODES,
     DETAIL_LEVELS,
@@ -46,27 +54,33 @@ from .registry import Registry
 from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, check_memory_model, full_fence, hotpath
 from .schema import Envelope, Event, decode_envelope, validate_category
 from .segment import WakeSemaphore, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
+from .waiting import DOZE, SPIN, wait_strategy
 
-__all__ = ["Reader", "ReadResult", "Filter", "RingInfo", "open_ring_info"]
+__all__ = ["Reader", "GatingReader", "ReadResult", "RawRecord", "Filter", "RingInfo", "open_ring_info"]
 
-IDLE_CHECK_S = 0.2
-"""Longest single sleep: bounds a lost wake-up and paces writer-liveness checks."""
 STUCK_SLOT_S = 0.5
 """A slot odd for this long, with its writer dead, was left half-written."""
 PROGRESS_EVERY = 256
 """Publish the cursor to the registry at least this often (and before sleeping)."""
-HOT_S = 0.002
-SPIN_S = 20e-6
-"""A reader woken less than HOT_S ago polls for SPIN_S (yielding the CPU in
-between) before it sleeps: on a busy stream the next event usually comes in
-that time, which saves the writer a semaphore post and the reader a context
-switch. An idle reader never spins."""
+MAX_DELAY_S_LIMIT = 10.0
 
 
 class ReadResult(msgspec.Struct, frozen=True):
     """One step of a stream: an envelope, or a count of events lost here."""
 
     envelope: Envelope | None = None
+    dropped: int = 0
+
+
+class RawRecord(msgspec.Struct, frozen=True):
+    """One step of a stream, undecoded: an envelope's JSON as the writer encoded it, or a drop.
+
+    A drop is ``RawRecord(seq=<last lost seq>, category="", payload=b"", dropped=N)``.
+    """
+
+    seq: int
+    category: str
+    payload: bytes
     dropped: int = 0
 
 
@@ -178,7 +192,7 @@ class Reader:
     """A cursor over one ring. Create with ``Reader.attach(name)``."""
 
     def __init__(self, *, _ring, _registry, _info: RingInfo, _index: int, _semaphore, _cursor: int,
-                 _filter: Filter | None):
+                 _filter: Filter | None, _max_delay_s: float = 0.0):
         self._ring = _ring
         self._registry = _registry
         self._info = _info
@@ -208,7 +222,10 @@ class Reader:
         # committed, never what it has merely taken: the writer may overwrite
         # anything at or below the published cursor.
         self._committed: int | None = None
-        self._last_wake = 0.0
+        self._strategy = wait_strategy(_max_delay_s)
+        self._max_delay_s = _max_delay_s
+        self._cursor_at_wait = _cursor
+        self._category_names: dict[bytes, str] = {}
         self._writer = ProcessWatch(_info.writer_pid, _info.writer_start_time)
         # The stuck-slot timer lives on the reader, not in one call: a caller
         # polling with short timeouts must reach the rule too.
@@ -217,18 +234,27 @@ class Reader:
         self._resynced_at: int | None = None  # the cursor after the last resync (see _skip_lapped)
 
     @classmethod
-    def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None) -> "Reader":
+    def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None,
+               max_delay_s: float = 0.0) -> "Reader":
         """Attach to ring `name`.
 
         after_seq=None: only events published from now on.
         after_seq=0: from the start of the stream (a drop first if it is gone).
         after_seq=N: resume right after seq N.
+        max_delay_s: the latency budget. 0 wakes for every event; D > 0 lets
+        events collect for up to D seconds and takes them in one go, which
+        costs far less CPU per event at steady rates.
         """
-        return cls._attach(name, after_seq=after_seq, filter=filter, role=ROLE_READER, gating=False)
+        return cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=ROLE_READER,
+                         gating=False)
 
     @classmethod
-    def _attach(cls, name, *, after_seq, filter, role, gating) -> "Reader":
+    def _open(cls, name, *, after_seq, filter, max_delay_s, role, gating) -> "Reader":
         validate_ring_name(name)
+        if (not isinstance(max_delay_s, (int, float)) or isinstance(max_delay_s, bool)
+                or not 0 <= max_delay_s <= MAX_DELAY_S_LIMIT):
+            raise ConfigError(f"max_delay_s must be a number of seconds from 0 to {MAX_DELAY_S_LIMIT:g}, "
+                              f"not {max_delay_s!r}; 0 wakes for every event")
         if filter is not None and not isinstance(filter, Filter):
             raise ConfigError(f"filter must be a shmring.Filter, not {type(filter).__name__}")
         if after_seq is not None and (type(after_seq) is not int or after_seq < 0):
@@ -263,7 +289,7 @@ class Reader:
                 registry.mapping.close()
             raise
         reader = cls(_ring=ring, _registry=registry, _info=info, _index=index, _semaphore=semaphore,
-                     _cursor=cursor, _filter=filter)
+                     _cursor=cursor, _filter=filter, _max_delay_s=float(max_delay_s))
         if gating:
             reader._committed = cursor
         return reader
@@ -284,6 +310,10 @@ class Reader:
     @property
     def filter(self) -> Filter | None:
         return self._filter
+
+    @property
+    def max_delay_s(self) -> float:
+        return self._max_delay_s
 
     @property
     def cursor(self) -> int:
@@ -339,19 +369,66 @@ class Reader:
             return ReadResult(dropped=1)
         return ReadResult(envelope)
 
-    def _take_run(self, limit: int) -> list[tuple[bytes, bytes]]:
-        """Unfiltered fast path, undecoded: (payload, category) of the next events that are whole now.
+    def read_many(self, max_events: int = 1024, timeout: float | None = None) -> list[ReadResult]:
+        """The next results in order, drops in place: at least one, at most `max_events`.
 
-        They follow the cursor in seq order. An empty list says nothing about
-        why: call ``_take`` for drops, waits and the end.
+        Blocks like ``read`` until one is available; ``[]`` only on timeout.
+        Then takes what else is ready without waiting.
         """
-        if not self._fast:
+        _check_max_events(max_events)
+        first = self.read(timeout)
+        if first is None:
             return []
-        run = self._core.take_ready_run(self._cursor + 1, limit)
-        self._cursor += len(run)
-        self._delivered += len(run)
-        self._unpublished += len(run)
-        return run
+        results = [first]
+        read = self.read
+        try:
+            while len(results) < max_events and (result := read(0)) is not None:
+                results.append(result)
+        except (RingClosed, WriterGone):
+            pass  # the end sticks: the next call raises it
+        return results
+
+    def read_raw_many(self, max_events: int = 1024, timeout: float | None = None) -> list["RawRecord"]:
+        """``read_many`` undecoded: each event's envelope JSON exactly as the writer encoded it.
+
+        A drop is ``RawRecord(seq=<last lost seq>, category="", payload=b"", dropped=N)``.
+        The seqlock guarantees the bytes are whole; they are not decoded, so a
+        record the writer itself mangled is not caught here as ``read`` does.
+        """
+        _check_max_events(max_events)
+        taken = self._take(timeout)
+        if taken is None:
+            return []
+        records = []
+        names = self._category_names
+        try:
+            while True:
+                if type(taken) is int:
+                    records.append(RawRecord(self._cursor, "", b"", taken))
+                else:
+                    seq, payload, fields = taken
+                    records.append(RawRecord(seq, names.get(fields[8]) or self._category_name(fields[8]), payload))
+                    if self._fast and len(records) < max_events:
+                        run = self._core.take_ready_run(seq + 1, max_events - len(records))
+                        if run:
+                            for payload, category in run:
+                                seq += 1
+                                records.append(RawRecord(seq, names.get(category) or self._category_name(category),
+                                                         payload))
+                            self._cursor = seq
+                            self._delivered += len(run)
+                            self._unpublished += len(run)
+                if len(records) >= max_events or (taken := self._take(0)) is None:
+                    break
+        except (RingClosed, WriterGone):
+            pass  # the end sticks: the next call raises it
+        if self._unpublished >= PROGRESS_EVERY:
+            self._publish_progress()
+        return records
+
+    def _category_name(self, field: bytes) -> str:
+        name = self._category_names[field] = field.rstrip(b"\0").decode("ascii", "replace")
+        return name
 
     def _take(self, timeout: float | None):
         """The next step undecoded: (seq, payload, slot fields), a drop count, or None on timeout."""
@@ -388,9 +465,7 @@ class Reader:
                 elif now - self._stuck_since > STUCK_SLOT_S and not self._writer.alive():
                     # The writer died mid-write: this slot will never complete.
                     return self._drop_to(seq)
-            if time.monotonic() - self._last_wake < HOT_S and self._spin(seq):
-                continue
-            if not self._wait(seq, deadline):
+            if not self._await(seq, deadline):
                 return None
 
     def try_read(self) -> ReadResult | None:
@@ -422,8 +497,36 @@ class Reader:
         self._resynced_at = self._cursor
         return lost
 
-    def _wait(self, seq: int, deadline: float | None) -> bool:
-        """Sleep until `seq` may have changed; False on timeout. Raises at end of stream."""
+    def _await(self, seq: int, deadline: float | None) -> bool:
+        """Nothing is ready at `seq`: wait as the strategy says. False only if the deadline had passed.
+
+        After any wait it returns True, so the caller looks at the slot once
+        more before giving up, however late the wait ended (a SIGSTOP, a
+        scheduling stall).
+        """
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            if self._slot_state(seq) == EMPTY:
+                self._check_end(seq)
+            return False
+        strategy = self._strategy
+        if self._cursor != self._cursor_at_wait:
+            self._cursor_at_wait = self._cursor
+            strategy.taken(now)
+        action, wait_s = strategy.next_wait(now)
+        if deadline is not None:
+            wait_s = min(wait_s, deadline - now)
+        if action == SPIN:
+            self._spin(seq, wait_s)
+        elif action == DOZE:
+            self._publish_progress()
+            time.sleep(wait_s)
+        else:
+            self._block(seq, wait_s)
+        return True
+
+    def _block(self, seq: int, wait_s: float) -> None:
+        """Sleep on the semaphore until `seq` may have changed, at most `wait_s`. Raises at end of stream."""
         self._publish_progress()
         self._registry.set_waiting(self._index, True)
         # StoreLoad: our flag must be visible before we re-check the slot, or
@@ -432,43 +535,41 @@ class Reader:
         try:
             state = self._slot_state(seq)
             if state not in (EMPTY, WRITING):
-                return True
+                return
+            if state == EMPTY:
+                self._check_end(seq)
             if self._core.closed():
-                if self._slot_state(seq) == EMPTY:
-                    self._end = RingClosed(
-                        f"ring {self.name!r} was closed by its writer and this reader has read all of it "
-                        f"(last seq {self._cursor})"
-                    )
-                    raise self._end
-                return True
-            longest_s = IDLE_CHECK_S
+                return  # closed with seq half-written: it completes (close waits for the lock) or lapses
             if not self._writer.alive():
-                if self._slot_state(seq) == EMPTY and not self._core.closed():
-                    self._end = WriterGone(
-                        f"the writer of ring {self.name!r} (pid {self._info.writer_pid}) died without closing "
-                        f"it; this reader has read all it left (last seq {self._cursor}). "
-                        "Run `shmring gc`, or create the ring again"
-                    )
-                    raise self._end
-                longest_s = STUCK_SLOT_S / 4  # a half-written slot: soon judged by the stuck-slot rule
-            wait_s = longest_s if deadline is None else min(deadline - time.monotonic(), longest_s)
-            if wait_s <= 0:
-                return False
-            if self._semaphore.wait(wait_s):
-                self._last_wake = time.monotonic()
-                return True
-            return deadline is None or time.monotonic() < deadline
+                wait_s = min(wait_s, STUCK_SLOT_S / 4)  # a half-written slot: soon judged by the stuck-slot rule
+            self._semaphore.wait(wait_s)
         finally:
             self._registry.set_waiting(self._index, False)
 
-    def _spin(self, seq: int) -> bool:
-        """Poll slot `seq` for SPIN_S; True as soon as it changes."""
-        end = time.perf_counter() + SPIN_S
+    def _check_end(self, seq: int) -> None:
+        """Slot `seq` was seen EMPTY: raise (for good) if nothing will ever fill it."""
+        if self._core.closed():
+            if self._slot_state(seq) == EMPTY:
+                self._end = RingClosed(
+                    f"ring {self.name!r} was closed by its writer and this reader has read all of it "
+                    f"(last seq {self._cursor})"
+                )
+                raise self._end
+        elif not self._writer.alive() and self._slot_state(seq) == EMPTY and not self._core.closed():
+            self._end = WriterGone(
+                f"the writer of ring {self.name!r} (pid {self._info.writer_pid}) died without closing "
+                f"it; this reader has read all it left (last seq {self._cursor}). "
+                "Run `shmring gc`, or create the ring again"
+            )
+            raise self._end
+
+    def _spin(self, seq: int, spin_s: float) -> None:
+        """Poll slot `seq` for `spin_s`; back as soon as it changes."""
+        end = time.perf_counter() + spin_s
         while time.perf_counter() < end:
             if self._slot_state(seq) != EMPTY:
-                return True
+                return
             os.sched_yield()
-        return False
 
     def _slot_state(self, seq: int) -> int:
         """EMPTY, WRITING, LAPPED or FILTERED (= complete), without copying data."""
@@ -478,15 +579,6 @@ class Reader:
         self._unpublished = 0
         cursor = self._cursor if self._committed is None else self._committed
         self._registry.publish_progress(self._index, cursor, self._delivered, self._dropped, self._filtered)
-
-    def _commit(self, cursor: int) -> None:
-        """Gating readers: everything up to `cursor` is safely taken; let the writer past it."""
-        self._committed = cursor
-        self._publish_progress()
-        if self._registry.gate_retired(self._index):
-            # The writer stopped waiting for us (we stalled); we take events
-            # again, so we gate again. What we missed meanwhile is a drop.
-            self._registry.rearm_gate(self._index)
 
     # -- lifecycle ------------------------------------------------------------
     def __iter__(self) -> Iterator[ReadResult]:
@@ -501,10 +593,9 @@ class Reader:
 
     def close(self) -> None:
         """Detach: free the registry entry and unmap. Idempotent."""
-        self._close(abandon_gate=False)
+        self._detach(abandon_gate=False)
 
-    def _close(self, abandon_gate: bool) -> None:
-        """Detach; a gating reader that failed (``abandon_gate``) leaves its entry for a successor."""
+    def _detach(self, abandon_gate: bool) -> None:
         if self._detached:
             return
         self._detached = True
@@ -539,6 +630,55 @@ class Reader:
     def __repr__(self) -> str:
         return (f"<Reader {self.name!r} cursor={self._cursor} delivered={self._delivered} "
                 f"dropped={self._dropped} filtered={self._filtered}>")
+
+
+class GatingReader(Reader):
+    """A reader the writer must not overtake (the flusher): for sinks that must lose nothing.
+
+    The writer may overwrite only what the gate has *committed*, never what it
+    has merely read: a sink commits once the events are safe (written to its
+    files). A dead gate is honoured for the ring's grace period, a live one
+    that commits nothing for its stall bound; then the writer goes on, and the
+    gate sees the loss as drops. A gate that commits again after that re-arms.
+    """
+
+    @classmethod
+    def attach(cls, name: str, *, after_seq: int, max_delay_s: float = 0.0) -> "GatingReader":
+        """Attach as the ring's flusher-role gate, resuming right after `after_seq`."""
+        if after_seq is None:
+            raise ConfigError("a gating reader resumes from a seq: pass after_seq (0 for the start)")
+        reader = cls._open(name, after_seq=after_seq, filter=None, max_delay_s=max_delay_s, role=ROLE_FLUSHER,
+                           gating=True)
+        return reader
+
+    @property
+    def committed(self) -> int:
+        """The seq up to which the writer may overwrite."""
+        return self._committed
+
+    def commit(self, seq: int | None = None) -> None:
+        """Everything up to `seq` (default: all read so far) is safe; let the writer past it."""
+        seq = self._cursor if seq is None else seq
+        if not self._committed <= seq <= self._cursor:
+            raise ConfigError(f"commit {seq} is outside [{self._committed}, {self._cursor}]: commit only what was read")
+        if seq == self._committed:
+            return
+        self._committed = seq
+        self._publish_progress()
+        if self._registry.gate_retired(self._index):
+            # The writer stopped waiting for us (we stalled); we take events
+            # again, so we gate again. What we missed meanwhile is a drop.
+            self._registry.rearm_gate(self._index)
+
+    def abandon(self) -> None:
+        """Detach after a failure, leaving the gate as a dead owner's: for its grace period the writer
+        keeps everything after ``committed``, so a successor that attaches in time loses nothing."""
+        self._detach(abandon_gate=True)
+
+
+def _check_max_events(max_events: object) -> None:
+    if type(max_events) is not int or max_events < 1:
+        raise ConfigError(f"max_events must be a positive int, not {max_events!r}")
 
 
 _decode = decode_envelope

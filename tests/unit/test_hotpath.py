@@ -897,13 +897,13 @@ def test_bad_metadata_is_reported_before_bad_data_as_the_reference_does(pair):
 
 
 def test_a_publish_while_the_gates_change_waits_for_the_gating_reader(ring_name, monkeypatch):
-    from shmring.layout import ROLE_FLUSHER
+    from shmring.reader import GatingReader
     from shmring.registry import Registry
 
     with CaptureSession.create(ring_name, capacity=4, data_bytes=1 << 20) as session:
         for _ in range(4):
             session.publish(console_event())  # the ring is full
-        gating = Reader._attach(ring_name, after_seq=0, filter=None, role=ROLE_FLUSHER, gating=True)
+        gating = GatingReader.attach(ring_name, after_seq=0)
         try:
             take_gates_changed = Registry.take_gates_changed
             published = threading.Event()
@@ -920,7 +920,7 @@ def test_a_publish_while_the_gates_change_waits_for_the_gating_reader(ring_name,
             monkeypatch.setattr(Registry, "take_gates_changed", take_gates_changed)
             assert not published.is_set()  # held at the gate: seq 1 is not taken yet
             seqs = [gating.read(timeout=5).envelope.seq for _ in range(4)]
-            gating._commit(gating.cursor)  # as the flusher does once its lines are written
+            gating.commit()  # as the flusher does once its lines are written
             seqs.append(gating.read(timeout=5).envelope.seq)
             other.join(5)
             assert published.is_set()

@@ -1,0 +1,60 @@
+"""The wait strategies' decisions, on a fake clock: no processes, no shared memory."""
+
+import pytest
+
+from shmring.waiting import BLOCK, DOZE, IDLE_CHECK_S, SPIN, BatchingWait, BlockingWait, wait_strategy
+
+
+def test_factory_picks_by_budget():
+    assert type(wait_strategy(0)) is BlockingWait
+    assert type(wait_strategy(0.0)) is BlockingWait
+    batching = wait_strategy(0.002)
+    assert type(batching) is BatchingWait and batching.max_delay_s == 0.002
+
+
+def test_an_idle_blocking_reader_blocks_for_the_idle_check():
+    w = BlockingWait()
+    assert w.next_wait(10.0) == (BLOCK, IDLE_CHECK_S)
+    assert w.next_wait(11.0) == (BLOCK, IDLE_CHECK_S)
+
+
+def test_blocking_reader_spins_only_when_events_come_faster_than_a_wake():
+    w = BlockingWait()
+    w.taken(1.0)
+    w.taken(1.0 + 5e-6)  # 5 µs apart: a hot stream
+    assert w.next_wait(1.00001) == (SPIN, BlockingWait.SPIN_S)
+    assert w.next_wait(1.00004) == (BLOCK, IDLE_CHECK_S)  # the spin found nothing: sleep
+
+
+def test_blocking_reader_at_ten_thousand_a_second_never_spins():
+    w = BlockingWait()
+    t = 5.0
+    for _ in range(100):
+        w.taken(t)
+        assert w.next_wait(t + 1e-6)[0] == BLOCK
+        t += 100e-6
+
+
+def test_batching_reader_dozes_from_its_last_take_then_blocks_when_quiet():
+    w = BatchingWait(0.002)
+    assert w.next_wait(1.0) == (BLOCK, IDLE_CHECK_S)  # nothing taken yet: sleep on the semaphore
+    w.taken(2.0)
+    action, seconds = w.next_wait(2.0005)
+    assert action == DOZE and seconds == pytest.approx(0.0015)  # an event now waits at most 2 ms in all
+    assert w.next_wait(2.002) == (BLOCK, IDLE_CHECK_S)  # the doze found nothing: the stream is quiet
+
+
+def test_batching_reader_keeps_dozing_while_events_come():
+    w = BatchingWait(0.002)
+    t = 3.0
+    for _ in range(50):
+        w.taken(t)
+        action, seconds = w.next_wait(t)
+        assert action == DOZE and seconds == pytest.approx(0.002)
+        t += seconds
+
+
+def test_a_late_decision_dozes_for_nothing_rather_than_a_negative_time():
+    w = BatchingWait(0.002)
+    w.taken(1.0)
+    assert w.next_wait(1.5) == (DOZE, 0.0)
