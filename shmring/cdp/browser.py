@@ -3,8 +3,15 @@
 Rules:
 - Not the capture path: ``BrowserControl`` is a short synchronous CDP
   connection for driving a browser (opening tabs, clicks), never for capture.
+- The binary is the caller's (``demo --chromium PATH``), else
+  ``$SHMRING_CHROMIUM``, else /usr/bin/chromium; a missing one is a
+  ``ConfigError`` saying what to pass.
 - Chromium runs headless, on 127.0.0.1 only, in its own process group, and is
   stopped by pid (the group it leads), never by name.
+- Everything a launch writes in temporary space stays in one directory: the
+  profile, and Chromium's own temporary files (the directory is its TMPDIR,
+  where it makes its ``org.chromium.Chromium.*`` directories).
+  ``Chromium.stop()`` removes it, also when the start failed.
 - ``PageServer`` serves fixed pages on loopback from a thread.
 """
 
@@ -21,16 +28,40 @@ import tempfile
 import threading
 import time
 
-from ..errors import ShmringError
+from ..errors import ConfigError, ShmringError
 from .connection import CdpError, resolve_browser_ws
 
 CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ENV = "SHMRING_CHROMIUM"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync")
 
 
-def chromium_available(binary: str = CHROMIUM) -> bool:
-    return os.path.isfile(binary) and os.access(binary, os.X_OK)
+def resolve_chromium(binary: str | None = None) -> str:
+    """The Chromium to run: `binary` if given, else ``$SHMRING_CHROMIUM``, else /usr/bin/chromium.
+
+    Raises ConfigError, one line saying what to pass, if that is not an executable file.
+    """
+    if binary:
+        origin = "--chromium"
+    elif os.environ.get(CHROMIUM_ENV):
+        binary, origin = os.environ[CHROMIUM_ENV], CHROMIUM_ENV
+    else:
+        binary, origin = CHROMIUM, "the default"
+    if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
+        why = "is not an executable file" if os.path.exists(binary) else "does not exist"
+        raise ConfigError(f"Chromium not found: {binary} ({origin}) {why}; pass --chromium PATH or set "
+                          f"{CHROMIUM_ENV} to a Chromium binary (Debian: apt-get install -y chromium)")
+    return binary
+
+
+def chromium_available(binary: str | None = None) -> bool:
+    """True if ``resolve_chromium(binary)`` finds an executable."""
+    try:
+        resolve_chromium(binary)
+    except ConfigError:
+        return False
+    return True
 
 
 def find_free_port() -> int:
@@ -39,18 +70,33 @@ def find_free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_chromium(port: int, user_data_dir: str, *, binary: str = CHROMIUM, url: str = "about:blank",
-                    extra_args: tuple = ()) -> subprocess.Popen:
+# Chromium makes a Unix socket at $TMPDIR/org.chromium.Chromium.XXXXXX/SingletonSocket, and aborts if that
+# path is longer than a socket path may be (107 bytes).
+_SOCKET_PATH_MAX = 107
+_SINGLETON_SOCKET = len("/org.chromium.Chromium.XXXXXX/SingletonSocket")
+
+
+def launch_chromium(port: int, user_data_dir: str, *, binary: str | None = None, url: str = "about:blank",
+                    extra_args: tuple = (), tmp_dir: str | None = None) -> subprocess.Popen:
     """Start headless Chromium with a debugging port on 127.0.0.1, in its own process group.
 
-    Stop it with ``stop_process(proc)``. Raises ShmringError if the binary is missing.
+    Chromium's own temporary files go to `tmp_dir` (its TMPDIR), by default a
+    ``tmp`` folder inside `user_data_dir`, so removing the profile removes
+    them too. Stop it with ``stop_process(proc)``; ``Chromium`` does all of
+    this and the clean-up. Raises ConfigError if the binary is missing or
+    `tmp_dir` too long for Chromium's socket path.
     """
-    if not chromium_available(binary):
-        raise ShmringError(f"Chromium not found at {binary}: install it (Debian: apt-get install -y chromium)")
+    binary = resolve_chromium(binary)
+    tmp_dir = tmp_dir or os.path.join(user_data_dir, "tmp")
+    if len(os.fsencode(tmp_dir)) + _SINGLETON_SOCKET > _SOCKET_PATH_MAX:
+        raise ConfigError(f"Chromium's temporary directory {tmp_dir} is too long for its socket path (at most "
+                          f"{_SOCKET_PATH_MAX - _SINGLETON_SOCKET} bytes): give a shorter user data dir or tmp_dir, "
+                          f"or use Chromium(), which chooses one")
+    os.makedirs(tmp_dir, exist_ok=True)
     args = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}", f"--remote-debugging-port={port}",
             "--remote-debugging-address=127.0.0.1", *extra_args, url]
     return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=dict(os.environ, TMPDIR=tmp_dir))
 
 
 def wait_for_devtools(port: int, *, timeout_s: float = 20.0, proc: subprocess.Popen | None = None) -> str:
@@ -83,6 +129,75 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> int | None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     return proc.returncode
+
+
+def _make_root() -> str:
+    root = tempfile.mkdtemp(prefix="shmring-chromium-")
+    if len(os.fsencode(root)) + _SINGLETON_SOCKET <= _SOCKET_PATH_MAX:
+        return root
+    os.rmdir(root)  # under a long $TMPDIR: in /tmp
+    return tempfile.mkdtemp(prefix="shmring-chromium-", dir="/tmp")
+
+
+def _remove_tree(path: str, timeout_s: float = 5.0) -> None:
+    # A child killed a moment ago may still finish a file operation in it: retry until it is gone.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path) or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+class Chromium:
+    """One headless Chromium on 127.0.0.1, with everything it writes in one temporary directory.
+
+    ``start()`` makes the directory (``root``, in $TMPDIR unless that is too
+    long for Chromium's socket path, then in /tmp), which is Chromium's TMPDIR
+    and holds its profile (``root/profile``); it launches the browser on
+    `port` (a free one by default) and waits for its debugging port:
+    ``cdp_url`` is then ready. ``stop()`` stops the process group by pid and
+    removes the directory; a failed ``start()`` does the same before it raises.
+    """
+
+    def __init__(self, binary: str | None = None, *, port: int | None = None, url: str = "about:blank",
+                 extra_args: tuple = ()):
+        self.binary = resolve_chromium(binary)
+        self.port = port
+        self.url = url
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+        self.root: str | None = None
+
+    @property
+    def cdp_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Chromium":
+        self.root = _make_root()
+        try:
+            self.port = self.port or find_free_port()
+            self.proc = launch_chromium(self.port, os.path.join(self.root, "profile"), binary=self.binary,
+                                        url=self.url, extra_args=self.extra_args, tmp_dir=self.root)
+            wait_for_devtools(self.port, proc=self.proc)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+        if self.root is not None:
+            _remove_tree(self.root)
+            self.root = None
+
+    def __enter__(self) -> "Chromium":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 class BrowserControl:
@@ -296,25 +411,32 @@ DEMO_PAGES = {
 
 
 class BrowserDemo:
-    """For ``shmring demo --browser``: the demo page server plus a headless Chromium.
+    """For ``shmring demo --browser``: the demo page server plus a headless ``Chromium``.
 
     ``start()`` serves the page and launches Chromium on a free port with a
     fresh profile (``cdp_url`` is ready for ``capture``); ``open_page()``
     opens the page in a new tab: call it once the producer is connected, so
     the tab is followed from its first request. ``stop()`` stops Chromium
-    (by pid) and the server, and removes the profile.
+    (by pid) and the server, and removes everything Chromium wrote.
+    `binary`: as for ``resolve_chromium``; a missing one raises ConfigError here.
     """
 
-    def __init__(self, binary: str = CHROMIUM):
-        self.binary = binary
+    def __init__(self, binary: str | None = None):
+        self.browser = Chromium(binary)
+        self.binary = self.browser.binary
         self.server = PageServer()
-        self.port = None
-        self.proc = None
-        self.profile = None
+
+    @property
+    def port(self) -> int | None:
+        return self.browser.port
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.browser.proc
 
     @property
     def cdp_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.browser.cdp_url
 
     @property
     def page_url(self) -> str:
@@ -322,13 +444,10 @@ class BrowserDemo:
 
     def start(self) -> "BrowserDemo":
         self.server.start()
-        self.profile = tempfile.mkdtemp(prefix="shmring-chromium-")
-        self.port = find_free_port()
         try:
-            self.proc = launch_chromium(self.port, self.profile, binary=self.binary)
-            wait_for_devtools(self.port, proc=self.proc)
+            self.browser.start()
         except BaseException:
-            self.stop()
+            self.server.stop()
             raise
         return self
 
@@ -337,13 +456,8 @@ class BrowserDemo:
         return open_tab(self.cdp_url, self.page_url)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
+        self.browser.stop()
         self.server.stop()
-        if self.profile is not None:
-            shutil.rmtree(self.profile, ignore_errors=True)
-            self.profile = None
 
     def __enter__(self) -> "BrowserDemo":
         return self.start()

@@ -84,10 +84,6 @@ class CdpCapture:
         """True once `target_id` is set up (domains enabled, script installed) and resumed."""
         return target_id in self._following
 
-    def idle(self) -> bool:
-        """True when every event mapped so far has been answered by the writer."""
-        return self._publisher.idle()
-
     def run(self, stop: threading.Event) -> dict:
         self._publisher.start()
         try:

@@ -49,11 +49,6 @@ class _Publisher:
     def backlog(self) -> int:
         return len(self._items)
 
-    def idle(self) -> bool:
-        return not self._items and not self._busy
-
-    _busy = False
-
     def discard_oldest(self, keep: int) -> int:
         with self._cond:
             n = max(0, len(self._items) - keep)
@@ -74,7 +69,6 @@ class _Publisher:
             if not self._items:
                 return None
             n = min(len(self._items), PUBLISH_BATCH)
-            self._busy = True
             return [self._items.popleft() for _ in range(n)]
 
     def _run(self) -> None:
@@ -105,7 +99,6 @@ class _Publisher:
                             self.counts["lost"] += lost
                             self.log(f"capture-cdp: {lost} events were not delivered: the ingest socket "
                                      f"{self.socket_path} stayed unreachable while stopping")
-                            self._busy = False
                             return
                         time.sleep(backoff)
                         backoff = min(backoff * 2, 1.0)
@@ -135,7 +128,6 @@ class _Publisher:
                         self.log(f"capture-cdp: the ingest connection broke ({exc}); reconnecting")
                     continue
                 break
-            self._busy = False
         if producer is not None:
             producer.close()
 

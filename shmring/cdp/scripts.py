@@ -1,8 +1,10 @@
 """The scripts injected into every document (``js/``), and the names they share with the mapper.
 
 Rules:
-- The scripts are package data, read once at import; placeholders are
-  filled here, never in the page.
+- The scripts are package data (``js/*.js``), read once at import. Each
+  file is one JavaScript function expression taking its settings; the
+  injected source is that function called with them (``_with_settings``),
+  so the files stay plain JavaScript and nothing is substituted into them.
 - ``interaction.js`` runs in the isolated world ``WORLD`` and reports clicks,
   keys and scrolls through the ``BINDING`` binding.
 - ``console_hook.js`` (the default below detail level ``raw``) runs in each
@@ -36,6 +38,7 @@ level ``raw``, use ``Runtime.consoleAPICalled`` instead, at the inspector's
 price.
 """
 
+import json
 from importlib import resources
 
 from ..layout import MAX_RECORD_BYTES
@@ -51,8 +54,15 @@ def _read(name: str) -> str:
     return resources.files(__package__).joinpath("js", name).read_text(encoding="utf-8")
 
 
-INTERACTION_SCRIPT = _read("interaction.js") % {"binding": BINDING}
-CONSOLE_HOOK_SCRIPT = _read("console_hook.js")
+def _with_settings(function_source: str, settings: dict) -> str:
+    # The newline ends a comment the file may close with.
+    return f"({function_source}\n)({json.dumps(settings)});\n"
+
+
+_INTERACTION_JS = _read("interaction.js")
+_CONSOLE_HOOK_JS = _read("console_hook.js")
+
+INTERACTION_SCRIPT = _with_settings(_INTERACTION_JS, {"binding": BINDING})
 
 
 def console_hook_script(verbose: bool) -> str:
@@ -61,5 +71,5 @@ def console_hook_script(verbose: bool) -> str:
     Each argument's text is cut at one byte over the size rule's limit, so a
     huge one still ends as a truncated event, and a payload stays bounded.
     """
-    return CONSOLE_HOOK_SCRIPT % {"binding": CONSOLE_BINDING, "stack": "true" if verbose else "false",
-                                  "max_text": MAX_RECORD_BYTES + 1, "batch": CONSOLE_HOOK_BATCH}
+    return _with_settings(_CONSOLE_HOOK_JS, {"binding": CONSOLE_BINDING, "withStack": verbose,
+                                             "maxText": MAX_RECORD_BYTES + 1, "maxBatch": CONSOLE_HOOK_BATCH})

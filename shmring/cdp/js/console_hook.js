@@ -1,12 +1,17 @@
-(() => {
+// The console hook: in the main world of every document, before page scripts, it replaces
+// console.log/info/warn/error/debug and sends each call through the binding named `binding` as
+// [level, time_ms, [texts], [stack]?], batched (see shmring/cdp/scripts.py for the rules).
+// One function expression: scripts.py calls it with its settings:
+//   withStack: a stack per call (detail level verbose); maxText: the longest text sent per
+//   argument; maxBatch: the most calls in one payload.
+({binding, withStack, maxText: MAX_TEXT, maxBatch: MAX_BATCH}) => {
   // Everything the hook uses is taken now, before page code can replace it,
   // and a hooked call never throws into the page.
   const G = globalThis, O = Object, A = Array, S = String;
-  const emit = G.%(binding)s;
+  const emit = G[binding];
   if (typeof emit !== "function" || G.__shmringConsoleHooked) return;
   O.defineProperty(G, "__shmringConsoleHooked", {value: true});  // not enumerable
-  try { delete G.%(binding)s; } catch (e) {}
-  const withStack = %(stack)s, MAX_TEXT = %(max_text)d, MAX_BATCH = %(batch)d;
+  try { delete G[binding]; } catch (e) {}
   const stringify = JSON.stringify, keysOf = O.keys, describeKey = O.getOwnPropertyDescriptor;
   const isArray = A.isArray, isView = ArrayBuffer.isView, brand = O.prototype.toString;
   const call = Function.prototype.call.bind(Function.prototype.call);
@@ -134,4 +139,4 @@
   for (const level of ["log", "info", "warn", "error", "debug"]) {
     try { O.defineProperty(console, level, {value: hooks[level], writable: true, configurable: true}); } catch (e) {}
   }
-})();
+}

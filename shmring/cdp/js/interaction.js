@@ -1,5 +1,8 @@
-(() => {
-  const emit = globalThis.%(binding)s;
+// The interaction script: in the isolated world of every document, before page scripts, it reports
+// clicks, keys and scrolls (targets as short selectors, never text or values) through the binding
+// named `binding`. One function expression: shmring/cdp/scripts.py calls it with its settings.
+({binding}) => {
+  const emit = globalThis[binding];
   if (typeof emit !== "function" || globalThis.__shmringInstalled) return;
   globalThis.__shmringInstalled = true;
   const now = () => performance.timeOrigin + performance.now();
@@ -30,4 +33,4 @@
     scrolled = e.target;
     if (timer === null) timer = setTimeout(flush, Math.max(0, 200 - (Date.now() - last)));
   }, opts);
-})();
+}
