@@ -246,6 +246,13 @@ def cmd_gc(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import READERS, run_demo
 
+    if args.chromium and not args.browser:
+        raise ConfigError("--chromium PATH chooses the browser of --browser: add --browser")
+    chromium = None
+    if args.browser:
+        from .cdp.browser import resolve_chromium
+
+        chromium = resolve_chromium(args.chromium)  # a missing binary: one line before anything starts
     tty = sys.stdout.isatty()
     producer = ("headless Chromium on a local page (CDP)" if args.browser
                 else f"synthetic browser producer ({args.rate}/s)")
@@ -260,7 +267,7 @@ def cmd_demo(args) -> int:
         print(("\r" + line + "\033[K") if tty else line, end="" if tty else "\n", flush=True)
 
     summary = run_demo(seconds=args.seconds, rate=args.rate, directory=args.dir, progress=progress,
-                       browser=args.browser)
+                       browser=args.browser, chromium=chromium)
     if tty:
         print()
     secs = summary["seconds"]
@@ -394,8 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=10.0)
     s.add_argument("--rate", type=_positive_int, default=2000, help="events per second")
     s.add_argument("--dir", default="shmring-demo", help="where the flusher writes (default ./shmring-demo)")
-    s.add_argument("--browser", action="store_true",
-                   help="real events from a headless Chromium (/usr/bin/chromium) on a local page")
+    s.add_argument("--browser", action="store_true", help="real events from a headless Chromium on a local page")
+    s.add_argument("--chromium", metavar="PATH",
+                   help="the Chromium binary for --browser (default: $SHMRING_CHROMIUM, else /usr/bin/chromium)")
     s.set_defaults(func=cmd_demo)
     return p
 

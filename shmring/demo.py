@@ -131,11 +131,13 @@ def _wait_for_capture(name: str, timeout_s: float = 30.0) -> None:
 
 
 def run_demo(seconds: float = 10.0, rate: int = 2000, directory: str = "shmring-demo", progress=lambda p: None,
-             browser: bool = False) -> dict:
+             browser: bool = False, chromium: str | None = None) -> dict:
     """Run the whole demo; return a summary. Raises ShmringError if a part fails to start.
 
     browser=True: real events from a headless Chromium on a local page (via
-    ``serve --cdp``) instead of the synthetic producer.
+    ``serve --cdp``) instead of the synthetic producer. `chromium`: its
+    binary, else ``$SHMRING_CHROMIUM``, else /usr/bin/chromium (ConfigError
+    if missing).
     """
     name = f"demo-{os.getpid()}"
     directory = os.path.abspath(directory)
@@ -147,8 +149,8 @@ def run_demo(seconds: float = 10.0, rate: int = 2000, directory: str = "shmring-
         if browser:
             from .cdp import BrowserDemo
 
-            chromium = stack.enter_context(BrowserDemo())
-            command += ["--cdp", chromium.cdp_url]
+            page_browser = stack.enter_context(BrowserDemo(chromium))
+            command += ["--cdp", page_browser.cdp_url]
         serve = subprocess.Popen(command, start_new_session=True)
         readers, stop, counts = [], threading.Event(), {"published": 0, "last_seq": 0}
         try:
@@ -164,7 +166,7 @@ def run_demo(seconds: float = 10.0, rate: int = 2000, directory: str = "shmring-
                 readers.append(proc)
             if browser:
                 _wait_for_capture(name)
-                chromium.open_page()
+                page_browser.open_page()
                 producer = threading.Thread(target=stop.wait, daemon=True)  # the browser is the producer
             else:
                 producer = threading.Thread(target=_produce, args=(socket_path, rate, stop, counts), daemon=True)

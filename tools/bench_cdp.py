@@ -1,12 +1,13 @@
 """How much does capturing over CDP slow a page? A page logs N console lines, with and without the producer.
 
     python tools/bench_cdp.py [--lines 10000] [--rounds 5] [--detail standard] [--console-via-inspector]
-                              [--control] [--json]
+                              [--control] [--json] [--chromium PATH]
 
 Set-up, as in production: ``shmring.serve.serve`` (ring, ingest socket, a
 flusher process writing JSONL) runs in this process for the whole benchmark;
-headless Chromium (/usr/bin/chromium) runs with the flags of the tests; the
-page is served from loopback. Each round opens a fresh tab twice:
+headless Chromium (``--chromium``, else $SHMRING_CHROMIUM, else
+/usr/bin/chromium) runs with the flags of the tests; the page is served from
+loopback. Each round opens a fresh tab twice:
 
 - baseline: no producer attached; the page runs alone;
 - captured: a ``CdpCapture`` follows the browser (Runtime, Network and Page
@@ -49,8 +50,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import psutil
 
-from shmring import Filter, Reader
-from shmring.cdp import BrowserControl, BrowserDemo, CdpCapture, PageServer, chromium_available
+from shmring import ConfigError, Filter, Reader
+from shmring.cdp.browser import BrowserControl, BrowserDemo, PageServer, resolve_chromium
+from shmring.cdp.capture import CdpCapture
 from shmring.serve import serve
 
 PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>bench</title></head><body><script>
@@ -170,10 +172,13 @@ def main(argv=None) -> int:
     parser.add_argument("--control", action="store_true",
                         help="also measure a client that only enables Runtime (Chromium's own share)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--chromium", metavar="PATH",
+                        help="the Chromium binary (default: $SHMRING_CHROMIUM, else /usr/bin/chromium)")
     args = parser.parse_args(argv)
-    if not chromium_available():
-        print("bench_cdp: Chromium not found at /usr/bin/chromium (Debian: apt-get install -y chromium)",
-              file=sys.stderr)
+    try:
+        binary = resolve_chromium(args.chromium)
+    except ConfigError as exc:
+        print(f"bench_cdp: {exc}", file=sys.stderr)
         return 2
 
     name = f"bench-cdp-{os.getpid()}"
@@ -185,7 +190,7 @@ def main(argv=None) -> int:
     writer.start()
     if not ready.wait(30):
         raise SystemExit("the writer did not start")
-    browser = BrowserDemo()
+    browser = BrowserDemo(binary)
     browser.server = PageServer({"/bench.html": (200, "text/html; charset=utf-8", PAGE)})
     browser.start()
     baseline, captured, control_runs = [], [], []

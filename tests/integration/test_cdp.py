@@ -2,15 +2,17 @@
 
 Every test runs the writer in-process (``shmring.serve.serve`` in a thread,
 with its ingest socket and a flusher into a temporary directory), a page
-server on loopback, and Chromium (/usr/bin/chromium) with a fresh profile on
-a free port. Browsers and servers are stopped by pid at teardown. Without
-Chromium the browser tests are skipped, with the reason; the one with a fake
-CDP endpoint (malformed messages) still runs.
+server on loopback, and Chromium ($SHMRING_CHROMIUM, else /usr/bin/chromium)
+with a fresh profile on a free port. Browsers and servers are stopped by pid
+at teardown, and each launch leaves no directory behind (checked here in a
+private TMPDIR). Without Chromium the browser tests are skipped, with the
+reason; the ones with a fake CDP endpoint or a fake browser binary still run.
 """
 
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,24 +24,21 @@ import types
 
 import pytest
 
-from shmring import Reader
-from shmring.cdp import (
-    CHROMIUM,
-    BrowserControl,
-    CdpCapture,
-    PageServer,
-    chromium_available,
-    find_free_port,
-    launch_chromium,
-    stop_process,
-    wait_for_devtools,
-)
+from shmring import ConfigError, Reader, ShmringError
+from shmring.cdp.browser import BrowserControl, Chromium, PageServer, find_free_port, resolve_chromium
+from shmring.cdp.capture import CdpCapture
 from shmring.serve import serve
 
-needs_chromium = pytest.mark.skipif(
-    not chromium_available(),
-    reason=f"Chromium not found at {CHROMIUM}: the browser tests need it (Debian: apt-get install -y chromium)",
-)
+
+def _chromium_missing() -> str:
+    try:
+        resolve_chromium()
+    except ConfigError as exc:
+        return f"the browser tests need it: {exc}"
+    return ""
+
+
+needs_chromium = pytest.mark.skipif(bool(_chromium_missing()), reason=_chromium_missing())
 
 TIMEOUT_S = 20
 BIG = 1_200_000  # a console argument over the 1,000,000-byte rule
@@ -115,13 +114,12 @@ def site():
     server.stop()
 
 
-class Browser:
+class Browser(Chromium):
+    """A started Chromium (its directory goes at stop) with the tests' helpers."""
+
     def __init__(self, port=None):
-        self.port = port or find_free_port()
-        self.profile = tempfile.mkdtemp(prefix="shmring-test-chromium-")
-        self.proc = launch_chromium(self.port, self.profile)
-        wait_for_devtools(self.port, proc=self.proc)
-        self.cdp_url = f"http://127.0.0.1:{self.port}"
+        super().__init__(port=port)
+        self.start()
 
     def reset(self):
         """Leave one blank tab: no page of an earlier test replays its console into the next."""
@@ -132,10 +130,22 @@ class Browser:
                     control.close_tab(info["targetId"])
 
     def stop(self, *, kill=False):
-        if kill and self.proc.poll() is None:
+        if kill and self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)  # a crash: no clean shutdown
-        stop_process(self.proc)
-        shutil.rmtree(self.profile, ignore_errors=True)
+        super().stop()
+
+
+@pytest.fixture
+def private_tmp(monkeypatch):
+    """A TMPDIR of this test's own, so what a launch leaves behind can be listed; removed at teardown.
+
+    In /tmp, whatever TMPDIR the suite runs with: short, so Chromium's socket path under it fits in 107 bytes.
+    """
+    path = tempfile.mkdtemp(prefix="shmring-t-", dir="/tmp")
+    monkeypatch.setenv("TMPDIR", path)
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile reads TMPDIR again
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -682,17 +692,93 @@ def test_malformed_and_unexpected_cdp_messages_are_logged_and_skipped(ring_name)
     assert len(skipped) == 5  # rate limited: the first five, then one line per thousand
 
 
+# -- launching Chromium: nothing left behind ----------------------------------------------
+
+
+@needs_chromium
+@pytest.mark.parametrize("tmpdir_length", ["short", "long"])
+def test_a_chromium_launch_leaves_no_directory_behind(private_tmp, monkeypatch, tmpdir_length):
+    tmp = private_tmp
+    if tmpdir_length == "long":  # too long for Chromium's socket path under it: the launch goes to /tmp
+        tmp = os.path.join(private_tmp, "x" * 70)
+        os.mkdir(tmp)
+        monkeypatch.setenv("TMPDIR", tmp)
+    chromium = Chromium().start()
+    root = chromium.root
+    try:
+        assert chromium.proc.poll() is None
+        # Chromium's own org.chromium.Chromium.* directory (its singleton socket) is made in ours ...
+        wait_until(lambda: any(n.startswith("org.chromium.Chromium.") for n in os.listdir(root)),
+                   what=f"Chromium's temporary directory in {root} (holds {os.listdir(root)})")
+        # ... and nothing in TMPDIR but ours.
+        assert os.listdir(tmp) == ([os.path.basename(root)] if tmpdir_length == "short" else [])
+        assert os.path.dirname(root) == (tmp if tmpdir_length == "short" else "/tmp")
+    finally:
+        chromium.stop()
+    assert not os.path.exists(root)
+    assert os.listdir(tmp) == []
+
+
+def test_a_chromium_that_fails_to_start_leaves_no_directory_behind(tmp_path, private_tmp):
+    fake = tmp_path / "chromium"  # makes its temporary directory as Chromium does, then fails
+    fake.write_text('#!/bin/sh\nmkdir "$TMPDIR/org.chromium.Chromium.fake" || exit 9\nexit 3\n')
+    fake.chmod(0o755)
+    with pytest.raises(ShmringError, match="Chromium exited with status 3 while starting"):
+        Chromium(str(fake)).start()
+    assert os.listdir(private_tmp) == []
+
+
+# -- the demo --------------------------------------------------------------------------------
+
+
 @needs_chromium
 def test_demo_with_a_real_browser_runs_end_to_end(tmp_path):
-    """`shmring demo --browser`: real page events reach the filtered readers and the files."""
-    import subprocess
-    import sys
+    """`shmring demo --browser --chromium PATH`: real page events reach the filtered readers and the files.
 
-    done = subprocess.run([sys.executable, "-m", "shmring", "demo", "--browser", "--seconds", "3"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    The browser is the one passed, and it leaves nothing in TMPDIR.
+    """
+    used = tmp_path / "used"
+    wrapper = tmp_path / "chromium"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" > {shlex.quote(str(used))}\n'
+                       f'exec {shlex.quote(resolve_chromium())} "$@"\n')
+    wrapper.chmod(0o755)
+    private = tempfile.mkdtemp(prefix="shmring-t-", dir="/tmp")
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "SHMRING_CHROMIUM"}
+        done = subprocess.run([sys.executable, "-m", "shmring", "demo", "--browser", "--chromium", str(wrapper),
+                               "--seconds", "3"], cwd=tmp_path, env=dict(env, TMPDIR=private),
+                              capture_output=True, text=True, timeout=120)
+        left = os.listdir(private)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     assert done.returncode == 0, done.stderr
+    assert "--remote-debugging-port=" in used.read_text()
+    assert left == []
     assert "reader [console]: delivered" in done.stdout
     files = {p.name: p.read_text().splitlines() for p in (tmp_path / "shmring-demo").glob("*.jsonl")}
     assert files.get("console.jsonl") and files.get("network.jsonl") and files.get("page.jsonl")
     types = {json.loads(line)["event"]["type"] for lines in files.values() for line in lines}
     assert {"console.log", "network.request", "network.response", "page.load", "system.cdp_connected"} <= types
+
+
+@pytest.mark.parametrize("how", ["--chromium", "SHMRING_CHROMIUM"])
+def test_demo_with_a_missing_chromium_is_one_line_that_says_what_to_pass(tmp_path, how):
+    missing = str(tmp_path / "no-chromium")
+    env = {k: v for k, v in os.environ.items() if k != "SHMRING_CHROMIUM"}
+    args = [sys.executable, "-m", "shmring", "demo", "--browser", "--seconds", "1"]
+    if how == "--chromium":
+        args += ["--chromium", missing]
+    else:
+        env["SHMRING_CHROMIUM"] = missing
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (1, "")  # nothing started
+    assert done.stderr == (f"shmring: Chromium not found: {missing} ({how}) does not exist; pass --chromium PATH or "
+                           f"set SHMRING_CHROMIUM to a Chromium binary (Debian: apt-get install -y chromium)\n")
+    assert not (tmp_path / "shmring-demo").exists()
+
+
+def test_demo_chromium_without_browser_is_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "shmring", "demo", "--chromium", "/usr/bin/chromium"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == "shmring: --chromium PATH chooses the browser of --browser: add --browser\n"

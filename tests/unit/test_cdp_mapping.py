@@ -5,33 +5,24 @@ data, clock conversion, detail levels, bounded state, and that malformed
 messages raise MalformedCdp (which the capture logs and skips).
 """
 
-import asyncio
+import ast
 import json
-import threading
-import time
+from pathlib import Path
 
 import msgspec
 import pytest
 
-from shmring import ConfigError, Event, ShmringError
-from shmring.cdp import (
+from shmring import ConfigError, Event
+from shmring.cdp.mapper import (
     BINDING,
     CONSOLE_BINDING,
     CONSOLE_HOOK_BATCH,
-    console_hook_script,
     MAX_REQUESTS_PER_TARGET,
-    CdpCapture,
     CdpMapper,
     MalformedCdp,
-    _Connection,
-    capture,
     encode_for_ingest,
-    find_free_port,
-    launch_chromium,
-    remote_object_text,
-    resolve_browser_ws,
-    snake,
 )
+from shmring.cdp.text import remote_object_text, snake
 from shmring.layout import MAX_RECORD_BYTES
 
 PAGE = "http://127.0.0.1:8000/"
@@ -293,14 +284,6 @@ def test_malformed_console_hook_batches_raise_malformed_cdp(payload):
                                                "executionContextId": 1}, SESSION)
 
 
-def test_the_console_hook_script_takes_its_settings():
-    # (It runs in a real Chromium in tests/integration/test_cdp.py.)
-    for verbose in (True, False):
-        script = console_hook_script(verbose)
-        assert f"G.{CONSOLE_BINDING};" in script and f"const withStack = {str(verbose).lower()}," in script
-        assert f"MAX_TEXT = {MAX_RECORD_BYTES + 1}, MAX_BATCH = {CONSOLE_HOOK_BATCH};" in script
-
-
 @pytest.mark.parametrize("payload", [
     '[["log", 1e999, []]]',  # inf: a time that is no time
     '[["log", -5, []]]',
@@ -371,49 +354,6 @@ def test_snake():
         "request_time", "dns_start", "receive_headers_end", "ssl_end"]
 
 
-def test_connection_skips_malformed_messages_and_resolves_replies():
-    seen, bad = [], []
-
-    async def on_message(method, params, session_id):
-        seen.append((method, session_id))
-
-    async def main():
-        conn = _Connection(ws=None, on_message=on_message, on_malformed=bad.append)
-        future = asyncio.get_running_loop().create_future()
-        conn._pending[7] = future
-        for raw in ["not json", "[1, 2]", '{"method": 5}', '{"method": "X.y", "params": []}',
-                    '{"method": "X.y", "params": {}, "sessionId": 3}', b'\xff\xfe',
-                    '{"method": "Runtime.consoleAPICalled", "params": {}, "sessionId": "S"}',
-                    '{"id": 7, "result": {"ok": true}}', '{"id": 99, "result": {}}']:
-            await conn._dispatch(raw)
-        return await future
-
-    assert asyncio.run(main()) == {"ok": True}
-    assert seen == [("Runtime.consoleAPICalled", "S")]
-    assert len(bad) == 6
-
-
-def test_bad_urls_and_a_missing_browser():
-    with pytest.raises(ConfigError, match="CDP URL"):
-        CdpCapture("ftp://x", "/tmp/none.sock")
-    with pytest.raises(OSError, match="nothing answers"):
-        resolve_browser_ws(f"http://127.0.0.1:{find_free_port()}", timeout_s=1)
-    with pytest.raises(ShmringError, match="apt-get install -y chromium"):
-        launch_chromium(find_free_port(), "/tmp/unused", binary="/nonexistent/chromium")
-
-
-def test_no_browser_is_reported_once_while_retrying_and_stop_ends_it():
-    logs, stop = [], threading.Event()
-    timer = threading.Timer(1.6, stop.set)
-    timer.start()
-    started = time.monotonic()
-    result = capture(f"http://127.0.0.1:{find_free_port()}", "/tmp/shmring-no-such.sock", stop=stop,
-                     log=logs.append, max_backoff_s=0.4)
-    assert time.monotonic() - started < 5
-    assert len(logs) == 1 and "no browser at" in logs[0] and "retrying" in logs[0], logs
-    assert result["connections"] == 0 and result["events"] == 0
-
-
 def test_console_messages_older_than_the_attach_are_marked_replayed():
     now = [1_700_000_000_000_000]
     m = CdpMapper(now_us=lambda: now[0])
@@ -421,3 +361,16 @@ def test_console_messages_older_than_the_attach_are_marked_replayed():
     old = one(m.map("Runtime.consoleAPICalled", dict(console([]), timestamp=1_699_999_999_000.0), SESSION))
     new = one(m.map("Runtime.consoleAPICalled", dict(console([]), timestamp=1_700_000_000_500.0), SESSION))
     assert old["data"]["replayed"] is True and "replayed" not in new["data"]
+
+
+def test_the_mapper_does_no_io():
+    # Only pure modules: no sockets, files, threads or processes (the capture, connection and publisher do those).
+    root = Path(__file__).resolve().parents[2] / "shmring" / "cdp"
+    for module in ("mapper.py", "text.py"):
+        imported = set()
+        for node in ast.walk(ast.parse((root / module).read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                imported.add(node.module)
+        assert imported <= {"json", "re", "time", "msgspec", "errors", "layout", "scripts", "text"}, (module, imported)

@@ -1,0 +1,338 @@
+"""The capture loop: follows a live Chromium over CDP and publishes its events through serve's ingest socket.
+
+Rules:
+- One browser-level websocket with flattened sessions. ``Target.setAutoAttach``
+  (``waitForDebuggerOnStart``, ``flatten``) at browser level follows every page,
+  including tabs opened later; on each page session the same call follows its
+  out-of-process iframes. A new target is resumed (``Runtime.runIfWaitingForDebugger``)
+  only after Runtime, Network and Page are enabled and the interaction script
+  and the console hook are installed, so its first requests and console calls
+  are not lost. Targets of other types are resumed and detached.
+- Events go out through the publisher thread (``publisher.py``); the asyncio
+  loop never blocks on the socket. If the socket stays down and the backlog
+  grows past ``BACKLOG_HIGH_WATER``, the oldest are dropped and counted.
+- The detail level is the producer's own setting; readers filter on their
+  side; nothing here is reconfigured by a subscriber.
+- Browser gone: one line through ``log`` when the connection is lost (not one
+  per retry), reconnection with back-off capped at ``max_backoff_s``, a fresh
+  websocket URL resolved each time, so a restarted browser on the same port
+  is followed.
+- A message that is not valid CDP, or that the mapper cannot read, is logged
+  (rate limited) and skipped. Nothing here prints; messages go to ``log``.
+
+What Chromium (156) imposes, measured: a tab that another client creates with
+a URL (``Target.createTarget``, ``/json/new``) loads its first document before
+an auto-attached debugger can hold it, so that document's request and
+navigation are missed; tabs a page opens (``window.open``) are held and
+complete, as is everything after. ``BrowserControl.open_tab`` opens
+``about:blank`` first for that reason.
+"""
+
+import asyncio
+import collections
+import contextlib
+import sys
+import threading
+
+from .connection import CdpError, _Connection, _http_base, resolve_browser_ws
+from .mapper import CdpMapper, MalformedCdp
+from .publisher import _Publisher
+from .scripts import BINDING, CONSOLE_BINDING, INTERACTION_SCRIPT, WORLD, console_hook_script
+
+BACKLOG_HIGH_WATER = 50_000
+
+
+class CdpCapture:
+    """Follows the browser at `cdp_url` and publishes its events to `socket_path`.
+
+    ``run(stop)`` blocks until `stop` is set; ``connected`` is set while a
+    browser connection is up; ``stats()`` is safe to call from any thread.
+    """
+
+    def __init__(self, cdp_url: str, socket_path: str, *, detail_level: str = "standard", log=lambda msg: None,
+                 max_backoff_s: float = 3.0, name: str | None = None, console_hook: bool | None = None):
+        _http_base(cdp_url)  # reject a bad URL now
+        self.cdp_url = cdp_url
+        # By default console calls go through the in-page hook; at detail level
+        # raw (the untouched CDP params) through Runtime.consoleAPICalled.
+        self.console_hook = detail_level != "raw" if console_hook is None else bool(console_hook)
+        self.socket_path = socket_path
+        self.name = name
+        self.log = log
+        self.max_backoff_s = max_backoff_s
+        self.mapper = CdpMapper(detail_level)
+        self.connected = threading.Event()
+        self.counts = collections.Counter(published=0, rejected=0, truncated=0, lost=0, malformed=0,
+                                          connections=0, disconnects=0, targets_attached=0, events=0,
+                                          setup_failures=0, dropped_backlog=0)
+        self._publisher = _Publisher(socket_path, log, self.counts)
+        self._tasks: set[asyncio.Task] = set()
+        self._conn: _Connection | None = None
+        self._malformed_logged = 0
+        self._dropping = False
+        self._following: set[str] = set()  # target ids whose set-up is complete
+
+    def stats(self) -> dict:
+        out = dict(self.counts)
+        out.update(sessions=len(self.mapper.sessions), pages=len(self.mapper.pages),
+                   requests_in_flight=sum(len(t.requests) for t in list(self.mapper.sessions.values())),
+                   setup_tasks=len(self._tasks), following=len(self._following),
+                   backlog=self._publisher.backlog(), connected=self.connected.is_set())
+        return out
+
+    def is_following(self, target_id: str) -> bool:
+        """True once `target_id` is set up (domains enabled, script installed) and resumed."""
+        return target_id in self._following
+
+    def run(self, stop: threading.Event) -> dict:
+        self._publisher.start()
+        try:
+            asyncio.run(self._main(stop))
+        finally:
+            self._publisher.close()
+        return self.stats()
+
+    # -- internals -----------------------------------------------------------
+
+    def _emit(self, events: list[dict]) -> None:
+        if events:
+            self.counts["events"] += len(events)
+            self._publisher.submit(events)
+
+    def _malformed(self, what: str) -> None:
+        self.counts["malformed"] += 1
+        self._malformed_logged += 1
+        n = self._malformed_logged
+        if n <= 5 or n % 1000 == 0:
+            self.log(f"capture-cdp: skipped a malformed CDP message: {what}"
+                     + (f" [{n} skipped so far]" if n > 5 else ""))
+
+    async def _on_message(self, method: str, params: dict, session_id: str | None) -> None:
+        try:
+            events = self.mapper.map(method, params, session_id)
+        except MalformedCdp as exc:
+            self._malformed(str(exc))
+            return
+        except RecursionError:
+            self._malformed(f"{method}: nested too deeply")
+            return
+        self._emit(events)
+        if method == "Target.detachedFromTarget":
+            self._following.discard(params.get("targetId"))
+            if self._conn is not None and isinstance(params.get("sessionId"), str):
+                self._conn.abandon_session(params["sessionId"])
+        elif method == "Target.attachedToTarget":
+            task = asyncio.create_task(self._set_up(params, session_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._publisher.backlog() > BACKLOG_HIGH_WATER:
+            await self._relieve()
+
+    async def _relieve(self) -> None:
+        """Too many events wait for the ingest socket: wait for it, or drop (counted) if it is gone."""
+        while self._publisher.backlog() > BACKLOG_HIGH_WATER // 2:
+            if self._publisher.connected:
+                await asyncio.sleep(0.005)
+                continue
+            dropped = self._publisher.discard_oldest(BACKLOG_HIGH_WATER // 2)
+            self.counts["dropped_backlog"] += dropped
+            if not self._dropping:
+                self._dropping = True
+                self.log(f"capture-cdp: the ingest socket is unreachable and {BACKLOG_HIGH_WATER} events are "
+                         f"waiting; dropping the oldest (counted in dropped_backlog)")
+            return
+        self._dropping = False
+
+    async def _set_up(self, params: dict, parent_session: str | None) -> None:
+        conn = self._conn
+        session_id = params.get("sessionId")
+        info = params.get("targetInfo") or {}
+        followed = session_id in self.mapper.sessions
+        try:
+            if followed:
+                self.counts["targets_attached"] += 1
+                commands = [
+                    ("Runtime.enable", {}),
+                    # Console stack traces cost the page on every console call; only verbose reports them.
+                    ("Runtime.setMaxCallStackSizeToCapture", {"size": 200 if self.mapper.verbose else 0}),
+                    ("Network.enable", {}),
+                    ("Page.enable", {}),
+                    ("Page.setLifecycleEventsEnabled", {"enabled": True}),
+                    ("Runtime.addBinding", {"name": BINDING, "executionContextName": WORLD}),
+                    ("Page.addScriptToEvaluateOnNewDocument",
+                     {"source": INTERACTION_SCRIPT, "worldName": WORLD, "runImmediately": True}),
+                    ("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True,
+                                              "filter": [{"type": "iframe", "exclude": False}]}),
+                ]
+                if self.console_hook:  # before the target resumes: its first console call is hooked
+                    commands[-1:-1] = [
+                        ("Runtime.addBinding", {"name": CONSOLE_BINDING}),
+                        ("Page.addScriptToEvaluateOnNewDocument", {"source": console_hook_script(self.mapper.verbose),
+                                                                   "runImmediately": True}),
+                    ]
+                # Sent in order, answered in any order; all before the target is resumed.
+                replies = []
+                try:
+                    for m, p in commands:
+                        replies.append(await conn.request(m, p, session_id))
+                except BaseException:
+                    conn.discard(replies)
+                    raise
+                results = await asyncio.gather(*replies, return_exceptions=True)
+                failed = [(m, r) for (m, _), r in zip(commands, results) if isinstance(r, BaseException)]
+                if failed and session_id in self.mapper.sessions:
+                    self.counts["setup_failures"] += 1
+                    method, error = failed[0]
+                    n = self.counts["setup_failures"]
+                    if n <= 3 or n % 100 == 0:
+                        self.log(f"capture-cdp: setting up {info.get('type')} {info.get('targetId')} partly failed "
+                                 f"({method}: {error}); following it anyway [{n} so far]")
+            await conn.send("Runtime.runIfWaitingForDebugger", {}, session_id)
+            if followed and session_id in self.mapper.sessions:
+                self._following.add(info.get("targetId"))
+            if not followed:
+                await conn.send("Target.detachFromTarget", {"sessionId": session_id}, parent_session)
+        except (TimeoutError, CdpError, ConnectionError, OSError):
+            pass  # the target went away while it was being set up
+        except Exception as exc:  # noqa: BLE001 - one target must not end the capture
+            import websockets
+
+            if not isinstance(exc, websockets.ConnectionClosed):
+                self.log(f"capture-cdp: setting up target {info.get('targetId')} failed: {type(exc).__name__}: {exc}")
+
+    async def _main(self, stop: threading.Event) -> None:
+        from websockets.asyncio.client import connect
+
+        stopping = asyncio.Event()
+
+        async def watch():
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            stopping.set()
+            conn = self._conn
+            if conn is not None:
+                await conn.ws.close()
+
+        watcher = asyncio.create_task(watch())
+        loop = asyncio.get_running_loop()
+        backoff = 0.1
+        reported_down = False
+        try:
+            while not stopping.is_set():
+                try:
+                    ws_url = await loop.run_in_executor(None, resolve_browser_ws, self.cdp_url, 2.0)
+                    ws = await connect(ws_url, max_size=None, ping_interval=None, compression=None, proxy=None,
+                                       open_timeout=5, close_timeout=1, max_queue=None)
+                except Exception as exc:  # noqa: BLE001 - refused, reset, not CDP, timed out: all "no browser"
+                    if not reported_down:
+                        reported_down = True
+                        self.log(f"capture-cdp: no browser at {self.cdp_url} ({exc}); retrying with back-off "
+                                 f"up to {self.max_backoff_s:g} s until one is up")
+                    await _wait(stopping, backoff)
+                    backoff = min(backoff * 2, self.max_backoff_s)
+                    continue
+                connections = self.counts["connections"]
+                try:
+                    reason = await self._follow(ws, ws_url, stopping)
+                except Exception as exc:  # noqa: BLE001 - a bug must not end a long-running producer
+                    reason = f"internal error {type(exc).__name__}: {exc}"
+                    with contextlib.suppress(Exception):
+                        await ws.close()
+                if stopping.is_set():
+                    break
+                if self.counts["connections"] > connections:  # it was up: say once that it is gone
+                    backoff = 0.1
+                    reported_down = True
+                    self.log(f"capture-cdp: lost the browser at {self.cdp_url}: {reason}; retrying with back-off "
+                             f"up to {self.max_backoff_s:g} s until it is back")
+                elif not reported_down:
+                    reported_down = True
+                    self.log(f"capture-cdp: the browser at {self.cdp_url} does not answer CDP ({reason}); retrying "
+                             f"with back-off up to {self.max_backoff_s:g} s")
+                await _wait(stopping, backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _follow(self, ws, ws_url: str, stopping: asyncio.Event) -> str:
+        conn = _Connection(ws, self._on_message, self._malformed)
+        self._conn = conn
+        reader = asyncio.create_task(conn.run())
+        reason = "the connection closed"
+        try:
+            if stopping.is_set():
+                return "stopping"
+            try:
+                version = await conn.send("Browser.getVersion")
+            except (TimeoutError, CdpError, ConnectionError) as exc:
+                return f"Browser.getVersion failed ({exc})"
+            self.counts["connections"] += 1
+            self.connected.set()
+            product = version.get("product", "")
+            self.log(f"capture-cdp: following {product or 'the browser'} at {ws_url}"
+                     + (f" into ring {self.name}" if self.name else ""))
+            self._emit([self.mapper.system_event("system.cdp_connected", {
+                "browser": product, "protocol_version": version.get("protocolVersion", ""),
+                "websocket_url": ws_url, "detail_level": self.mapper.detail})])
+            pages_only = {"filter": [{"type": "page", "exclude": False}]}
+            auto_attach = {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True}
+            try:
+                for method, params in (("Target.setDiscoverTargets", {"discover": True}),
+                                       ("Target.setAutoAttach", auto_attach)):
+                    try:
+                        await conn.send(method, {**params, **pages_only})
+                    except CdpError:  # a browser without target filters: other types are detached on attach
+                        await conn.send(method, params)
+            except (TimeoutError, CdpError, ConnectionError) as exc:
+                if not reader.done():
+                    self.log(f"capture-cdp: could not ask the browser to report targets ({exc})")
+            reason = await reader
+            return reason
+        finally:
+            if not reader.done():
+                await ws.close()
+                reason = await reader
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._conn = None
+            self._following.clear()
+            if self.connected.is_set():
+                self.connected.clear()
+                self.counts["disconnects"] += 1
+                self._emit([self.mapper.system_event("system.cdp_disconnected", {
+                    "reason": "producer stopping" if stopping.is_set() else reason, "websocket_url": ws_url})])
+            self.mapper.reset()
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+
+def capture(cdp_url: str, socket_path: str, *, stop: threading.Event, detail_level: str = "standard",
+            log=lambda msg: None, name: str | None = None, max_backoff_s: float = 3.0,
+            console_hook: bool | None = None) -> dict:
+    """Capture the browser at `cdp_url` into serve's ingest socket until `stop` is set; return counts.
+
+    `cdp_url`: ``http://127.0.0.1:PORT`` or the browser's ``ws://…/devtools/browser/…`` URL.
+    Raises ConfigError for a bad URL or detail level; everything else (no
+    browser yet, browser gone, ingest socket down) is retried and reported
+    through `log`, one line per change of state.
+    `console_hook`: console calls through the in-page hook (True) or through
+    ``Runtime.consoleAPICalled`` (False); None: the hook, except at detail
+    level raw. See the module docstring.
+    """
+    return CdpCapture(cdp_url, socket_path, detail_level=detail_level, log=log, name=name,
+                      max_backoff_s=max_backoff_s, console_hook=console_hook).run(stop)
+
+
+def capture_command(name: str, cdp_url: str, socket_path: str, detail_level: str = "standard",
+                    console_hook: bool | None = None) -> list[str]:
+    """The argv of a ``shmring capture-cdp`` child process (for ``serve --cdp``)."""
+    flag = {None: [], True: ["--console-hook"], False: ["--console-via-inspector"]}[console_hook]
+    return [sys.executable, "-m", "shmring", "capture-cdp", name, "--cdp", cdp_url, "--socket", socket_path,
+            "--detail-level", detail_level, *flag]
