@@ -206,3 +206,4 @@ def test_max_delay_s_bounds_the_delivery_latency(ring_name, spawn, max_delay_s):
     if max_delay_s:
         # 1k/s with a 20 ms budget: the reader takes events in batches, not one by one
         assert sum(batch_sizes) / len(batch_sizes) > 3, batch_sizes[:50]
+
