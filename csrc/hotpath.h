@@ -14,6 +14,11 @@ Rules:
 - It runs entirely under the GIL and never releases it, so it is atomic with
   respect to the writer's other threads. While the slow path runs
   (``slow_depth`` > 0, possibly asleep waiting for a flusher) it defers.
+- It reads and writes Struct fields by offset and slots by layout.py's
+  offsets, so it checks at configuration (config.c) that layout.py's slot
+  format is the one it was built for (a ValueError if not: rebuild it) and
+  that msgspec lays Structs out as it assumes (StructLayoutMismatch if not:
+  shmring then runs the pure-Python path, with a warning).
 
 Memory ordering: the same seqlock protocol as ring.py (read its docstring),
 with real fences: an mfence (``__atomic_thread_fence(__ATOMIC_SEQ_CST)``)
@@ -22,7 +27,7 @@ where ring.py uses ``full_fence``, and an 8-byte atomic store for each stamp.
 The parts, one extension (setup.py builds them together):
 - compact.c: the JSON validator and compactor;
 - encode.c: the byte-exact envelope encoder;
-- config.c: the layouts read at configuration (layout.py's, msgspec's Structs');
+- config.c: the layout checks (layout.py's slot format, msgspec's Structs);
 - fields.c: one Event's fields, read by offset;
 - writer.c: the Writer type, its state and the publish fast path;
 - taker.c: the RecordTaker type, the reader's take-and-decode;
@@ -84,6 +89,9 @@ Py_ssize_t compact_json(const unsigned char *data, Py_ssize_t n, unsigned char *
 
 /* -- config.c -------------------------------------------------------------- */
 
+/* Adds shmring._hotpath.StructLayoutMismatch (a TypeError), which struct_offsets raises, to `module`. */
+int config_init(PyObject *module);
+
 typedef struct {
     const char *key;
     long long *dst;
@@ -93,8 +101,9 @@ typedef struct {
    `fields` from layout.ACCELERATOR_LAYOUT. 0, or -1 with an exception. */
 int read_layout(PyObject *layout, const LayoutField *fields, size_t n);
 
-/* The offsets of `type`'s fields `names`, each a plain struct field (a
-   T_OBJECT_EX member descriptor). 0, or -1 with TypeError. */
+/* The offsets of `type`'s fields `names` (all of its fields, in order), after
+   checking that msgspec lays it out as this extension assumes. 0, or -1 with
+   StructLayoutMismatch (or another exception). */
 int struct_offsets(PyTypeObject *type, const char *const *names, int n, Py_ssize_t *offsets);
 
 /* -- fields.c -------------------------------------------------------------- */

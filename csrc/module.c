@@ -1,6 +1,7 @@
 /* The module shmring._hotpath: its two functions (fence, compact_json), its
    types (Writer from writer.c, RecordTaker from taker.c) and the dealloc they
-   share, and the parts' initialisation. */
+   share, its exception (StructLayoutMismatch from config.c), and the parts'
+   initialisation. */
 
 #include "hotpath.h"
 
@@ -54,7 +55,7 @@ static int add_type(PyObject *module, PyType_Spec *spec, const char *name) {
 static int module_exec(PyObject *module) {
     compact_init();
     encode_init();
-    if (writer_init() < 0) return -1;
+    if (writer_init() < 0 || config_init(module) < 0) return -1;
     if (add_type(module, &Writer_spec, "Writer") < 0 || add_type(module, &Taker_spec, "RecordTaker") < 0) return -1;
     return 0;
 }
