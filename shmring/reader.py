@@ -23,6 +23,7 @@ Rules:
 
 import os
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 
 import msgspec
@@ -201,13 +202,18 @@ class Reader:
         self._core = RingReaderCore(_ring.buf, _info.capacity, _info.data_bytes)
         self._filter = _filter
         self._accept = None if _filter is None else _filter.accepts_slot
+        self._taker = None
         if hotpath is not None:
-            self._taker = hotpath.RecordTaker(
-                ring=_ring.buf, capacity=_info.capacity, data_bytes=_info.data_bytes, layout=ACCELERATOR_LAYOUT,
-                decode=decode_envelope, decode_error=msgspec.DecodeError, envelope_type=Envelope)
+            try:
+                self._taker = hotpath.RecordTaker(
+                    ring=_ring.buf, capacity=_info.capacity, data_bytes=_info.data_bytes, layout=ACCELERATOR_LAYOUT,
+                    decode=decode_envelope, decode_error=msgspec.DecodeError, envelope_type=Envelope)
+            except hotpath.StructLayoutMismatch as refused:  # another msgspec: the reference path decodes
+                warnings.warn(f"{refused}; this reader decodes on the pure-Python path "
+                              "(SHMRING_PURE_PYTHON=1 chooses it without a warning)", RuntimeWarning)
+        if self._taker is not None:
             self._take_decoded = self._taker.take_decoded
         else:
-            self._taker = None
             self._take_decoded = _python_take_decoded(self._core.take_ready)
         self._fast = _filter is None  # cleared at the end of the stream
         self._start = _cursor

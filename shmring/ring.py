@@ -129,7 +129,7 @@ _pack_head = HEAD.pack_into
 
 
 class _WriterState:
-    """The writer's state, in Python (the compiled ``_hotpath.Writer`` has the same fields)."""
+    """The writer's state, in Python: the members of the compiled ``_hotpath.Writer`` (a unit test checks they agree)."""
 
     __slots__ = ("buf", "mask", "head_mask", "data_base", "data_bytes", "data_head", "data_low",
                  "gate_seq", "gate_low", "gate", "last_seq", "closed", "slow_depth")

@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 import uuid
+import warnings
 import weakref
 
 import msgspec
@@ -53,7 +54,7 @@ from .layout import (
 )
 from .liveness import current_identity, is_alive
 from .registry import Registry
-from .ring import NO_GATE, RingWriterCore, check_memory_model, full_fence
+from .ring import NO_GATE, RingWriterCore, check_memory_model, full_fence, hotpath
 from .schema import (
     NO_DATA,
     Envelope,
@@ -337,14 +338,19 @@ class CaptureSession:
                 session._on_flags()
 
         res = self._res
-        self._core.configure_publish(
-            ring=res.ring.buf, registry=res.registry.buf, layout=ACCELERATOR_LAYOUT,
-            capture_session_id=self._capture_session_id, category_fields=self._category_fields,
-            kind_codes=_KIND_CODES, detail_codes=_DETAIL_CODES, standard="standard",
-            event_type=Event, source_type=Source, envelope_type=Envelope, raw_type=msgspec.Raw,
-            no_data=NO_DATA, slow=slow, on_flags=on_flags, normalise_data=normalise_data,
-            encode_data=encode_data,
-        )
+        try:
+            self._core.configure_publish(
+                ring=res.ring.buf, registry=res.registry.buf, layout=ACCELERATOR_LAYOUT,
+                capture_session_id=self._capture_session_id, category_fields=self._category_fields,
+                kind_codes=_KIND_CODES, detail_codes=_DETAIL_CODES, standard="standard",
+                event_type=Event, source_type=Source, envelope_type=Envelope, raw_type=msgspec.Raw,
+                no_data=NO_DATA, slow=slow, on_flags=on_flags, normalise_data=normalise_data,
+                encode_data=encode_data,
+            )
+        except hotpath.StructLayoutMismatch as refused:  # another msgspec: the reference path publishes
+            warnings.warn(f"{refused}; this session publishes on the pure-Python path "
+                          "(SHMRING_PURE_PYTHON=1 chooses it without a warning)", RuntimeWarning)
+            return
         self.publish = self._core.publish
 
     @classmethod
