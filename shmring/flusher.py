@@ -38,7 +38,7 @@ import msgspec
 
 from .errors import ConfigError, FlushError, RingClosed, ShmringError, WriterGone
 from .reader import GatingReader, open_ring_info
-from .schema import validate_category
+from .schema import CATEGORY_PATTERN, validate_category
 from .segment import open_segment, ring_shm_name, validate_ring_name
 
 __all__ = ["Flusher", "FlushStats", "FSYNC_POLICIES", "prepare_log_directory"]
@@ -53,8 +53,8 @@ MAX_DELAY_S = 0.005
 STOP_CHECK_S = 1.0
 """With a stop event, how often an idle flusher looks at it."""
 _LINE_HEAD = re.compile(rb'\{"capture_session_id":"((?:[^"\\]|\\.)*)","seq":(\d+),')
-_ROTATED = re.compile(r"([a-z][a-z0-9_]{0,31})\.(\d+)\.jsonl")
-_OWN_FILE = re.compile(r"[a-z][a-z0-9_]{0,31}(\.\d+)?\.jsonl")
+_ROTATED = re.compile(rf"({CATEGORY_PATTERN})\.(\d+)\.jsonl")
+_OWN_FILE = re.compile(rf"{CATEGORY_PATTERN}(\.\d+)?\.jsonl")
 
 
 def _modes(group_readable: bool) -> tuple[int, int]:
@@ -354,7 +354,7 @@ class Flusher:
                 found[rotated[1]] = max(found.get(rotated[1], 0), int(rotated[2]))
             else:
                 found.setdefault(entry[: -len(".jsonl")], 0)
-        return {c: n for c, n in found.items() if re.fullmatch(r"[a-z][a-z0-9_]{0,31}", c)}
+        return {c: n for c, n in found.items() if re.fullmatch(CATEGORY_PATTERN, c)}
 
     def _repair_partial_line(self, name: str) -> None:
         """Cut a last line that a crash left without its newline."""

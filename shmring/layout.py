@@ -74,7 +74,7 @@ CONFIG = struct.Struct("<QQQdQQQ")
 """capacity, data_bytes, writer_pid, writer_start_time, epoch, created_us, flusher_grace_us"""
 HDR_SESSION_ID = 128
 SESSION_ID_MAX_BYTES = 124
-SESSION_ID = struct.Struct("<I124s")
+SESSION_ID = struct.Struct(f"<I{SESSION_ID_MAX_BYTES}s")
 HDR_HEAD = 256
 HEAD = struct.Struct("<QQ")
 """head_seq (latest published seq), data_head (absolute end of the latest record)"""

@@ -20,7 +20,7 @@ import msgspec
 from msgspec import Raw
 
 from .errors import ConfigError, EventTooLarge, InvalidEvent
-from .layout import DETAIL_LEVELS, MAX_RECORD_BYTES, SOURCE_KINDS
+from .layout import DETAIL_LEVELS, MAX_RECORD_BYTES, SESSION_ID_MAX_BYTES, SOURCE_KINDS
 
 __all__ = [
     "Source",
@@ -39,11 +39,13 @@ __all__ = [
     "decode_event",
 ]
 
-SourceKind = Literal["cdp", "kernel_api", "extension", "local_process"]
-DetailLevel = Literal["minimal", "standard", "verbose", "raw"]
+SourceKind = Literal[SOURCE_KINDS]
+DetailLevel = Literal[DETAIL_LEVELS]
 
 BUILTIN_CATEGORIES = ("console", "network", "page", "interaction", "liveview", "captcha", "system")
-_CATEGORY_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+CATEGORY_PATTERN = r"[a-z][a-z0-9_]{0,31}"
+"""A category that is not built in must match this: it becomes a file name downstream."""
+_CATEGORY_PATTERN = re.compile(CATEGORY_PATTERN)
 _KNOWN_CATEGORIES_MAX = 4096
 
 NO_DATA = Raw()
@@ -104,7 +106,7 @@ class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
     type: str
     category: str
     source: Source
-    detail_level: Literal["minimal", "standard", "verbose", "raw", ""] = msgspec.field(default_factory=_empty)
+    detail_level: Literal[DETAIL_LEVELS + ("",)] = msgspec.field(default_factory=_empty)
     url: str = ""
     data: Raw = NO_DATA
     truncated: bool = False
@@ -124,7 +126,7 @@ def validate_category(category: object) -> str:
     ):
         raise InvalidEvent(
             f"invalid category {category!r}: use one of {', '.join(BUILTIN_CATEGORIES)}, "
-            "or a name matching [a-z][a-z0-9_]{0,31}"
+            f"or a name matching {CATEGORY_PATTERN}"
         )
     return category
 
@@ -263,6 +265,6 @@ def apply_size_rule(envelope: Envelope) -> tuple[Envelope, bytes]:
 
 
 def validate_capture_session_id(value: object) -> str:
-    if not isinstance(value, str) or not value or len(value.encode()) > 124:
-        raise ConfigError("capture_session_id must be a non-empty string of at most 124 bytes")
+    if not isinstance(value, str) or not value or len(value.encode()) > SESSION_ID_MAX_BYTES:
+        raise ConfigError(f"capture_session_id must be a non-empty string of at most {SESSION_ID_MAX_BYTES} bytes")
     return value

@@ -226,7 +226,7 @@ def test_filters_skip_without_counting_drops(ring_name):
             results = read_all(r)
             assert [res.envelope.seq for res in results] == [1, 5]
             assert (r.delivered, r.dropped, r.filtered, r.cursor) == (2, 0, 3, 5)
-            assert all(f.matches(res.envelope.event) for res in results)
+            assert all(res.envelope.event.category in ('network', 'page') for res in results)
 
 
 @pytest.mark.parametrize(
