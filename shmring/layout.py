@@ -146,7 +146,7 @@ ACCELERATOR_LAYOUT = {
     "chunk_bytes": DATA_CHUNK_BYTES,
     "max_record_bytes": MAX_RECORD_BYTES,
 }
-"""What the compiled accelerator (shmring/_hotpath.c) takes from this module; it checks the slot format."""
+"""What the compiled accelerator (csrc/, built as shmring._hotpath) takes from this module; it checks the slot format."""
 
 
 def ring_bytes(capacity: int, data_bytes: int) -> int:

@@ -1,4 +1,4 @@
-"""The compiled publish fast path (shmring/_hotpath.c) against its Python reference, differentially.
+"""The compiled publish fast path (csrc/, built as shmring._hotpath) against its Python reference, differentially.
 
 ``_hotpath`` is an accelerator, never the reference: whatever it accepts it must
 handle exactly as the Python path does (``CaptureSession.publish`` and

@@ -62,3 +62,41 @@ def test_only_cli_prints():
         if path.stem == "flusher":  # its standalone main() prints its one-line errors
             continue
         assert not calls, f"{path.stem} prints"
+
+
+LAYERS = {
+    # bottom up: a module imports only modules of lower layers (README "Layout")
+    "errors": 0,
+    "layout": 1,
+    "ring": 2, "waiting": 2,
+    "segment": 3, "liveness": 3, "header": 3,
+    "schema": 4,
+    "filters": 5, "registry": 5,
+    "session": 6, "reader": 6,
+    "archive": 7, "flusher": 7, "ingest": 7, "producer": 7, "stats": 7, "cleanup": 7,
+    "cdp": 8,
+    "serve": 9, "demo": 9,
+    "cli": 10, "__main__": 11, "__init__": 11,
+}
+
+
+def package_imports(path: pathlib.Path) -> set[str]:
+    """The shmring modules (top-level names; cdp for its package) that `path` imports."""
+    in_cdp = path.parent.name == "cdp"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            top_level = node.level == 1 and not in_cdp or node.level == 2 and in_cdp
+            if not top_level:
+                continue  # inside cdp/: its own modules
+            found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+    return {name for name in found if not name.startswith("_")}  # _hotpath, and `from . import __version__`
+
+
+def test_every_module_has_a_layer_and_imports_only_downwards():
+    for path in (ROOT / "shmring").rglob("*.py"):
+        module = "cdp" if path.parent.name == "cdp" else path.stem
+        assert module in LAYERS, f"shmring/{path.relative_to(ROOT / 'shmring')} has no layer in LAYERS (and README)"
+        for imported in package_imports(path):
+            assert LAYERS[imported] < LAYERS[module] or module == imported == "cdp", (
+                f"{path.relative_to(ROOT)} (layer {LAYERS[module]}) imports {imported} (layer {LAYERS[imported]})")
