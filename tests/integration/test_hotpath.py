@@ -25,13 +25,11 @@ inside the fast path while another thread published or closed.
 
 import datetime
 import gc
-import re
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from typing import NamedTuple
 
 import msgspec
 import pytest
@@ -53,6 +51,7 @@ from shmring.layout import (
 )
 from shmring.ring import NO_GATE, hotpath
 from shmring.schema import BUILTIN_CATEGORIES, encode_envelope
+from tests.unit.test_compact_json import json_texts  # the generator of JSON texts the compactor is tested on
 
 if hotpath is None:
     pytest.skip("the accelerator shmring._hotpath is not built (or SHMRING_PURE_PYTHON is set)",
@@ -64,234 +63,6 @@ CSID = 'csid "quoted" \\ \x01\x1f\x7f caf\u00e9 \u2028 \U0001F600'
 """Both rings of a pair share this capture_session_id, so their records can be compared byte for byte."""
 CAPACITY = 1024
 DATA_BYTES = 1 << 21
-
-
-def msgspec_compact(data) -> bytes:
-    return msgspec.json.format(data, indent=-1)
-
-
-# -- generated JSON texts --------------------------------------------------------
-
-WHITESPACE_CHUNKS = st.text(alphabet=" \t\n\r|", max_size=80)
-"""Insignificant whitespace for the gaps between tokens, '|' separating one gap from the next."""
-LITERALS = ("true", "false", "null")
-SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-                 "\t": "\\t"}
-SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def digits(min_size: int, max_size: int):
-    return st.text(alphabet="0123456789", min_size=min_size, max_size=max_size)
-
-
-number_tokens = st.one_of(
-    st.builds(
-        lambda sign, integer, fraction, exponent: sign + integer + fraction + exponent,
-        st.sampled_from(["", "-"]),
-        st.one_of(st.just("0"),
-                  st.builds(str.__add__, st.sampled_from("123456789"), digits(0, 12)),
-                  st.builds(str.__add__, st.sampled_from("123456789"), digits(25, 40))),  # > 32 chars: msgspec's
-        st.one_of(st.just(""), digits(1, 12).map(".".__add__)),
-        st.one_of(st.just(""), st.builds(lambda e, sign, d: e + sign + d, st.sampled_from("eE"),
-                                         st.sampled_from(["", "+", "-"]), digits(1, 4))),
-    ),
-    st.integers(-(2**70), 2**70).map(str),
-    st.floats(allow_nan=False, allow_infinity=False).map(repr),  # 1e+16, 1.5e-07, -0.0, ...
-)
-
-
-def u_escape(code: int, upper: bool) -> str:
-    digits = f"{code:04x}"
-    return "\\u" + (digits.upper() if upper else digits)
-
-
-STRING_CHARS = st.one_of(st.sampled_from('"\\/\b\f\n\r\t\x00\x01\x1f\x7f e\u00e9\u2028\uffff\U0001F600'),
-                        st.characters(codec="utf-8"))  # no lone surrogates: they are not UTF-8
-
-
-@st.composite
-def string_tokens(draw) -> str:
-    """A JSON string token: each character raw, or escaped short or as \\uXXXX (a surrogate pair above the BMP)."""
-    chars = draw(st.lists(STRING_CHARS, max_size=8))
-    how = draw(st.binary(min_size=len(chars), max_size=len(chars)))  # per character: raw, short, \\u; hex case
-    out = ['"']
-    for ch, choice in zip(chars, how):
-        code = ord(ch)
-        upper = choice & 4
-        if choice % 3 == 0 and ch not in '"\\' and code >= 0x20:
-            out.append(ch)
-        elif choice % 3 == 1 and ch in SHORT_ESCAPES:
-            out.append(SHORT_ESCAPES[ch])
-        elif code > 0xFFFF:
-            code -= 0x10000
-            out.append(u_escape(0xD800 + (code >> 10), upper) + u_escape(0xDC00 + (code & 0x3FF), upper))
-        else:
-            out.append(u_escape(code, upper))
-    out.append('"')
-    return "".join(out)
-
-
-json_trees = st.recursive(
-    st.one_of(number_tokens, string_tokens(), st.sampled_from(LITERALS)),
-    lambda children: st.one_of(
-        st.lists(children, max_size=4).map(lambda items: ("array", items)),
-        st.lists(st.tuples(string_tokens(), children), max_size=4).map(lambda items: ("object", items)),
-    ),
-    max_leaves=12,
-)
-
-
-class JsonText(NamedTuple):
-    text: bytes  # with random insignificant whitespace
-    compact: bytes  # the same tokens with none
-    ordinary: bool  # ASCII, no number over 32 characters (nesting is shallow by construction)
-
-
-def render(tree, whitespace, numbers: list) -> str:
-    if isinstance(tree, str):
-        if not tree.startswith('"') and tree not in LITERALS:
-            numbers.append(tree)
-        return tree
-    kind, items = tree
-    if kind == "array":
-        parts = [render(item, whitespace, numbers) for item in items]
-        opening, closing = "[", "]"
-    else:
-        parts = [key + whitespace() + ":" + whitespace() + render(value, whitespace, numbers)
-                 for key, value in items]
-        opening, closing = "{", "}"
-    body = ",".join(whitespace() + part + whitespace() for part in parts) if parts else whitespace()
-    return opening + body + closing
-
-
-@st.composite
-def json_texts(draw) -> JsonText:
-    tree = draw(json_trees)
-    numbers: list[str] = []
-    compact = render(tree, lambda: "", numbers)
-    chunks = iter(draw(WHITESPACE_CHUNKS).split("|"))  # one draw for all the gaps: much faster than one each
-    text = render(tree, lambda: next(chunks, ""), [])
-    text = next(chunks, "") + text + next(chunks, "")
-    # Surrogate escapes (\ud800-\udfff, paired or not) are left to msgspec by design.
-    ordinary = (compact.isascii() and all(len(number) <= 32 for number in numbers)
-                and not SURROGATE_ESCAPE.search(compact.encode()))
-    return JsonText(text.encode(), compact.encode(), ordinary)
-
-
-def check_against_msgspec(data: bytes) -> None:
-    """The contract: bytes from compact_json only for what msgspec accepts, and exactly what it returns."""
-    vouched = compact_json(data)
-    if vouched is None:
-        return
-    try:
-        expected = msgspec_compact(data)
-    except msgspec.DecodeError as exc:
-        raise AssertionError(f"compact_json vouched for {data!r}, which msgspec rejects: {exc}") from None
-    assert vouched == expected
-
-
-# -- compact_json --------------------------------------------------------------------
-
-
-@settings(max_examples=250, deadline=None)
-@given(doc=json_texts())
-def test_compact_json_matches_msgspec_on_generated_json(doc):
-    assert msgspec_compact(doc.text) == doc.compact  # the generator agrees with msgspec
-    vouched = compact_json(doc.text)
-    if doc.ordinary:
-        assert vouched == doc.compact  # plain ASCII JSON takes the fast path
-    else:
-        assert vouched is None or vouched == doc.compact
-    assert compact_json(bytearray(doc.text)) == compact_json(memoryview(doc.text)) == vouched
-
-
-JSONISH = list(b' \t\n\r{}[]",:\\/-+.0123456789eEtrufalsnbu\x00\x1f\x7f\x80\xc3\xa9\xff')
-
-
-@settings(max_examples=500, deadline=None)
-@given(data=st.one_of(st.binary(max_size=40), st.lists(st.sampled_from(JSONISH), max_size=40).map(bytes)))
-def test_compact_json_never_vouches_for_random_bytes_msgspec_rejects(data):
-    check_against_msgspec(data)
-
-
-@st.composite
-def mutated_json(draw) -> bytes:
-    data = bytearray(draw(json_texts()).text)
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["insert", "delete", "replace"]))
-        byte = draw(st.one_of(st.sampled_from(JSONISH), st.integers(0, 255)))
-        if op == "insert":
-            data.insert(draw(st.integers(0, len(data))), byte)
-        elif data:
-            at = draw(st.integers(0, len(data) - 1))
-            if op == "delete":
-                del data[at]
-            else:
-                data[at] = byte
-    return bytes(data)
-
-
-@settings(max_examples=250, deadline=None)
-@given(data=mutated_json())
-def test_compact_json_never_vouches_for_mutated_json_msgspec_rejects(data):
-    check_against_msgspec(data)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [b"", b" ", b"01", b"-01", b"[1,]", b'{"a"}', b'{"a":1,}', b'{1:2}', b'"\\x"', b'"\\u12"', b'"\\u12G4"',
-     b"1.", b".5", b"+1", b"-", b"1e", b"1e+", b"nul", b"tru", b"truex", b"NaN", b"Infinity", b"'a'",
-     b'"\x01"', b'"\t"', b'"abc', b"[1] x", b"[1 2]", b'{"a" 1}', b"[", b"[]]", b"1\x00", b"\x0c1",
-     b"\xef\xbb\xbf1"],
-)
-def test_compact_json_rejects_what_msgspec_rejects(data):
-    with pytest.raises(msgspec.DecodeError):
-        msgspec_compact(data)
-    assert compact_json(data) is None
-
-
-@pytest.mark.parametrize(
-    "data, compact",
-    [
-        (b' [ 1 , {"a" : "b\\/\\u00e9"} ] ', b'[1,{"a":"b\\/\\u00e9"}]'),
-        (b"\t\r\n-0.5E+10\n", b"-0.5E+10"),
-        (b'"\x7f\\u0000\\"\\\\"', b'"\x7f\\u0000\\"\\\\"'),
-        (b"-" + b"1" * 31, b"-" + b"1" * 31),  # 32 characters: still vouched for
-        (b"[" * 64 + b"]" * 64, b"[" * 64 + b"]" * 64),
-        (b'{"a":' * 63 + b"[]" + b"}" * 63, b'{"a":' * 63 + b"[]" + b"}" * 63),
-    ],
-)
-def test_compact_json_vouches_for_ordinary_json(data, compact):
-    assert compact_json(data) == msgspec_compact(data) == compact
-
-
-@pytest.mark.parametrize("data", [b'"caf\xc3\xa9"', b"1" * 33, b"[" * 65 + b"]" * 65,
-                                  b'{"a":' * 64 + b"[]" + b"}" * 64])
-def test_compact_json_may_leave_unusual_json_to_msgspec(data):
-    msgspec_compact(data)  # valid JSON
-    assert compact_json(data) is None
-
-
-def test_compact_json_survives_very_deep_nesting():
-    assert compact_json(b"[" * 200_000 + b"]" * 200_000) is None
-    assert compact_json(b'{"a":' * 200_000) is None
-
-
-@pytest.mark.parametrize("data", [b'"\\ud800"', b'"\\udc00"', b'"\\uDBFF\\u0041"', b'["\\ud800\\ud800"]',
-                                  b'{"\\udfff":1}', b'"\\udc00\\ud800"'])
-def test_compact_json_leaves_surrogate_escapes_to_msgspec(data):
-    with pytest.raises(msgspec.DecodeError):
-        msgspec_compact(data)
-    assert compact_json(data) is None
-
-
-def test_a_valid_surrogate_pair_is_left_to_msgspec_too():
-    data = b'["\\uD83D\\uDE00"]'
-    assert msgspec_compact(data) == data
-    assert compact_json(data) is None
-
-
-# -- publish: a fast-path ring and a pure-Python ring, side by side ----------------------
 
 
 @pytest.fixture
