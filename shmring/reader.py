@@ -47,7 +47,7 @@ from .layout import (
 )
 from .liveness import ProcessWatch, current_identity
 from .registry import Registry
-from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, check_memory_model, full_fence, hotpath
+from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, accelerator, check_memory_model, full_fence
 from .filters import Filter
 from .schema import Envelope, decode_envelope
 from .segment import WakeSemaphore, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
@@ -128,6 +128,7 @@ class Reader:
         self._filter = _filter
         self._accept = None if _filter is None else _filter.accepts_slot
         self._taker = None
+        hotpath = accelerator()
         if hotpath is not None:
             try:
                 self._taker = hotpath.RecordTaker(

@@ -60,6 +60,9 @@ __all__ = [
     "check_memory_model",
     "full_fence",
     "RingWriterCore",
+    "PyRingWriterCore",
+    "accelerator",
+    "new_writer_core",
     "RingReaderCore",
     "READY",
     "EMPTY",
@@ -139,7 +142,7 @@ class _WriterState:
         self.closed = 1
 
 
-class RingWriterCore(hotpath.Writer if hotpath is not None else _WriterState):
+class _WriterCore:
     """Writes records into a ring buffer. Single writer; the caller serialises.
 
     ``last_seq`` is the latest seq written. With the accelerator, ``publish``
@@ -219,6 +222,26 @@ class RingWriterCore(hotpath.Writer if hotpath is not None else _WriterState):
 
     def mark_closed(self) -> None:
         U64.pack_into(self.buf, HDR_CLOSED, 1)
+
+
+class PyRingWriterCore(_WriterCore, _WriterState):
+    """The writer core on the pure-Python path."""
+
+    __slots__ = ()
+
+
+RingWriterCore = type("RingWriterCore", (_WriterCore, hotpath.Writer), {"__slots__": ()}) if hotpath else PyRingWriterCore
+"""The writer core on the compiled path where it is built (the same methods over the C type's members)."""
+
+
+def accelerator():
+    """The compiled accelerator to use now, or None: ``SHMRING_PURE_PYTHON=1`` in the environment chooses the
+    pure-Python path for rings and readers made from then on (tests switch it per test)."""
+    return None if os.environ.get("SHMRING_PURE_PYTHON") else hotpath
+
+
+def new_writer_core(buf, capacity: int, data_bytes: int):
+    return (RingWriterCore if accelerator() is not None else PyRingWriterCore)(buf, capacity, data_bytes)
 
 
 class RingReaderCore:

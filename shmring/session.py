@@ -54,7 +54,7 @@ from .layout import (
 )
 from .liveness import current_identity, is_alive
 from .registry import Registry
-from .ring import NO_GATE, RingWriterCore, check_memory_model, full_fence, hotpath
+from .ring import NO_GATE, RingWriterCore, check_memory_model, full_fence, hotpath, new_writer_core
 from .schema import (
     NO_DATA,
     Envelope,
@@ -403,7 +403,7 @@ class CaptureSession:
             unlink_registry_objects(name)
             res.registry = Registry(create_segment(registry_shm_name(name), REGISTRY_BYTES, keep_fd=True))
             res.registry.initialise(epoch)
-            res.core = RingWriterCore(buf, capacity, data_bytes)
+            res.core = new_writer_core(buf, capacity, data_bytes)
             res.gates = _Gates(res.registry, res.core, capacity, float(flusher_grace_s),
                                None if gate_stall_s is None else float(gate_stall_s))
             U64.pack_into(buf, HDR_VERSION, LAYOUT_VERSION)

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from shmring.ring import hotpath
 from shmring.segment import unlink_ring_objects
 
 RUN_PREFIX = f"shmring-test-{os.getpid()}-"
@@ -78,3 +79,20 @@ def nothing_left_in_dev_shm():
         except OSError:
             pass
     assert not left, f"tests left shared-memory objects behind: {left}"
+
+
+@pytest.fixture(params=["compiled", "pure"])
+def ring_path(request, monkeypatch):
+    """Run the test on the compiled accelerator (where it is built) and on the pure-Python reference path.
+
+    The switch is the SHMRING_PURE_PYTHON environment variable: rings and
+    readers made in this process from now on follow it, and spawned children
+    inherit it.
+    """
+    if request.param == "pure":
+        monkeypatch.setenv("SHMRING_PURE_PYTHON", "1")
+    elif hotpath is None:
+        pytest.skip("the accelerator is not built here (or SHMRING_PURE_PYTHON is set): pure Python only")
+    else:
+        monkeypatch.delenv("SHMRING_PURE_PYTHON", raising=False)
+    return request.param

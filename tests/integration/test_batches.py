@@ -17,6 +17,8 @@ from shmring.reader import RawRecord
 from shmring.schema import encode_envelope
 from tests.procs import TIMEOUT_S, make_event, writer
 
+pytestmark = pytest.mark.usefixtures("ring_path")  # each test on the compiled and the pure path
+
 CATEGORIES = ("console", "network", "page", "interaction")
 
 

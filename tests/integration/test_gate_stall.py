@@ -19,7 +19,7 @@ from shmring import CaptureSession, Producer, Reader
 from shmring.flusher import GAPS_FILE
 from shmring.layout import ENTRY_GATING_OFFSET, REG_GATES_CHANGED, U64, entry_offset
 from shmring.stats import ring_stats
-from tests.integration.test_flusher import (  # noqa: F401 - flushers is a fixture
+from tests.integration.test_flusher import (  # noqa: F401, F811 - flushers is a fixture
     finish,
     flushers,
     poll_until,

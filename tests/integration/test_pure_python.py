@@ -2,8 +2,8 @@
 
 ``pip install`` builds ``shmring._hotpath`` when a C compiler is present; a
 machine without one runs the Python in ring.py, session.py and reader.py.
-``SHMRING_PURE_PYTHON=1`` forces that path, so this runs the core's
-multi-process and torn-read tests again under it, in a child pytest.
+``SHMRING_PURE_PYTHON=1`` forces that path; the ``ring_path`` fixture
+(tests/conftest.py) runs the core's tests on both paths.
 """
 
 import os
@@ -24,17 +24,6 @@ def test_the_switch_selects_the_python_path():
     assert out == ["True", "_lock_fence"]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(hotpath is None, reason="the accelerator is not built: the whole suite already runs pure Python")
-def test_core_suite_passes_on_the_pure_python_path():
-    tests = ["tests/integration/test_ring.py", "tests/integration/test_torn_reads.py", "tests/property"]
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-        cwd=ROOT, env={**os.environ, "SHMRING_PURE_PYTHON": "1"}, capture_output=True, text=True, timeout=110,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-
-
 def test_the_accelerator_is_built_where_a_compiler_is():
     import shutil
     import sysconfig
@@ -44,3 +33,14 @@ def test_the_accelerator_is_built_where_a_compiler_is():
     if not (has_compiler and has_headers) or os.environ.get("SHMRING_PURE_PYTHON"):
         pytest.skip("no C compiler or Python headers here: shmring runs pure Python, as designed")
     assert hotpath is not None, "pip install -e . should have built shmring._hotpath; see its build warning"
+
+
+def test_the_ring_path_fixture_really_switches(ring_name, ring_path):
+    from shmring import CaptureSession, Reader
+    from shmring.ring import PyRingWriterCore
+
+    with CaptureSession.create(ring_name, capacity=64, data_bytes=1 << 20) as session, \
+            Reader.attach(ring_name) as reader:
+        pure = ring_path == "pure"
+        assert isinstance(session._res.core, PyRingWriterCore) == pure
+        assert (reader._taker is None) == pure

@@ -27,6 +27,8 @@ from shmring import (
 )
 from tests.procs import TIMEOUT_S, make_event, reader, writer
 
+pytestmark = pytest.mark.usefixtures("ring_path")  # each test on the compiled and the pure path
+
 SMALL = dict(capacity=8, data_bytes=1 << 20)
 
 

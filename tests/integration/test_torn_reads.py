@@ -4,7 +4,11 @@ FORBIDDEN: a record whose checksum or seq does not match its own data; a seq
 delivered out of order; delivered + dropped + filtered != cursor - start.
 """
 
+import pytest
+
 from tests.procs import TIMEOUT_S, checking_reader, torn_read_writer
+
+pytestmark = pytest.mark.usefixtures("ring_path")  # each test on the compiled and the pure path
 
 DURATION_S = 4.0
 

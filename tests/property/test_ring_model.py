@@ -6,6 +6,7 @@ Invariants checked after every step, for every reader:
 and every read returns exactly what the model predicts (event, exact drop, or nothing).
 """
 
+import os
 import uuid
 
 from hypothesis import settings, strategies as st
@@ -103,3 +104,17 @@ class RingModel(RuleBasedStateMachine):
 
 TestRingModel = RingModel.TestCase
 TestRingModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+class TestRingModelPurePython(TestRingModel):
+    """The same model on the pure-Python reference path."""
+
+    def setUp(self):
+        self._pure = os.environ.get("SHMRING_PURE_PYTHON")
+        os.environ["SHMRING_PURE_PYTHON"] = "1"
+
+    def tearDown(self):
+        if self._pure is None:
+            del os.environ["SHMRING_PURE_PYTHON"]
+        else:
+            os.environ["SHMRING_PURE_PYTHON"] = self._pure
