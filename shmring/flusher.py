@@ -15,20 +15,15 @@ Rules:
   checkpoint. Loss that cannot be avoided goes to ``DIR/_gaps.jsonl`` as one
   line per seq range, never silently, and never twice.
 - Lines of another capture session never count as this session's.
-- The directory must be this user's and not writable by group or others; a
-  new one is created 0700 (0750 with ``group_readable``), its files 0600
-  (0640). Every file is opened relative to the checked directory's fd with
-  ``O_NOFOLLOW``; a symlink or other non-regular file where one of the
-  flusher's files belongs is refused before anything is written or cut.
+- Every file operation goes through the checked directory (logdir.py):
+  never through a symlink, never in a directory another user controls.
 """
 
 import argparse
-import errno
 import json
 import os
 import re
 import signal
-import stat
 import sys
 import threading
 import time
@@ -37,6 +32,7 @@ from collections.abc import Iterable
 import msgspec
 
 from .errors import ConfigError, FlushError, RingClosed, ShmringError, WriterGone
+from .logdir import CHECKPOINT_FILE, CHECKPOINT_TMP, GAPS_FILE, LogDirectory, prepare_log_directory
 from .reader import GatingReader, open_ring_info
 from .schema import CATEGORY_PATTERN, validate_category
 from .segment import open_segment, ring_shm_name, validate_ring_name
@@ -44,9 +40,6 @@ from .segment import open_segment, ring_shm_name, validate_ring_name
 __all__ = ["Flusher", "FlushStats", "FSYNC_POLICIES", "prepare_log_directory"]
 
 FSYNC_POLICIES = ("always", "batch", "never")
-GAPS_FILE = "_gaps.jsonl"
-CHECKPOINT_FILE = "_checkpoint.json"
-CHECKPOINT_TMP = CHECKPOINT_FILE + ".tmp"
 BATCH_MAX_LINES = 4096
 MAX_DELAY_S = 0.005
 """The flusher's latency budget: it takes what came in the last few ms in one go (see waiting.py)."""
@@ -54,142 +47,6 @@ STOP_CHECK_S = 1.0
 """With a stop event, how often an idle flusher looks at it."""
 _LINE_HEAD = re.compile(rb'\{"capture_session_id":"((?:[^"\\]|\\.)*)","seq":(\d+),')
 _ROTATED = re.compile(rf"({CATEGORY_PATTERN})\.(\d+)\.jsonl")
-_OWN_FILE = re.compile(rf"{CATEGORY_PATTERN}(\.\d+)?\.jsonl")
-
-
-def _modes(group_readable: bool) -> tuple[int, int]:
-    """(directory mode, file mode) of what the flusher creates."""
-    return (0o750, 0o640) if group_readable else (0o700, 0o600)
-
-
-def _open_directory(path: str, group_readable: bool) -> int:
-    """An fd of log directory `path`, created if missing, after checking that no other user controls it."""
-    path = path.rstrip(os.sep) or os.sep  # a trailing slash would follow a symlink
-    dir_mode = _modes(group_readable)[0]
-    try:
-        os.makedirs(path, dir_mode)
-        created = True
-    except FileExistsError:
-        created = False
-    except OSError as exc:
-        raise FlushError(f"cannot create log directory {path}: {exc.strerror}") from None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            what = "a symbolic link" if os.path.islink(path) else "not a directory"
-            raise FlushError(f"log directory {path} is {what}; give the path of a directory you own, "
-                             "or a new path") from None
-        raise FlushError(f"cannot open log directory {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid():
-            raise FlushError(f"log directory {path} belongs to uid {st.st_uid}, not to this user "
-                             f"(uid {os.geteuid()}), and its owner could plant links in it; use a directory of "
-                             "your own, or a new path")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise FlushError(f"log directory {path} is writable by group or others (mode "
-                             f"{stat.S_IMODE(st.st_mode):04o}); run `chmod go-w` on it, or use a new path")
-        if created:  # exact, whatever the umask; a directory that was there keeps its mode
-            os.fchmod(fd, dir_mode)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def prepare_log_directory(path: str | os.PathLike, *, group_readable: bool = False) -> None:
-    """Create log directory `path` (0700, or 0750), or check an existing one, as a Flusher would.
-
-    Raises FlushError if it is a symbolic link, not a directory, not owned
-    by this user, or writable by group or others.
-    """
-    os.close(_open_directory(os.fspath(path), group_readable))
-
-
-class _LogDirectory:
-    """The checked log directory, held open: every file operation goes through its fd, never a symlink."""
-
-    def __init__(self, path: str, group_readable: bool):
-        self.path = path
-        self.file_mode = _modes(group_readable)[1]
-        self.fd = _open_directory(path, group_readable)
-
-    def check_entries(self) -> list[str]:
-        """Every entry's name; FlushError if one of the flusher's names is not a regular file."""
-        names = os.listdir(self.fd)
-        for name in names:
-            own = name in (GAPS_FILE, CHECKPOINT_FILE, CHECKPOINT_TMP) or _OWN_FILE.fullmatch(name)
-            if own and not stat.S_ISREG(os.lstat(name, dir_fd=self.fd).st_mode):
-                raise self._not_a_file(name)
-        return names
-
-    def open(self, name: str, flags: int) -> int:
-        """Open `name` (a file created here gets exactly the file mode); never a symlink or non-regular file."""
-        # O_NONBLOCK: a FIFO planted there cannot hang the open; it is cleared once the file is known regular.
-        flags |= os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-        try:
-            if flags & os.O_CREAT and not flags & os.O_EXCL:  # create if missing: learn whether it was
-                try:
-                    fd = os.open(name, flags | os.O_EXCL, self.file_mode, dir_fd=self.fd)
-                    created = True
-                except FileExistsError:
-                    fd, created = os.open(name, flags & ~os.O_CREAT, dir_fd=self.fd), False
-            else:
-                fd, created = os.open(name, flags, self.file_mode, dir_fd=self.fd), bool(flags & os.O_CREAT)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENXIO):
-                raise self._not_a_file(name) from None
-            raise
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise self._not_a_file(name)
-            os.set_blocking(fd, True)
-            if created and stat.S_IMODE(st.st_mode) != self.file_mode:
-                os.fchmod(fd, self.file_mode)  # the umask may have taken bits off
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def open_file(self, name: str, mode: str):
-        """A Python file object for reading ('rb') or repairing ('rb+') `name`."""
-        return os.fdopen(self.open(name, os.O_RDWR if "+" in mode else os.O_RDONLY), mode)
-
-    def create_exclusive(self, name: str) -> int:
-        """A new, empty `name` for writing; a stale one (the flusher's own, or a link) is removed first."""
-        try:
-            os.unlink(name, dir_fd=self.fd)  # unlink never follows a link
-        except FileNotFoundError:
-            pass
-        return self.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-
-    def rename_new(self, src: str, dst: str) -> None:
-        """Rename `src` to `dst`, which must not exist (a rotation never replaces anything)."""
-        try:
-            os.lstat(dst, dir_fd=self.fd)
-        except FileNotFoundError:
-            os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-            return
-        raise FlushError(f"cannot rotate {self.join(src)}: {self.join(dst)} already exists and the flusher "
-                         "did not expect it; move it away and restart the flusher")
-
-    def replace(self, src: str, dst: str) -> None:
-        os.replace(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-
-    def join(self, name: str) -> str:
-        return os.path.join(self.path, name)
-
-    def _not_a_file(self, name: str) -> FlushError:
-        return FlushError(f"{self.join(name)} is a symbolic link or another non-regular file where the flusher "
-                          "keeps one of its files, and was left alone; remove it (was the directory tampered "
-                          "with?) and restart the flusher")
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class FlushStats(dict):
@@ -201,7 +58,7 @@ class _CategoryFile:
 
     __slots__ = ("directory", "category", "rotated", "fd", "size", "dirty")
 
-    def __init__(self, directory: _LogDirectory, category: str, rotated: int):
+    def __init__(self, directory: LogDirectory, category: str, rotated: int):
         self.directory = directory
         self.category = category
         self.rotated = rotated
@@ -275,7 +132,7 @@ class Flusher:
         self.fsync_every_lines = 1 if fsync == "always" else fsync_every_lines
         self.fsync_every_s = fsync_every_s
         self.max_file_bytes = max_file_bytes
-        self._dir = _LogDirectory(self.directory, bool(group_readable))
+        self._dir = LogDirectory(self.directory, bool(group_readable))
         self._files: dict[bytes, _CategoryFile] = {}
         self._closed = False
         self._failed = False

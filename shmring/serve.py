@@ -23,7 +23,7 @@ import threading
 import time
 
 from .errors import ConfigError, RingNotFound, ShmringError
-from .flusher import prepare_log_directory
+from .logdir import prepare_log_directory
 from .ingest import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_CONNECTIONS,

@@ -73,6 +73,7 @@ LAYERS = {
     "schema": 4,
     "filters": 5, "registry": 5,
     "session": 6, "reader": 6,
+    "logdir": 5,
     "archive": 7, "flusher": 7, "ingest": 7, "producer": 7, "stats": 7, "cleanup": 7,
     "cdp": 8,
     "serve": 9, "demo": 9,
