@@ -63,22 +63,31 @@ MAX_DELAY_S_LIMIT = 10.0
 
 
 class ReadResult(msgspec.Struct, frozen=True):
-    """One step of a stream: an envelope, or a count of events lost here."""
+    """One step of a stream: an envelope, or the events lost here.
+
+    A drop gives the count and the inclusive seq range lost:
+    ``dropped == dropped_to - dropped_from + 1``.
+    """
 
     envelope: Envelope | None = None
     dropped: int = 0
+    dropped_from: int = 0
+    dropped_to: int = 0
 
 
 class RawRecord(msgspec.Struct, frozen=True):
     """One step of a stream, undecoded: an envelope's JSON as the writer encoded it, or a drop.
 
-    A drop is ``RawRecord(seq=<last lost seq>, category="", payload=b"", dropped=N)``.
+    A drop is ``RawRecord(seq=<last lost seq>, category="", payload=b"", dropped=N)``, with the
+    inclusive range lost in ``dropped_from`` and ``dropped_to`` (= seq).
     """
 
     seq: int
     category: str
     payload: bytes
     dropped: int = 0
+    dropped_from: int = 0
+    dropped_to: int = 0
 
 
 class RingInfo(msgspec.Struct):
@@ -282,7 +291,8 @@ class Reader:
             envelope = self._take_decoded(seq)
             if envelope is not None:
                 if envelope is False:  # whole, but not seq's envelope
-                    return ReadResult(dropped=self._drop_to(seq))
+                    self._drop_to(seq)
+                    return ReadResult(dropped=1, dropped_from=seq, dropped_to=seq)
                 self._cursor = seq
                 self._delivered += 1
                 self._unpublished += 1
@@ -293,12 +303,12 @@ class Reader:
         if taken is None:
             return None
         if type(taken) is int:
-            return ReadResult(dropped=taken)
+            return ReadResult(dropped=taken, dropped_from=self._cursor - taken + 1, dropped_to=self._cursor)
         envelope = _decode_checked(taken[1], taken[0])
         if envelope is None:
             self._delivered -= 1
             self._dropped += 1
-            return ReadResult(dropped=1)
+            return ReadResult(dropped=1, dropped_from=taken[0], dropped_to=taken[0])
         return ReadResult(envelope)
 
     def read_many(self, max_events: int = 1024, timeout: float | None = None) -> list[ReadResult]:
@@ -336,7 +346,7 @@ class Reader:
         try:
             while True:
                 if type(taken) is int:
-                    records.append(RawRecord(self._cursor, "", b"", taken))
+                    records.append(RawRecord(self._cursor, "", b"", taken, self._cursor - taken + 1, self._cursor))
                 else:
                     seq, payload, fields = taken
                     records.append(RawRecord(seq, names.get(fields[8]) or self._category_name(fields[8]), payload))

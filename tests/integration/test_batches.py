@@ -26,7 +26,8 @@ def steps_by_read(reader):
     out = []
     try:
         while (r := reader.read(timeout=TIMEOUT_S)) is not None:
-            out.append(("drop", r.dropped) if r.dropped else (r.envelope.seq, encode_envelope(r.envelope)))
+            out.append(("drop", r.dropped, r.dropped_from, r.dropped_to) if r.dropped
+                       else (r.envelope.seq, encode_envelope(r.envelope)))
     except (RingClosed, WriterGone) as exc:
         out.append(type(exc).__name__)
     return out
@@ -37,7 +38,8 @@ def steps_by_read_many(reader, max_events):
     try:
         while batch := reader.read_many(max_events, timeout=TIMEOUT_S):
             assert 1 <= len(batch) <= max_events
-            out += [("drop", r.dropped) if r.dropped else (r.envelope.seq, encode_envelope(r.envelope)) for r in batch]
+            out += [("drop", r.dropped, r.dropped_from, r.dropped_to) if r.dropped
+                    else (r.envelope.seq, encode_envelope(r.envelope)) for r in batch]
     except (RingClosed, WriterGone) as exc:
         out.append(type(exc).__name__)
     return out
@@ -51,8 +53,8 @@ def steps_by_read_raw_many(reader, max_events):
             for rec in batch:
                 assert type(rec) is RawRecord
                 if rec.dropped:
-                    assert (rec.category, rec.payload) == ("", b"")
-                    out.append(("drop", rec.dropped))
+                    assert (rec.category, rec.payload, rec.dropped_to) == ("", b"", rec.seq)
+                    out.append(("drop", rec.dropped, rec.dropped_from, rec.dropped_to))
                 else:
                     assert rec.category == msgspec.json.decode(rec.payload)["event"]["category"]
                     out.append((rec.seq, rec.payload))
@@ -75,7 +77,7 @@ def test_batches_give_the_same_stream_as_read_after_overwrite_and_close(ring_nam
             session.publish(make_event(i, CATEGORIES[i % 4]))  # 300 into 64 slots: the start is overwritten
         session.close()
         expected = steps_by_read(readers[0])
-        assert expected[0] == ("drop", 300 - 64) and expected[-1] == "RingClosed"
+        assert expected[0] == ("drop", 300 - 64, 1, 300 - 64) and expected[-1] == "RingClosed"
         assert steps_by_read_many(readers[1], 7) == expected
         assert steps_by_read_many(readers[2], 1024) == expected
         assert steps_by_read_raw_many(readers[3], 7) == expected
@@ -104,7 +106,7 @@ def test_batches_give_the_same_stream_as_read_after_a_writer_sigkill(ring_name, 
         w.join(TIMEOUT_S)
         for plain, first in ((readers[0], 0), (readers[1], 1)):
             expected = steps_by_read(plain)
-            assert expected[-1] == "WriterGone" and expected[-2] == ("drop", 1)  # the half-written slot
+            assert expected[-1] == "WriterGone" and expected[-2] == ("drop", 1, 201, 201)  # the half-written slot
             assert steps_by_read_many(readers[first + 2], 5) == expected
             assert steps_by_read_raw_many(readers[first + 4], 5) == expected
             for r in (readers[first + 2], readers[first + 4]):

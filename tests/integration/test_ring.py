@@ -158,7 +158,7 @@ def test_resume_before_oldest_reports_exact_drop_then_continues(ring_name):
         publish(s, 10)  # ring holds 7..10
         with Reader.attach(ring_name, after_seq=1) as r:
             results = read_all(r)
-    assert results[0] == ReadResult(dropped=5)  # seqs 2..6
+    assert results[0] == ReadResult(dropped=5, dropped_from=2, dropped_to=6)
     assert [res.envelope.seq for res in results[1:]] == [7, 8, 9, 10]
 
 
@@ -168,14 +168,14 @@ def test_from_start_reports_oldest_minus_one(ring_name):
         with Reader.attach(ring_name, after_seq=0) as r:
             results = read_all(r)
             assert r.cursor == 10 and r.dropped == 6 and r.delivered == 4
-    assert results[0] == ReadResult(dropped=6)
+    assert results[0] == ReadResult(dropped=6, dropped_from=1, dropped_to=6)
 
 
 def test_overflow_with_existing_reader(ring_name):
     with CaptureSession.create(ring_name, capacity=2) as s:
         with Reader.attach(ring_name, after_seq=0) as r:
             publish(s, 3)
-            assert r.read(timeout=1) == ReadResult(dropped=1)
+            assert r.read(timeout=1) == ReadResult(dropped=1, dropped_from=1, dropped_to=1)
             assert r.read(timeout=1).envelope.seq == 2
             assert r.read(timeout=1).envelope.seq == 3
 
@@ -187,7 +187,7 @@ def test_writer_never_waits_for_readers(ring_name):
         publish(s, 1000)
         assert time.monotonic() - started < 5
         for r in readers:
-            assert r.read(timeout=1) == ReadResult(dropped=998)
+            assert r.read(timeout=1) == ReadResult(dropped=998, dropped_from=1, dropped_to=998)
             r.close()
 
 
@@ -383,7 +383,7 @@ def test_slot_left_half_written_by_dead_writer_is_skipped_and_counted(ring_name,
         for _ in range(10):
             results.append(r.read(timeout=TIMEOUT_S))
     assert [res.envelope.seq for res in results[:3]] == [1, 2, 3]
-    assert results[3:] == [ReadResult(dropped=1)]
+    assert results[3:] == [ReadResult(dropped=1, dropped_from=4, dropped_to=4)]
     assert r.cursor == 4
     with pytest.raises(WriterGone):  # the end state sticks
         r.read(timeout=0)

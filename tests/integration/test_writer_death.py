@@ -49,7 +49,7 @@ def test_polling_reader_gets_the_counted_drop_then_writer_gone(dead_mid_write, t
                     results.append(res)
         ended_after = time.monotonic() - killed_at
         assert [res.envelope.seq for res in results[:3]] == [1, 2, 3]
-        assert results[3:] == [ReadResult(dropped=1)]
+        assert results[3:] == [ReadResult(dropped=1, dropped_from=4, dropped_to=4)]
         assert (r.delivered, r.dropped, r.cursor) == (3, 1, 4)
         assert ended_after < END_BOUND_S
 

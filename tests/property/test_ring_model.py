@@ -63,7 +63,8 @@ class RingModel(RuleBasedStateMachine):
         if expected is None:
             assert got is None
         elif expected[0] == "drop":
-            assert got == ReadResult(dropped=expected[1])
+            first = s["cursor"] + 1  # the model's cursor, before this step
+            assert got == ReadResult(dropped=expected[1], dropped_from=first, dropped_to=first + expected[1] - 1)
             s["resynced_at"] = r.cursor
         else:
             expected = expected[1]
