@@ -30,6 +30,7 @@ from shmring import Producer, PublishRejected, Reader, ShmringError
 from shmring.errors import ConfigError
 from shmring.ingest import MAX_LINE_BYTES
 from shmring.stats import ring_stats
+from tests.integration.test_ingest_limits import replies_until_end
 from tests.procs import TIMEOUT_S, writer
 
 SHMRING = [sys.executable, "-m", "shmring"]
@@ -590,20 +591,6 @@ def send_until_closed(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data)
     except (BrokenPipeError, ConnectionResetError):
         pass
-
-
-def replies_until_end(sock: socket.socket) -> list[dict]:
-    """Every reply line until the server ends the connection (EOF, or a reset if input was left unread)."""
-    buffer = bytearray()
-    while True:
-        try:
-            chunk = sock.recv(1 << 16)
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            break
-        buffer += chunk
-    return [json.loads(raw) for raw in buffer.splitlines()]
 
 
 def test_a_connection_over_the_cap_is_told_and_closed(ring_name, serve):
