@@ -37,8 +37,9 @@ from collections.abc import Iterable
 import msgspec
 
 from .errors import ConfigError, FlushError, RingClosed, ShmringError, WriterGone
+from .header import open_ring_info
 from .layout import ROLE_FLUSHER
-from .reader import Reader, open_ring_info
+from .reader import Reader
 from .schema import validate_category
 from .segment import open_segment, ring_shm_name, validate_ring_name
 

@@ -28,26 +28,17 @@ import weakref
 import msgspec
 
 from .errors import ConfigError, RingBusy, RingClosed, RingNotFound
+from .header import mark_attachable, read_owner, write_header
 from .layout import (
     ACCELERATOR_LAYOUT,
-    CONFIG,
     DETAIL_CODES,
     FLAG_TRUNCATED,
-    HDR_CONFIG,
-    HDR_MAGIC,
-    HDR_SESSION_ID,
-    HDR_VERSION,
-    HEADER_BYTES,
     KIND_CODES,
-    LAYOUT_VERSION,
-    MAGIC,
     MAX_RECORD_BYTES,
     REG_GATES_CHANGED,
     REG_SCAN_END,
     REG_WAIT_FLAGS,
     REGISTRY_BYTES,
-    SESSION_ID,
-    U64,
     category_field,
     ring_bytes,
 )
@@ -113,12 +104,9 @@ def _reclaim_stale(name: str) -> None:
     except RingNotFound:
         return
     try:
-        if mapping.size >= HEADER_BYTES:
-            _, _, pid, start_time, _, _, _ = CONFIG.unpack_from(mapping.buf, HDR_CONFIG)
-            if is_alive(pid, start_time):
-                raise RingBusy(
-                    f"ring {name!r} is served by a live writer (pid {pid}); stop it or choose another name"
-                )
+        owner = read_owner(mapping)
+        if owner is not None and is_alive(*owner):
+            raise RingBusy(f"ring {name!r} is served by a live writer (pid {owner[0]}); stop it or choose another name")
     finally:
         mapping.close()
     unlink_ring_objects(name)
@@ -390,18 +378,16 @@ class CaptureSession:
         try:
             epoch = secrets.randbits(63) | 1
             buf = res.ring.buf
-            CONFIG.pack_into(buf, HDR_CONFIG, capacity, data_bytes, pid, start_time, epoch,
-                             time.time_ns() // 1000, int(flusher_grace_s * 1e6))
-            encoded_id = capture_session_id.encode()
-            SESSION_ID.pack_into(buf, HDR_SESSION_ID, len(encoded_id), encoded_id)
+            write_header(buf, capacity=capacity, data_bytes=data_bytes, pid=pid, start_time=start_time, epoch=epoch,
+                         created_us=time.time_ns() // 1000, flusher_grace_s=flusher_grace_s,
+                         capture_session_id=capture_session_id)
             unlink_registry_objects(name)
             res.registry = Registry(create_segment(registry_shm_name(name), REGISTRY_BYTES, keep_fd=True))
             res.registry.initialise(epoch)
             res.core = RingWriterCore(buf, capacity, data_bytes)
             res.gates = _Gates(res.registry, res.core, capacity, float(flusher_grace_s),
                                None if gate_stall_s is None else float(gate_stall_s))
-            U64.pack_into(buf, HDR_VERSION, LAYOUT_VERSION)
-            U64.pack_into(buf, HDR_MAGIC, MAGIC)  # last: the ring is now attachable
+            mark_attachable(buf)  # last: the ring is now attachable
         except BaseException:
             res.close()
             raise

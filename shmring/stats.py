@@ -13,9 +13,8 @@ import re
 import time
 
 from .errors import IncompatibleRing, RingNotFound, ShmringError
-from .layout import CONFIG, HDR_CONFIG, HEADER_BYTES
+from .header import open_ring_info, read_owner
 from .liveness import is_alive
-from .reader import open_ring_info
 from .registry import Registry
 from .ring import RingReaderCore
 from .segment import (
@@ -104,12 +103,12 @@ def _writer_of(name: str) -> tuple[bool, bool]:
             complete = True
         except IncompatibleRing:
             complete = False
-        if ring.size < HEADER_BYTES:
-            return complete, False
-        _, _, pid, start_time, _, _, _ = CONFIG.unpack_from(ring.buf, HDR_CONFIG)
+        owner = read_owner(ring)
     finally:
         ring.close()
-    if is_alive(pid, start_time):
+    if owner is None:
+        return complete, False
+    if is_alive(*owner):
         return complete, True
     if not complete:
         age = time.time() - os.stat(f"/dev/shm/shmring.{name}").st_ctime

@@ -61,3 +61,15 @@ def test_only_cli_prints():
         if path.stem == "flusher":  # its standalone main() prints its one-line errors
             continue
         assert not calls, f"{path.stem} prints"
+
+
+def names_used(path: pathlib.Path) -> set[str]:
+    """Names a module reads or writes in its code (its imports left out)."""
+    return {n.id for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Name)}
+
+
+def test_only_the_header_module_reads_or_writes_the_ring_header():
+    header_fields = {"CONFIG", "HDR_CONFIG", "HDR_MAGIC", "HDR_VERSION", "HDR_SESSION_ID", "SESSION_ID", "MAGIC"}
+    for path in (ROOT / "shmring").glob("*.py"):
+        if path.stem not in ("header", "layout"):
+            assert not names_used(path) & header_fields, f"{path.stem} parses the ring header itself"
