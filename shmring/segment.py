@@ -6,6 +6,8 @@ Rules:
   Names may not contain ``+``, so no ring's objects collide with another's.
 - ``close`` releases this process's handle; ``unlink`` removes the name once.
   Both are idempotent.
+- Every ``/dev/shm`` path is built here: other modules ask ``ring_exists``,
+  ``ring_age_s`` and ``orphaned_ring_names`` rather than look for files.
 - File descriptors are closed as soon as they are not needed, except the
   registry's, which readers keep for ``flock``: the kernel drops that lock
   when its holder dies, so a killed reader never wedges the registry.
@@ -17,6 +19,7 @@ import fcntl
 import mmap
 import os
 import re
+import time
 
 import posix_ipc
 
@@ -36,11 +39,18 @@ __all__ = [
     "unlink_ring_objects",
     "unlink_registry_objects",
     "list_ring_names",
+    "ring_exists",
+    "ring_age_s",
+    "orphaned_ring_names",
+    "unlink_orphan",
 ]
 
 _RING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _SHM_DIR = "/dev/shm"
 _PREFIX = "shmring."
+_REGISTRY_OR_WAKE = re.compile(r"(?:sem\.)?shmring\.([^+]+)\+(?:readers|wake(\d+))")
+"""An entry of /dev/shm holding a ring's registry (``shmring.NAME+readers``) or a wake semaphore
+(``sem.shmring.NAME+wakeI``, as glibc names POSIX semaphores)."""
 
 
 def validate_ring_name(name: object) -> str:
@@ -219,10 +229,59 @@ def unlink_registry_objects(name: str) -> None:
             posix_ipc.unlink_semaphore(wake_sem_name(name, index))
 
 
-def list_ring_names() -> list[str]:
-    """Names of the ring segments on this machine, sorted."""
+def _entries() -> list[str]:
     try:
-        entries = os.listdir(_SHM_DIR)
+        return os.listdir(_SHM_DIR)
     except FileNotFoundError:
         return []
-    return sorted(e[len(_PREFIX):] for e in entries if e.startswith(_PREFIX) and "+" not in e)
+
+
+def list_ring_names() -> list[str]:
+    """Names of the ring segments on this machine, sorted."""
+    return sorted(e[len(_PREFIX):] for e in _entries() if e.startswith(_PREFIX) and "+" not in e)
+
+
+def _ring_path(name: str) -> str:
+    return os.path.join(_SHM_DIR, ring_shm_name(name)[1:])
+
+
+def ring_exists(name: str) -> bool:
+    """True while the ring segment of `name` exists (complete or not)."""
+    return os.path.exists(_ring_path(name))
+
+
+def ring_age_s(name: str) -> float:
+    """Seconds since the ring segment of `name` was created (its inode last changed); RingNotFound if none."""
+    try:
+        created = os.stat(_ring_path(name)).st_ctime
+    except FileNotFoundError:
+        raise RingNotFound(f"shared-memory segment {ring_shm_name(name)} does not exist") from None
+    return time.time() - created
+
+
+def orphaned_ring_names() -> list[str]:
+    """Names whose registry or wake semaphores are left without a ring segment, sorted."""
+    names = {m[1] for m in map(_REGISTRY_OR_WAKE.fullmatch, _entries()) if m}
+    return sorted(name for name in names if not ring_exists(name))
+
+
+def unlink_orphan(name: str) -> bool:
+    """Remove the registry and wake semaphores of `name` unless its ring exists; True if any was removed.
+
+    Objects another user owns are left alone.
+    """
+    if ring_exists(name):
+        return False
+    removed = False
+    for match in map(_REGISTRY_OR_WAKE.fullmatch, _entries()):
+        if match is None or match[1] != name:
+            continue
+        try:
+            if match[2] is None:
+                posix_ipc.unlink_shared_memory(registry_shm_name(name))
+            else:
+                posix_ipc.unlink_semaphore(wake_sem_name(name, int(match[2])))
+        except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
+            continue
+        removed = True
+    return removed

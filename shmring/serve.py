@@ -15,7 +15,6 @@ Rules:
 """
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from .ingest import (
     prepare_socket_path,
     validate_ingest_limits,
 )
-from .segment import validate_ring_name
+from .segment import ring_exists, validate_ring_name
 from .session import CaptureSession
 from .stats import ring_stats
 
@@ -71,7 +70,7 @@ class FlusherSupervisor:
             code = self.proc.wait()
             if self._closing.is_set() and code == 0:
                 return
-            if self._closing.is_set() and not _ring_exists(self.name):
+            if self._closing.is_set() and not ring_exists(self.name):
                 return
             self.log(f"flusher (pid {self.proc.pid}) exited with status {code}; restarting it")
             time.sleep(self.RESTART_DELAY_S)
@@ -120,10 +119,6 @@ class FlusherSupervisor:
                 proc.wait()
         self._thread.join(timeout_s)
         return self.proc.returncode
-
-
-def _ring_exists(name: str) -> bool:
-    return os.path.exists(f"/dev/shm/shmring.{name}")
 
 
 class CaptureChild:

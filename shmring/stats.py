@@ -8,8 +8,6 @@ Rules:
   is gone.
 """
 
-import os
-import re
 import time
 
 from .errors import IncompatibleRing, RingNotFound, ShmringError
@@ -20,8 +18,11 @@ from .ring import RingReaderCore
 from .segment import (
     list_ring_names,
     open_segment,
+    orphaned_ring_names,
     registry_shm_name,
+    ring_age_s,
     ring_shm_name,
+    unlink_orphan,
     unlink_ring_objects,
     validate_ring_name,
 )
@@ -29,7 +30,6 @@ from .segment import (
 __all__ = ["ring_stats", "list_rings", "collect_garbage"]
 
 _CREATION_WINDOW_S = 5.0
-_ORPHAN = re.compile(r"(?:sem\.)?shmring\.(.+)\+(?:readers|wake\d+)")
 
 
 def ring_stats(name: str, *, sample_s: float = 0.0) -> dict:
@@ -111,8 +111,7 @@ def _writer_of(name: str) -> tuple[bool, bool]:
     if is_alive(*owner):
         return complete, True
     if not complete:
-        age = time.time() - os.stat(f"/dev/shm/shmring.{name}").st_ctime
-        return complete, age < _CREATION_WINDOW_S
+        return complete, ring_age_s(name) < _CREATION_WINDOW_S
     return complete, False
 
 
@@ -128,13 +127,8 @@ def collect_garbage() -> list[str]:
         if not alive:
             unlink_ring_objects(name)
             removed.append(name)
-    for entry in os.listdir("/dev/shm"):
-        orphan = _ORPHAN.fullmatch(entry)
-        if orphan and orphan[1] not in names and not os.path.exists(f"/dev/shm/shmring.{orphan[1]}"):
-            try:
-                os.unlink(os.path.join("/dev/shm", entry))
-            except (FileNotFoundError, PermissionError):
-                continue
-            if orphan[1] not in removed:
-                removed.append(orphan[1])
+    for name in orphaned_ring_names():
+        # A ring listed above that is gone now was closed meanwhile: its writer removes the rest itself.
+        if name not in names and unlink_orphan(name) and name not in removed:
+            removed.append(name)
     return removed

@@ -73,3 +73,11 @@ def test_only_the_header_module_reads_or_writes_the_ring_header():
     for path in (ROOT / "shmring").glob("*.py"):
         if path.stem not in ("header", "layout"):
             assert not names_used(path) & header_fields, f"{path.stem} parses the ring header itself"
+
+
+def test_only_segment_names_dev_shm():
+    for path in (ROOT / "shmring").glob("*.py"):
+        if path.stem != "segment":
+            strings = [n.value for n in ast.walk(ast.parse(path.read_text()))
+                       if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+            assert not [s for s in strings if "/dev/shm" in s], f"{path.stem} builds /dev/shm paths"
