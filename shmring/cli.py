@@ -223,7 +223,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    from .stats import collect_garbage
+    from .cleanup import collect_garbage
 
     removed = collect_garbage()
     for name in removed:
