@@ -18,6 +18,7 @@ from .errors import (
     UnsupportedPlatform,
     WriterGone,
 )
+from .flusher import Flusher
 from .producer import Producer, PublishRejected
 from .reader import Filter, Reader, ReadResult
 from .schema import Envelope, Event, Source
@@ -48,13 +49,3 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
-
-
-def __getattr__(name: str):
-    # Imported on first use, so `python -m shmring.flusher` does not find the
-    # module already imported by the package.
-    if name == "Flusher":
-        from .flusher import Flusher
-
-        return Flusher
-    raise AttributeError(f"module 'shmring' has no attribute {name!r}")

@@ -8,7 +8,7 @@ Rules:
   a flusher being restarted is given time to attach; the ring is closed,
   which waits until the flusher has written the last event; the ring is
   removed; the flusher process exits on its own.
-- The flusher runs as ``python -m shmring.flusher`` in its own session
+- The flusher runs as ``python -m shmring flush`` in its own session
   (process group), so a Ctrl-C aimed at the terminal's group cannot kill it
   before it drains. It is restarted if it dies, until the ring is closed.
 - Nothing here prints: progress goes to the ``log`` callback.
@@ -56,7 +56,7 @@ class FlusherSupervisor:
         self._thread = threading.Thread(target=self._watch, name="flusher-supervisor", daemon=True)
 
     def _spawn(self) -> None:
-        command = [sys.executable, "-m", "shmring.flusher", self.name, self.directory, "--fsync", self.fsync]
+        command = [sys.executable, "-m", "shmring", "flush", self.name, self.directory, "--fsync", self.fsync]
         if self.group_readable:
             command.append("--group-readable")
         self.proc = subprocess.Popen(command, start_new_session=True)

@@ -6,7 +6,7 @@ What runs, each in its own process:
 - ``--readers`` readers, kinds in turn: fast, slow (burns ``--slow-us`` of CPU
   per event), filtered (``Filter(categories=["network"])``), filtered and slow
   (``["console", "page"]``);
-- a flusher, ``python -m shmring.flusher NAME DIR``.
+- a flusher, ``python -m shmring flush NAME DIR`` (what ``serve --log-dir`` runs).
 
 Faults, injected at random (``--seed``) for a bounded time, then stopped:
 - SIGKILL of a reader, restarted 0.1-0.5 s later as a new reader: every other
@@ -401,7 +401,7 @@ class Stress:
         self.writer = self._spawn("writer", "writer", self._child_argv("_writer", cfg), cfg)
 
     def start_flusher(self) -> Child:
-        argv = [sys.executable, "-m", "shmring.flusher", self.name, self.log_dir]
+        argv = [sys.executable, "-m", "shmring", "flush", self.name, self.log_dir]
         self.flusher = self._spawn("flusher", "flusher", argv, {})
         return self.flusher
 

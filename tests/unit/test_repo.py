@@ -52,16 +52,37 @@ def test_the_ring_core_makes_no_os_calls():
     assert imports_of("layout") <= {"struct"}
 
 
-def test_only_cli_prints():
-    for path in (ROOT / "shmring").glob("*.py"):
-        if path.stem in ("cli",):
-            continue
-        tree = ast.parse(path.read_text())
-        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print"]
-        if path.stem == "flusher":  # its standalone main() prints its one-line errors
-            continue
-        assert not calls, f"{path.stem} prints"
+EXITS = {("sys", "exit"), ("os", "_exit"), ("os", "abort")}
+PRINTS_OR_EXITS = {"print", "exit", "quit", "SystemExit"}
 
+
+def prints_or_exits(path: pathlib.Path) -> list[str]:
+    """Each print, exit, quit, SystemExit, sys.exit, os._exit or os.abort a module names, by line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Name) and node.id in PRINTS_OR_EXITS:
+            found.append(f"line {node.lineno}: {node.id}")
+        elif isinstance(node, ast.Attribute) and (getattr(node.value, "id", None), node.attr) in EXITS:
+            found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and node.module in ("sys", "os", "builtins"):
+            found += [f"line {node.lineno}: from {node.module} import {a.name}" for a in node.names
+                      if a.name in PRINTS_OR_EXITS or (node.module, a.name) in EXITS]
+    return found
+
+
+def test_only_the_cli_prints_or_exits():
+    allowed = {ROOT / "shmring" / "cli.py", ROOT / "shmring" / "__main__.py"}
+    for path in sorted((ROOT / "shmring").rglob("*.py")):
+        if path not in allowed:
+            assert not prints_or_exits(path), f"{path.relative_to(ROOT)} prints or exits: {prints_or_exits(path)}"
+
+
+def test_the_print_and_exit_rule_sees_each_form(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import os, sys\nfrom sys import exit as leave\nprint('x')\nsys.exit(1)\nos._exit(1)\n"
+                      "raise SystemExit(2)\nexit()\n")
+    assert sorted(line.split(": ")[1] for line in prints_or_exits(module)) == sorted(
+        ["from sys import exit", "print", "sys.exit", "os._exit", "SystemExit", "exit"])
 
 def names_used(path: pathlib.Path) -> set[str]:
     """Names a module reads or writes in its code (its imports left out)."""
