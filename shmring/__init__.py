@@ -11,15 +11,21 @@ from .errors import (
     FlushError,
     IncompatibleRing,
     InvalidEvent,
+    ProducerError,
+    PublishRejected,
+    ReaderClosed,
+    RegistryFull,
     RingBusy,
     RingClosed,
     RingNotFound,
+    ServeError,
     ShmringError,
+    SocketPathError,
     UnsupportedPlatform,
     WriterGone,
 )
 from .flusher import Flusher
-from .producer import Producer, PublishRejected
+from .producer import Producer
 from .reader import Filter, Reader, ReadResult
 from .schema import Envelope, Event, Source
 from .session import CaptureSession
@@ -37,15 +43,20 @@ __all__ = [
     "PublishRejected",
     "ShmringError",
     "ConfigError",
+    "SocketPathError",
     "InvalidEvent",
     "EventTooLarge",
     "RingNotFound",
     "RingBusy",
     "IncompatibleRing",
     "RingClosed",
+    "ReaderClosed",
     "WriterGone",
+    "RegistryFull",
     "UnsupportedPlatform",
     "FlushError",
+    "ProducerError",
+    "ServeError",
 ]
 
 __version__ = "0.1.0"

@@ -52,16 +52,16 @@ def open_ring_info(name: str, mapping) -> RingInfo:
     """Check that `mapping` is a ring of this layout and read its header."""
     buf = mapping.buf
     if mapping.size < HEADER_BYTES or U64.unpack_from(buf, HDR_MAGIC)[0] != MAGIC:
-        raise IncompatibleRing(f"{ring_shm_name(name)} is not a shmring ring (or is still being created)")
+        raise IncompatibleRing(f"{ring_shm_name(name)} is not a shmring ring (or is still being created)", name=name)
     version = U64.unpack_from(buf, HDR_VERSION)[0]
     if version != LAYOUT_VERSION:
         raise IncompatibleRing(
             f"ring {name!r} has layout version {version}; this shmring reads version {LAYOUT_VERSION}. "
-            "Use the same shmring version as the writer"
+            "Use the same shmring version as the writer", name=name
         )
     capacity, data_bytes, pid, start_time, epoch, created_us, grace_us = CONFIG.unpack_from(buf, HDR_CONFIG)
     if mapping.size < ring_bytes(capacity, data_bytes):
-        raise IncompatibleRing(f"ring {name!r} is shorter than its header says; it is damaged")
+        raise IncompatibleRing(f"ring {name!r} is shorter than its header says; it is damaged", name=name)
     length, raw_id = SESSION_ID.unpack_from(buf, HDR_SESSION_ID)
     return RingInfo(name, raw_id[:length].decode(), capacity, data_bytes, pid, start_time, epoch, created_us,
                     grace_us / 1e6)

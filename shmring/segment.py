@@ -30,6 +30,7 @@ __all__ = [
     "Mapping",
     "validate_ring_name",
     "ring_shm_name",
+    "ring_name_of",
     "registry_shm_name",
     "wake_sem_name",
     "create_segment",
@@ -66,6 +67,13 @@ def ring_shm_name(name: str) -> str:
     return f"/{_PREFIX}{name}"
 
 
+def ring_name_of(shm_name: str) -> str | None:
+    """The ring that segment or semaphore `shm_name` belongs to (None if it is not a shmring name)."""
+    if not shm_name.startswith(f"/{_PREFIX}"):
+        return None
+    return shm_name[len(_PREFIX) + 1:].split("+", 1)[0]
+
+
 def registry_shm_name(name: str) -> str:
     return f"/{_PREFIX}{name}+readers"
 
@@ -75,14 +83,15 @@ def wake_sem_name(name: str, index: int) -> str:
 
 
 class Mapping:
-    """One mapped segment: ``buf`` is the mmap; ``fd`` is kept only if asked."""
+    """One mapped segment: ``buf`` is the mmap; ``fd`` is kept only if asked; ``shm_name`` is its name."""
 
-    __slots__ = ("buf", "fd", "size")
+    __slots__ = ("buf", "fd", "size", "shm_name")
 
-    def __init__(self, buf: mmap.mmap, fd: int | None, size: int):
+    def __init__(self, buf: mmap.mmap, fd: int | None, size: int, shm_name: str | None = None):
         self.buf = buf
         self.fd = fd
         self.size = size
+        self.shm_name = shm_name
 
     def close(self) -> None:
         if self.buf is not None:
@@ -122,9 +131,9 @@ def create_segment(shm_name: str, size: int, *, keep_fd: bool = False) -> Mappin
         posix_ipc.unlink_shared_memory(shm_name)
         raise
     if keep_fd:
-        return Mapping(buf, shm.fd, size)
+        return Mapping(buf, shm.fd, size, shm_name)
     shm.close_fd()
-    return Mapping(buf, None, size)
+    return Mapping(buf, None, size, shm_name)
 
 
 def _reserve(fd: int, shm_name: str, size: int) -> None:
@@ -142,7 +151,7 @@ def _reserve(fd: int, shm_name: str, size: int) -> None:
         raise ConfigError(
             f"shared-memory segment {shm_name} needs {_mib(size)} but {_SHM_DIR} has {_mib(free)} free; lower "
             "the ring's capacity or data_bytes (--capacity / --data-bytes), or give the machine or container more "
-            "shared memory (e.g. docker run --shm-size)"
+            "shared memory (e.g. docker run --shm-size)", name=ring_name_of(shm_name)
         ) from None
 
 
@@ -163,22 +172,23 @@ def open_segment(shm_name: str, *, writable: bool, keep_fd: bool = False) -> Map
     try:
         shm = posix_ipc.SharedMemory(shm_name, read_only=not writable)
     except posix_ipc.ExistentialError:
-        raise RingNotFound(f"shared-memory segment {shm_name} does not exist") from None
+        raise RingNotFound(f"shared-memory segment {shm_name} does not exist", name=ring_name_of(shm_name)) from None
     except posix_ipc.PermissionsError:
         raise _permission_denied(shm_name) from None
     try:
         size = os.fstat(shm.fd).st_size
         if size == 0:
-            raise RingNotFound(f"shared-memory segment {shm_name} is empty (still being created?)")
+            raise RingNotFound(f"shared-memory segment {shm_name} is empty (still being created?)",
+                               name=ring_name_of(shm_name))
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         buf = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, prot)
     except BaseException:
         shm.close_fd()
         raise
     if keep_fd:
-        return Mapping(buf, shm.fd, size)
+        return Mapping(buf, shm.fd, size, shm_name)
     shm.close_fd()
-    return Mapping(buf, None, size)
+    return Mapping(buf, None, size, shm_name)
 
 
 def _permission_denied(shm_name: str) -> PermissionError:
@@ -255,7 +265,7 @@ def ring_age_s(name: str) -> float:
     try:
         created = os.stat(_ring_path(name)).st_ctime
     except FileNotFoundError:
-        raise RingNotFound(f"shared-memory segment {ring_shm_name(name)} does not exist") from None
+        raise RingNotFound(f"shared-memory segment {ring_shm_name(name)} does not exist", name=name) from None
     return time.time() - created
 
 

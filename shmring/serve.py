@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from .errors import ConfigError, RingNotFound, ShmringError
+from .errors import ConfigError, RingNotFound, ServeError
 from .flusher import prepare_log_directory
 from .ingest import (
     DEFAULT_MAX_BUFFERED_BYTES,
@@ -177,7 +177,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     """
     validate_ring_name(name)
     if cdp_url is not None and socket_path is None:
-        raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket")
+        raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket", name=name)
     if socket_path is not None:
         validate_ingest_limits(max_connections, max_buffered_bytes)  # fail before the ring exists
         prepare_socket_path(socket_path)
@@ -192,8 +192,9 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
             supervisor = FlusherSupervisor(name, log_dir, fsync=fsync, group_readable=group_readable, log=log)
             supervisor.start()
             if not supervisor.wait_attached():
-                raise ShmringError(f"the flusher into {log_dir} did not attach to ring {name!r} within "
-                                   f"{supervisor.ATTACH_TIMEOUT_S:.0f} s; see its messages above")
+                raise ServeError(f"the flusher into {log_dir} did not attach to ring {name!r} within "
+                                 f"{supervisor.ATTACH_TIMEOUT_S:.0f} s; see its messages above",
+                                 name=name, path=log_dir)
             flusher_attached = True
         if socket_path is not None:
             server = IngestServer(socket_path, session.publish, max_connections=max_connections,

@@ -106,7 +106,8 @@ def _reclaim_stale(name: str) -> None:
     try:
         owner = read_owner(mapping)
         if owner is not None and is_alive(*owner):
-            raise RingBusy(f"ring {name!r} is served by a live writer (pid {owner[0]}); stop it or choose another name")
+            raise RingBusy(f"ring {name!r} is served by a live writer (pid {owner[0]}); stop it or choose another "
+                           "name", name=name, pid=owner[0])
     finally:
         mapping.close()
     unlink_ring_objects(name)
@@ -312,11 +313,12 @@ class CaptureSession:
         """Route publish through the compiled fast path; it calls the Python
         publish (the reference) for anything it does not vouch for."""
         this = weakref.ref(self)  # no cycle: dropping the session still closes it
+        name = self._name
 
         def slow(event):
             session = this()
             if session is None:
-                raise RingClosed("this ring's CaptureSession is gone; create a new one to publish")
+                raise RingClosed("this ring's CaptureSession is gone; create a new one to publish", name=name)
             return CaptureSession.publish(session, event)
 
         def on_flags():
@@ -360,9 +362,11 @@ class CaptureSession:
             capture_session_id = str(uuid.uuid4())
         validate_capture_session_id(capture_session_id)
         if not isinstance(flusher_grace_s, (int, float)) or flusher_grace_s < 0:
-            raise ConfigError(f"flusher_grace_s must be a number of seconds >= 0, not {flusher_grace_s!r}")
+            raise ConfigError(f"flusher_grace_s must be a number of seconds >= 0, not {flusher_grace_s!r}",
+                              name=name)
         if gate_stall_s is not None and (not isinstance(gate_stall_s, (int, float)) or gate_stall_s <= 0):
-            raise ConfigError(f"gate_stall_s must be None or a number of seconds > 0, not {gate_stall_s!r}")
+            raise ConfigError(f"gate_stall_s must be None or a number of seconds > 0, not {gate_stall_s!r}",
+                              name=name)
         check_memory_model()
         pid, start_time = current_identity()
         res = _Resources(name, pid)
@@ -374,7 +378,7 @@ class CaptureSession:
             except FileExistsError:
                 _reclaim_stale(name)
         else:
-            raise RingBusy(f"could not create ring {name!r}: another process keeps creating it")
+            raise RingBusy(f"could not create ring {name!r}: another process keeps creating it", name=name)
         try:
             epoch = secrets.randbits(63) | 1
             buf = res.ring.buf
@@ -443,7 +447,8 @@ class CaptureSession:
         try:
             res = self._res
             if res.closed:
-                raise RingClosed(f"ring {self._name!r} is closed; create a new CaptureSession to publish")
+                raise RingClosed(f"ring {self._name!r} is closed; create a new CaptureSession to publish",
+                                 name=self._name, last_seq=core.last_seq)
             seq = core.last_seq + 1
             envelope = Envelope(self._capture_session_id, seq, event)
             payload = _encode(envelope)
