@@ -10,6 +10,7 @@ files plus its gap records are exactly the stream. It exits 1 on any violation.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -47,4 +48,13 @@ def test_ten_seconds_of_faults_break_no_guarantee(ring_name):
     # The flusher's files hold every seq once, or a gap record says it is missing.
     assert report["flusher"]["lines"] + report["flusher"]["gap_events"] == report["last_seq"]
     assert "faults: reader_kills=" in report_text
+    # The report says, per reader and for the flusher, what it checked and found: zero corrupt, zero out of order.
+    checked = [row for row in report["processes"] if row["role"].startswith(("reader ", "flusher"))]
+    assert len(checked) == 5, report_text
+    for row in checked:
+        counts = row["checks"]
+        assert counts["corrupt"] == 0 and counts["out_of_order"] == 0, report_text
+        what = "lines" if row["role"] == "flusher" else "events"
+        assert re.search(rf"\n  {re.escape(row['role'])} +{counts[what]} {what}: +0 corrupt, 0 out of order",
+                         report_text), report_text
     assert not [e for e in os.listdir("/dev/shm") if ring_name in e]
