@@ -11,6 +11,7 @@ Rules:
   raising ``IncompatibleRing`` otherwise.
 - ``read_owner`` is tolerant: it reads the owner of a half-built or stale
   segment without checking it, to decide whether the segment may be reclaimed.
+- It works on a mapped buffer and names no segment: that is ``segment``'s.
 """
 
 import msgspec
@@ -29,7 +30,6 @@ from .layout import (
     U64,
     ring_bytes,
 )
-from .segment import ring_shm_name
 
 __all__ = ["RingInfo", "open_ring_info", "read_owner", "write_header", "mark_attachable"]
 
@@ -49,10 +49,10 @@ class RingInfo(msgspec.Struct):
 
 
 def open_ring_info(name: str, mapping) -> RingInfo:
-    """Check that `mapping` is a ring of this layout and read its header."""
+    """Check that `mapping` (a segment.Mapping) is a ring of this layout and read its header."""
     buf = mapping.buf
     if mapping.size < HEADER_BYTES or U64.unpack_from(buf, HDR_MAGIC)[0] != MAGIC:
-        raise IncompatibleRing(f"{ring_shm_name(name)} is not a shmring ring (or is still being created)", name=name)
+        raise IncompatibleRing(f"{mapping.shm_name} is not a shmring ring (or is still being created)", name=name)
     version = U64.unpack_from(buf, HDR_VERSION)[0]
     if version != LAYOUT_VERSION:
         raise IncompatibleRing(

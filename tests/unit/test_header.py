@@ -10,11 +10,12 @@ CAPACITY, DATA_BYTES = 8, 1 << 20
 
 
 class FakeMapping:
-    """What the header functions need of a segment.Mapping: its buffer and its size."""
+    """What the header functions need of a segment.Mapping: its buffer, size and name."""
 
     def __init__(self, size: int):
         self.buf = bytearray(size)
         self.size = size
+        self.shm_name = "/shmring.r"
 
 
 def built(**overrides) -> FakeMapping:
@@ -36,7 +37,7 @@ def test_what_is_written_reads_back():
 
 def test_a_half_built_ring_is_refused_but_its_owner_is_readable():
     mapping = built()  # header filled, not yet marked attachable
-    with pytest.raises(IncompatibleRing, match="still being created"):
+    with pytest.raises(IncompatibleRing, match=r"^/shmring\.r is not a shmring ring \(or is still being created\)$"):
         open_ring_info("r", mapping)
     assert read_owner(mapping) == (4321, 1234.5)
     assert read_owner(FakeMapping(ring_bytes(CAPACITY, DATA_BYTES))) == (0, 0.0)  # nothing written yet
