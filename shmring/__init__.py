@@ -11,14 +11,21 @@ from .errors import (
     FlushError,
     IncompatibleRing,
     InvalidEvent,
+    ProducerError,
+    PublishRejected,
+    ReaderClosed,
+    RegistryFull,
     RingBusy,
     RingClosed,
     RingNotFound,
+    ServeError,
     ShmringError,
+    SocketPathError,
     UnsupportedPlatform,
     WriterGone,
 )
-from .producer import Producer, PublishRejected
+from .flusher import Flusher
+from .producer import Producer
 from .reader import Filter, Reader, ReadResult
 from .schema import Envelope, Event, Source
 from .session import CaptureSession
@@ -36,25 +43,20 @@ __all__ = [
     "PublishRejected",
     "ShmringError",
     "ConfigError",
+    "SocketPathError",
     "InvalidEvent",
     "EventTooLarge",
     "RingNotFound",
     "RingBusy",
     "IncompatibleRing",
     "RingClosed",
+    "ReaderClosed",
     "WriterGone",
+    "RegistryFull",
     "UnsupportedPlatform",
     "FlushError",
+    "ProducerError",
+    "ServeError",
 ]
 
 __version__ = "0.1.0"
-
-
-def __getattr__(name: str):
-    # Imported on first use, so `python -m shmring.flusher` does not find the
-    # module already imported by the package.
-    if name == "Flusher":
-        from .flusher import Flusher
-
-        return Flusher
-    raise AttributeError(f"module 'shmring' has no attribute {name!r}")

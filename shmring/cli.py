@@ -23,6 +23,7 @@ import msgspec
 
 from . import __version__
 from .errors import ConfigError, RingClosed, RingNotFound, ShmringError, WriterGone
+from .flusher import FSYNC_POLICIES
 from .ingest import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS
 from .layout import DETAIL_LEVELS, SOURCE_KINDS
 from .segment import validate_ring_name
@@ -83,14 +84,37 @@ def cmd_capture_cdp(args) -> int:
 
 
 def cmd_flush(args) -> int:
-    from .flusher import main as flusher_main
+    from .flusher import Flusher
 
-    forwarded = [args.name, args.directory, "--fsync", args.fsync]
-    if args.max_file_bytes:
-        forwarded += ["--max-file-bytes", str(args.max_file_bytes)]
-    if args.group_readable:
-        forwarded.append("--group-readable")
-    return flusher_main(forwarded)
+    stop = threading.Event()
+    # SIGTERM is taken by a thread in sigwait, not by a handler: a handler
+    # would interrupt the reader's semaphore wait with an error.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=lambda: (signal.sigwait({signal.SIGTERM}), stop.set()), daemon=True).start()
+    try:
+        with Flusher(args.name, args.directory, fsync=args.fsync, max_file_bytes=args.max_file_bytes or None,
+                     group_readable=args.group_readable) as flusher:
+            stats = flusher.run(stop)
+    except ShmringError as exc:
+        _flusher_err(str(exc))
+        return 1
+    if stats["ending"] == "writer_gone":
+        _flusher_err(f"the writer of {args.name!r} died; flushed up to seq {stats['last_seq']}")
+    return 0
+
+
+def _flusher_err(message: str) -> None:
+    print(f"shmring flusher: {message}", file=sys.stderr, flush=True)
+
+
+def _add_flush_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", type=_ring_name)
+    p.add_argument("directory")
+    p.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch")
+    p.add_argument("--max-file-bytes", type=_positive_int, metavar="N",
+                   help="rotate a category's file when it would grow past N bytes (0 or absent: never)")
+    p.add_argument("--group-readable", action="store_true", help=GROUP_READABLE_HELP)
+    p.set_defaults(func=cmd_flush)
 
 
 # -- publish ---------------------------------------------------------------------------
@@ -232,7 +256,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    from .stats import collect_garbage
+    from .cleanup import collect_garbage
 
     removed = collect_garbage()
     for name in removed:
@@ -329,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gate-stall-s", type=float, default=DEFAULT_GATE_STALL_S,
                    help="how long publish and shutdown wait for a live flusher that takes nothing (stopped, hung "
                         "disk); then the writer goes on and the missed range becomes a recorded gap")
-    s.add_argument("--fsync", choices=("always", "batch", "never"), default="batch")
+    s.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch")
     s.add_argument("--group-readable", action="store_true", help=GROUP_READABLE_HELP)
     s.add_argument("--session-id", help="capture session id (default: a new uuid4)")
     s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (needs --socket)")
@@ -390,12 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_gc)
 
     s = sub.add_parser("flush", help="tail a ring into DIR/<category>.jsonl")
-    s.add_argument("name", type=_ring_name)
-    s.add_argument("directory")
-    s.add_argument("--fsync", choices=("always", "batch", "never"), default="batch")
-    s.add_argument("--max-file-bytes", type=_positive_int)
-    s.add_argument("--group-readable", action="store_true", help=GROUP_READABLE_HELP)
-    s.set_defaults(func=cmd_flush)
+    _add_flush_arguments(s)
 
     s = sub.add_parser("demo", help="run everything for ten seconds on synthetic browser events")
     s.add_argument("--seconds", type=float, default=10.0)
@@ -409,7 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return _run(build_parser().parse_args(argv))
+
+
+def flusher_module_main() -> None:
+    """``python -m shmring.flusher NAME DIR ...``: ``shmring flush`` under its old name; exits with its status."""
+    p = _Parser(prog="python -m shmring.flusher", description="Tail ring NAME into DIR/<category>.jsonl until it "
+                "closes (the same as `shmring flush`).")
+    _add_flush_arguments(p)
+    sys.exit(_run(p.parse_args()))
+
+
+def _run(args) -> int:
     try:
         return args.func(args)
     except RingNotFound as exc:

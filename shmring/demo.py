@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 
-from .errors import ShmringError
+from .errors import DemoError, ProducerError
 from .producer import Producer
 from .reader import Filter, Reader
 from .stats import ring_stats
@@ -100,13 +100,14 @@ def _wait_for_socket(path: str, proc: subprocess.Popen, timeout_s: float = 20.0)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ShmringError(f"shmring serve exited with status {proc.returncode} while starting")
+            raise DemoError(f"shmring serve exited with status {proc.returncode} while starting",
+                            status=proc.returncode)
         try:
             Producer.connect(path, timeout=1).close()
             return
-        except ShmringError:
+        except ProducerError:
             time.sleep(0.05)
-    raise ShmringError(f"shmring serve did not open {path} within {timeout_s:.0f} s")
+    raise DemoError(f"shmring serve did not open {path} within {timeout_s:.0f} s", path=path)
 
 
 def _lines_per_file(directory: str, session_id: str) -> dict[str, int]:
@@ -127,7 +128,7 @@ def _wait_for_capture(name: str, timeout_s: float = 30.0) -> None:
             result = reader.read(timeout=left)
             if result is not None and result.envelope and result.envelope.event.type == "system.cdp_connected":
                 return
-    raise ShmringError(f"the CDP producer did not connect to the browser within {timeout_s:.0f} s")
+    raise DemoError(f"the CDP producer did not connect to the browser within {timeout_s:.0f} s")
 
 
 def run_demo(seconds: float = 10.0, rate: int = 2000, directory: str = "shmring-demo", progress=lambda p: None,
@@ -162,7 +163,7 @@ def run_demo(seconds: float = 10.0, rate: int = 2000, directory: str = "shmring-
                 proc = ctx.Process(target=_consume, args=(name, categories, ready, results), daemon=True)
                 proc.start()
                 if not ready.wait(20):
-                    raise ShmringError("a demo reader did not start")
+                    raise DemoError("a demo reader did not start")
                 readers.append(proc)
             if browser:
                 _wait_for_capture(name)

@@ -1,33 +1,81 @@
-"""The error hierarchy: one base, a few subclasses, each message saying what to do.
+"""The error tree: one base, a class per case, each message saying what to do.
 
 Rules:
-- Every error raised by shmring is a ``ShmringError``.
+- Every error shmring raises is a ``ShmringError``, and every error class is
+  defined here. A specific case gets its own class, never a bare
+  ``ShmringError``.
 - Errors about bad arguments or bad events also subclass ``ValueError``.
 - The hot path reports loss as data (``ReadResult.dropped``), never as an error.
-- Errors carry only a message, so they pickle across processes unchanged.
+- The message is the first argument and ``str(e)``. Anything else an error
+  knows is a keyword *field* (the ring's ``name``, a ``pid``, a ``path``...),
+  None when the raise site did not know it. A class lists the fields it adds
+  in ``fields``; it also has every field of its parents.
+- Errors pickle whole (message and fields), so they cross processes.
 """
 
 __all__ = [
     "ShmringError",
     "ConfigError",
+    "SocketPathError",
     "InvalidEvent",
     "EventTooLarge",
     "RingNotFound",
     "RingBusy",
     "IncompatibleRing",
     "RingClosed",
+    "ReaderClosed",
     "WriterGone",
+    "RegistryFull",
     "UnsupportedPlatform",
     "FlushError",
+    "ProducerError",
+    "PublishRejected",
+    "ServeError",
+    "DemoError",
 ]
 
 
 class ShmringError(Exception):
     """Base class of every error shmring raises."""
 
+    fields: tuple[str, ...] = ()
+    """The keyword fields of this class, its parents' included (see the module rules)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        inherited = [f for base in cls.__mro__[1:] if issubclass(base, ShmringError) for f in base.fields]
+        cls.fields = tuple(dict.fromkeys([*inherited, *cls.__dict__.get("fields", ())]))
+
+    def __init__(self, message: str, /, **fields):
+        unknown = fields.keys() - set(self.fields)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {', '.join(sorted(unknown))}")
+        super().__init__(message)
+        for field in self.fields:
+            setattr(self, field, fields.get(field))
+
+    def __reduce__(self):
+        return _rebuild, (type(self), self.args, {field: getattr(self, field) for field in self.fields})
+
+    def __repr__(self) -> str:
+        known = "".join(f", {f}={getattr(self, f)!r}" for f in self.fields if getattr(self, f) is not None)
+        return f"{type(self).__name__}({', '.join(map(repr, self.args))}{known})"
+
+
+def _rebuild(cls, args, fields):
+    return cls(*args, **fields)
+
 
 class ConfigError(ShmringError, ValueError):
     """A bad argument: ring name, capacity, resume seq, filter value."""
+
+    fields = ("name",)
+
+
+class SocketPathError(ConfigError):
+    """The ingest socket path cannot be used: not a socket, in use, or not creatable."""
+
+    fields = ("path",)
 
 
 class InvalidEvent(ShmringError, ValueError):
@@ -37,30 +85,86 @@ class InvalidEvent(ShmringError, ValueError):
 class EventTooLarge(InvalidEvent):
     """The envelope is over the size limit even with its data dropped."""
 
+    fields = ("size_bytes", "limit_bytes")
+
 
 class RingNotFound(ShmringError):
     """No ring of that name exists on this machine."""
+
+    fields = ("name",)
 
 
 class RingBusy(ShmringError):
     """The ring name is taken by a live writer."""
 
+    fields = ("name", "pid")
+
 
 class IncompatibleRing(ShmringError):
     """The segment is not a shmring ring of this layout version."""
+
+    fields = ("name",)
 
 
 class RingClosed(ShmringError):
     """The writer closed the ring and this handle has consumed all of it."""
 
+    fields = ("name", "last_seq")
+
+
+class ReaderClosed(ShmringError):
+    """This reader was closed; attach a new one."""
+
+    fields = ("name",)
+
 
 class WriterGone(ShmringError):
     """The writer process died without closing the ring."""
+
+    fields = ("name", "pid", "last_seq")
+
+
+class RegistryFull(ShmringError):
+    """Every reader entry of the ring is held by a live process."""
+
+    fields = ("name", "max_readers")
 
 
 class UnsupportedPlatform(ShmringError):
     """This CPU's memory model does not give the ordering the seqlock needs."""
 
+    fields = ("machine",)
+
 
 class FlushError(ShmringError):
     """The flusher could not write or sync its files; its checkpoint is still consistent."""
+
+    fields = ("name", "path")
+
+
+class ProducerError(ShmringError):
+    """The connection to serve's ingest socket failed, broke or timed out."""
+
+    fields = ("path",)
+
+
+class PublishRejected(ShmringError):
+    """The writer rejected events; ``rejected`` lists (index, message); ``seqs`` has None for each."""
+
+    fields = ("path", "rejected", "seqs")
+
+    def __init__(self, message: str, /, rejected: list[tuple[int, str]] | None = None, seqs: list | None = None,
+                 *, path: str | None = None):
+        super().__init__(message, path=path, rejected=rejected or [], seqs=seqs or [])
+
+
+class ServeError(ShmringError):
+    """``serve`` could not start one of its parts (the flusher did not attach)."""
+
+    fields = ("name", "path")
+
+
+class DemoError(ShmringError):
+    """``shmring demo`` could not start one of its parts."""
+
+    fields = ("path", "status")

@@ -19,12 +19,9 @@ Rules:
   never through a symlink, never in a directory another user controls.
 """
 
-import argparse
 import json
 import os
 import re
-import signal
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -32,8 +29,9 @@ from collections.abc import Iterable
 import msgspec
 
 from .errors import ConfigError, FlushError, RingClosed, ShmringError, WriterGone
+from .header import open_ring_info
 from .logdir import CHECKPOINT_FILE, CHECKPOINT_TMP, GAPS_FILE, LogDirectory, prepare_log_directory
-from .reader import GatingReader, open_ring_info
+from .reader import GatingReader
 from .schema import CATEGORY_PATTERN, validate_category
 from .segment import open_segment, ring_shm_name, validate_ring_name
 
@@ -500,33 +498,8 @@ def _subtract(first: int, last: int, known: list[tuple[int, int]]) -> list[tuple
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shmring.flusher",
-                                     description="Tail ring NAME into DIR/<category>.jsonl until it closes.")
-    parser.add_argument("name")
-    parser.add_argument("directory")
-    parser.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch")
-    parser.add_argument("--max-file-bytes", type=int, default=None)
-    parser.add_argument("--group-readable", action="store_true",
-                        help="create the directory 0750 and the files 0640 (default 0700 and 0600)")
-    args = parser.parse_args(argv)
-    stop = threading.Event()
-    # SIGTERM is taken by a thread in sigwait, not by a handler: a handler
-    # would interrupt the reader's semaphore wait with an error.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=lambda: (signal.sigwait({signal.SIGTERM}), stop.set()), daemon=True).start()
-    try:
-        with Flusher(args.name, args.directory, fsync=args.fsync, max_file_bytes=args.max_file_bytes,
-                     group_readable=args.group_readable) as flusher:
-            stats = flusher.run(stop)
-    except ShmringError as exc:
-        print(f"shmring flusher: {exc}", file=sys.stderr)
-        return 1
-    if stats["ending"] == "writer_gone":
-        print(f"shmring flusher: the writer of {args.name!r} died; flushed up to seq {stats['last_seq']}",
-              file=sys.stderr)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m shmring.flusher NAME DIR ...` is `shmring flush NAME DIR ...`; only the CLI prints and exits.
+    from .cli import flusher_module_main
+
+    flusher_module_main()

@@ -33,7 +33,7 @@ import stat
 
 import msgspec
 
-from .errors import ConfigError, InvalidEvent, RingClosed, ShmringError
+from .errors import ConfigError, InvalidEvent, RingClosed, SocketPathError
 from .schema import decode_event
 
 __all__ = [
@@ -73,7 +73,7 @@ def prepare_socket_path(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise ShmringError(f"socket path {path} exists and is not a socket; choose another path")
+        raise SocketPathError(f"socket path {path} exists and is not a socket; choose another path", path=path)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
@@ -81,10 +81,11 @@ def prepare_socket_path(path: str) -> None:
         os.unlink(path)  # nobody listens: a leftover from a dead server
         return
     except OSError as exc:
-        raise ShmringError(f"socket path {path} cannot be checked: {exc.strerror}") from None
+        raise SocketPathError(f"socket path {path} cannot be checked: {exc.strerror}", path=path) from None
     finally:
         probe.close()
-    raise ShmringError(f"socket path {path} is in use by a running server; stop it or choose another path")
+    raise SocketPathError(f"socket path {path} is in use by a running server; stop it or choose another path",
+                          path=path)
 
 
 class IngestServer:
@@ -115,8 +116,8 @@ class IngestServer:
             self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=READ_CHUNK_BYTES,
                                                            backlog=ACCEPT_BACKLOG)
         except OSError as exc:
-            raise ShmringError(f"cannot listen on socket {self.path}: {exc.strerror or exc}; "
-                               "choose a path in an existing directory you can write") from None
+            raise SocketPathError(f"cannot listen on socket {self.path}: {exc.strerror or exc}; "
+                                  "choose a path in an existing directory you can write", path=self.path) from None
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)

@@ -6,7 +6,8 @@ Rules:
 - ``publish_many`` pipelines: a sender thread writes while the caller reads
   replies, so neither side's buffer can deadlock the other.
 - Every failure is a ShmringError: a rejected event (``PublishRejected``),
-  and a connection that broke or timed out.
+  an event that is not one JSON line (``InvalidEvent``), and a connection
+  that failed, broke or timed out (``ProducerError``).
 - ``connect`` waits (up to its timeout) while the server's accept backlog is
   full: a busy server is not a missing one.
 """
@@ -18,24 +19,12 @@ from collections.abc import Iterable
 
 import msgspec
 
-from .errors import ShmringError
+from .errors import InvalidEvent, ProducerError, PublishRejected
 
 __all__ = ["Producer", "PublishRejected"]
 
 _encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(dict)
-
-
-class PublishRejected(ShmringError):
-    """The writer rejected events; ``rejected`` lists (index, message); ``seqs`` has None for each."""
-
-    def __init__(self, message: str, rejected: list[tuple[int, str]] | None = None, seqs: list | None = None):
-        super().__init__(message)
-        self.rejected = rejected or []
-        self.seqs = seqs or []
-
-    def __reduce__(self):
-        return (PublishRejected, (str(self), self.rejected, self.seqs))
 
 
 class Producer:
@@ -60,13 +49,13 @@ class Producer:
                 # server's accept backlog is full: retry until the deadline.
                 sock.close()
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise ShmringError(f"cannot connect to {path}: the server accepted no connection within "
-                                       f"{timeout} s; it is overloaded or stuck") from None
+                    raise ProducerError(f"cannot connect to {path}: the server accepted no connection within "
+                                        f"{timeout} s; it is overloaded or stuck", path=path) from None
                 time.sleep(0.002)
             except OSError as exc:
                 sock.close()
-                raise ShmringError(
-                    f"cannot connect to {path}: {exc.strerror or exc}; is `shmring serve --socket` running?"
+                raise ProducerError(
+                    f"cannot connect to {path}: {exc.strerror or exc}; is `shmring serve --socket` running?", path=path
                 ) from None
 
     @staticmethod
@@ -78,16 +67,17 @@ class Producer:
         else:
             line = _encoder.encode(event)
         if not line or b"\n" in line:
-            raise ShmringError("an event must encode to one non-empty JSON line")
+            raise InvalidEvent("an event must encode to one non-empty JSON line")
         return line + b"\n"
 
     def _reply(self) -> dict:
         try:
             raw = self._replies.readline()
         except OSError as exc:
-            raise ShmringError(f"reading a reply from {self._path} failed: {exc.strerror or exc}") from None
+            raise ProducerError(f"reading a reply from {self._path} failed: {exc.strerror or exc}",
+                                path=self._path) from None
         if not raw:
-            raise ShmringError(f"the server at {self._path} closed the connection")
+            raise ProducerError(f"the server at {self._path} closed the connection", path=self._path)
         return _reply_decoder.decode(raw)
 
     def publish(self, event) -> int:
@@ -96,12 +86,13 @@ class Producer:
         try:
             self._sock.sendall(line)
         except OSError as exc:
-            raise ShmringError(f"sending to {self._path} failed: {exc.strerror or exc}; is the server still "
-                               "running?") from None
+            raise ProducerError(f"sending to {self._path} failed: {exc.strerror or exc}; is the server still "
+                                "running?", path=self._path) from None
         reply = self._reply()
         if "seq" in reply:
             return reply["seq"]
-        raise PublishRejected(f"event rejected: {reply.get('error')}", [(0, reply.get("error", ""))], [None])
+        raise PublishRejected(f"event rejected: {reply.get('error')}", [(0, reply.get("error", ""))], [None],
+                              path=self._path)
 
     def publish_many(self, events: Iterable) -> list[int]:
         """Publish a batch, pipelined; return the seqs. Raises PublishRejected after the whole batch."""
@@ -129,10 +120,11 @@ class Producer:
         finally:
             sender.join()
         if failure:
-            raise ShmringError(f"sending to {self._path} failed: {failure[0]}")
+            raise ProducerError(f"sending to {self._path} failed: {failure[0]}", path=self._path)
         if rejected:
             detail = "; ".join(f"#{i}: {msg}" for i, msg in rejected[:10])
-            raise PublishRejected(f"{len(rejected)} of {len(lines)} events rejected ({detail})", rejected, seqs)
+            raise PublishRejected(f"{len(rejected)} of {len(lines)} events rejected ({detail})", rejected, seqs,
+                                  path=self._path)
         return seqs
 
     def close(self) -> None:

@@ -28,22 +28,12 @@ from collections.abc import Iterator
 
 import msgspec
 
-from .errors import ConfigError, IncompatibleRing, RingClosed, ShmringError, WriterGone
+from .errors import ConfigError, ReaderClosed, RingClosed, ShmringError, WriterGone
+from .header import RingInfo, open_ring_info
 from .layout import (
     ACCELERATOR_LAYOUT,
     ROLE_FLUSHER,
-    CONFIG,
-    HDR_CONFIG,
-    HDR_MAGIC,
-    HDR_SESSION_ID,
-    HDR_VERSION,
-    HEADER_BYTES,
-    LAYOUT_VERSION,
-    MAGIC,
     ROLE_READER,
-    SESSION_ID,
-    U64,
-    ring_bytes,
 )
 from .liveness import ProcessWatch, current_identity
 from .registry import Registry
@@ -88,39 +78,6 @@ class RawRecord(msgspec.Struct, frozen=True):
     dropped: int = 0
     dropped_from: int = 0
     dropped_to: int = 0
-
-
-class RingInfo(msgspec.Struct):
-    """What a ring's header says about it."""
-
-    name: str
-    capture_session_id: str
-    capacity: int
-    data_bytes: int
-    writer_pid: int
-    writer_start_time: float
-    epoch: int
-    created_us: int
-    flusher_grace_s: float
-
-
-def open_ring_info(name: str, mapping) -> RingInfo:
-    """Check that `mapping` is a ring of this layout and read its header."""
-    buf = mapping.buf
-    if mapping.size < HEADER_BYTES or U64.unpack_from(buf, HDR_MAGIC)[0] != MAGIC:
-        raise IncompatibleRing(f"{ring_shm_name(name)} is not a shmring ring (or is still being created)")
-    version = U64.unpack_from(buf, HDR_VERSION)[0]
-    if version != LAYOUT_VERSION:
-        raise IncompatibleRing(
-            f"ring {name!r} has layout version {version}; this shmring reads version {LAYOUT_VERSION}. "
-            "Use the same shmring version as the writer"
-        )
-    capacity, data_bytes, pid, start_time, epoch, created_us, grace_us = CONFIG.unpack_from(buf, HDR_CONFIG)
-    if mapping.size < ring_bytes(capacity, data_bytes):
-        raise IncompatibleRing(f"ring {name!r} is shorter than its header says; it is damaged")
-    length, raw_id = SESSION_ID.unpack_from(buf, HDR_SESSION_ID)
-    return RingInfo(name, raw_id[:length].decode(), capacity, data_bytes, pid, start_time, epoch, created_us,
-                    grace_us / 1e6)
 
 
 class Reader:
@@ -379,7 +336,7 @@ class Reader:
             raise self._end
         if self._detached:
             self._fast = False
-            raise ShmringError("this reader is closed; attach a new one")
+            raise ReaderClosed(f"this reader of ring {self.name!r} is closed; attach a new one", name=self.name)
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = self._core.poll
         accept = self._accept

@@ -32,8 +32,9 @@ from .layout import (
     U64,
     entry_offset,
 )
-from .errors import IncompatibleRing, ShmringError
+from .errors import IncompatibleRing, RegistryFull
 from .liveness import is_alive
+from .segment import ring_name_of
 
 __all__ = ["Registry", "RegistryEntry"]
 
@@ -51,6 +52,10 @@ class Registry:
         self.mapping = mapping
         self.buf = mapping.buf
 
+    def _ring_name(self) -> str | None:
+        shm_name = getattr(self.mapping, "shm_name", None)
+        return None if shm_name is None else ring_name_of(shm_name)
+
     # -- set-up ---------------------------------------------------------------
     def initialise(self, epoch: int) -> None:
         REG_CONFIG_FMT.pack_into(self.buf, REG_CONFIG, MAX_READERS, epoch)
@@ -63,7 +68,8 @@ class Registry:
             or U64.unpack_from(self.buf, REG_VERSION)[0] != LAYOUT_VERSION
             or REG_CONFIG_FMT.unpack_from(self.buf, REG_CONFIG)[1] != epoch
         ):
-            raise IncompatibleRing("the ring's reader registry does not match the ring; the ring is being replaced")
+            raise IncompatibleRing("the ring's reader registry does not match the ring; the ring is being replaced",
+                                   name=self._ring_name())
 
     # -- entries --------------------------------------------------------------
     def claim(self, pid: int, start_time: float, role: int, gating: bool, cursor: int) -> int:
@@ -99,9 +105,9 @@ class Registry:
                 if gating:
                     buf[REG_GATES_CHANGED] = 1  # after the entry: the writer sees both
                 return chosen
-        raise ShmringError(
+        raise RegistryFull(
             f"all {MAX_READERS} reader entries of this ring are held by live processes; "
-            "close a reader before attaching another"
+            "close a reader before attaching another", name=self._ring_name(), max_readers=MAX_READERS
         )
 
     def release(self, index: int) -> None:

@@ -79,7 +79,7 @@ def check_memory_model() -> None:
     if machine not in _TSO_MACHINES:
         raise UnsupportedPlatform(
             f"shmring's lock-free ring relies on x86-64 store ordering (TSO); this CPU is "
-            f"{machine or 'unknown'}, where readers could see torn records. Run on x86-64."
+            f"{machine or 'unknown'}, where readers could see torn records. Run on x86-64.", machine=machine
         )
 
 

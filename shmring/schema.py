@@ -259,7 +259,8 @@ def apply_size_rule(envelope: Envelope) -> tuple[Envelope, bytes]:
     if len(encoded) > MAX_RECORD_BYTES:
         raise EventTooLarge(
             f"event is {len(encoded)} bytes encoded even without its data, over the "
-            f"{MAX_RECORD_BYTES}-byte limit: shorten its url, type or source metadata"
+            f"{MAX_RECORD_BYTES}-byte limit: shorten its url, type or source metadata",
+            size_bytes=len(encoded), limit_bytes=MAX_RECORD_BYTES,
         )
     return envelope, encoded
 

@@ -6,6 +6,8 @@ Rules:
   Names may not contain ``+``, so no ring's objects collide with another's.
 - ``close`` releases this process's handle; ``unlink`` removes the name once.
   Both are idempotent.
+- Every ``/dev/shm`` path is built here: other modules ask ``ring_exists``,
+  ``ring_age_s`` and ``orphaned_ring_names`` rather than look for files.
 - File descriptors are closed as soon as they are not needed, except the
   registry's, which readers keep for ``flock``: the kernel drops that lock
   when its holder dies, so a killed reader never wedges the registry.
@@ -17,6 +19,7 @@ import fcntl
 import mmap
 import os
 import re
+import time
 
 import posix_ipc
 
@@ -27,6 +30,7 @@ __all__ = [
     "Mapping",
     "validate_ring_name",
     "ring_shm_name",
+    "ring_name_of",
     "registry_shm_name",
     "wake_sem_name",
     "create_segment",
@@ -36,11 +40,18 @@ __all__ = [
     "unlink_ring_objects",
     "unlink_registry_objects",
     "list_ring_names",
+    "ring_exists",
+    "ring_age_s",
+    "orphaned_ring_names",
+    "unlink_orphan",
 ]
 
 _RING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _SHM_DIR = "/dev/shm"
 _PREFIX = "shmring."
+_REGISTRY_OR_WAKE = re.compile(r"(?:sem\.)?shmring\.([^+]+)\+(?:readers|wake(\d+))")
+"""An entry of /dev/shm holding a ring's registry (``shmring.NAME+readers``) or a wake semaphore
+(``sem.shmring.NAME+wakeI``, as glibc names POSIX semaphores)."""
 
 
 def validate_ring_name(name: object) -> str:
@@ -56,6 +67,13 @@ def ring_shm_name(name: str) -> str:
     return f"/{_PREFIX}{name}"
 
 
+def ring_name_of(shm_name: str) -> str | None:
+    """The ring that segment or semaphore `shm_name` belongs to (None if it is not a shmring name)."""
+    if not shm_name.startswith(f"/{_PREFIX}"):
+        return None
+    return shm_name[len(_PREFIX) + 1:].split("+", 1)[0]
+
+
 def registry_shm_name(name: str) -> str:
     return f"/{_PREFIX}{name}+readers"
 
@@ -65,14 +83,15 @@ def wake_sem_name(name: str, index: int) -> str:
 
 
 class Mapping:
-    """One mapped segment: ``buf`` is the mmap; ``fd`` is kept only if asked."""
+    """One mapped segment: ``buf`` is the mmap; ``fd`` is kept only if asked; ``shm_name`` is its name."""
 
-    __slots__ = ("buf", "fd", "size")
+    __slots__ = ("buf", "fd", "size", "shm_name")
 
-    def __init__(self, buf: mmap.mmap, fd: int | None, size: int):
+    def __init__(self, buf: mmap.mmap, fd: int | None, size: int, shm_name: str | None = None):
         self.buf = buf
         self.fd = fd
         self.size = size
+        self.shm_name = shm_name
 
     def close(self) -> None:
         if self.buf is not None:
@@ -112,9 +131,9 @@ def create_segment(shm_name: str, size: int, *, keep_fd: bool = False) -> Mappin
         posix_ipc.unlink_shared_memory(shm_name)
         raise
     if keep_fd:
-        return Mapping(buf, shm.fd, size)
+        return Mapping(buf, shm.fd, size, shm_name)
     shm.close_fd()
-    return Mapping(buf, None, size)
+    return Mapping(buf, None, size, shm_name)
 
 
 def _reserve(fd: int, shm_name: str, size: int) -> None:
@@ -132,7 +151,7 @@ def _reserve(fd: int, shm_name: str, size: int) -> None:
         raise ConfigError(
             f"shared-memory segment {shm_name} needs {_mib(size)} but {_SHM_DIR} has {_mib(free)} free; lower "
             "the ring's capacity or data_bytes (--capacity / --data-bytes), or give the machine or container more "
-            "shared memory (e.g. docker run --shm-size)"
+            "shared memory (e.g. docker run --shm-size)", name=ring_name_of(shm_name)
         ) from None
 
 
@@ -153,22 +172,23 @@ def open_segment(shm_name: str, *, writable: bool, keep_fd: bool = False) -> Map
     try:
         shm = posix_ipc.SharedMemory(shm_name, read_only=not writable)
     except posix_ipc.ExistentialError:
-        raise RingNotFound(f"shared-memory segment {shm_name} does not exist") from None
+        raise RingNotFound(f"shared-memory segment {shm_name} does not exist", name=ring_name_of(shm_name)) from None
     except posix_ipc.PermissionsError:
         raise _permission_denied(shm_name) from None
     try:
         size = os.fstat(shm.fd).st_size
         if size == 0:
-            raise RingNotFound(f"shared-memory segment {shm_name} is empty (still being created?)")
+            raise RingNotFound(f"shared-memory segment {shm_name} is empty (still being created?)",
+                               name=ring_name_of(shm_name))
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         buf = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, prot)
     except BaseException:
         shm.close_fd()
         raise
     if keep_fd:
-        return Mapping(buf, shm.fd, size)
+        return Mapping(buf, shm.fd, size, shm_name)
     shm.close_fd()
-    return Mapping(buf, None, size)
+    return Mapping(buf, None, size, shm_name)
 
 
 def _permission_denied(shm_name: str) -> PermissionError:
@@ -219,10 +239,59 @@ def unlink_registry_objects(name: str) -> None:
             posix_ipc.unlink_semaphore(wake_sem_name(name, index))
 
 
-def list_ring_names() -> list[str]:
-    """Names of the ring segments on this machine, sorted."""
+def _entries() -> list[str]:
     try:
-        entries = os.listdir(_SHM_DIR)
+        return os.listdir(_SHM_DIR)
     except FileNotFoundError:
         return []
-    return sorted(e[len(_PREFIX):] for e in entries if e.startswith(_PREFIX) and "+" not in e)
+
+
+def list_ring_names() -> list[str]:
+    """Names of the ring segments on this machine, sorted."""
+    return sorted(e[len(_PREFIX):] for e in _entries() if e.startswith(_PREFIX) and "+" not in e)
+
+
+def _ring_path(name: str) -> str:
+    return os.path.join(_SHM_DIR, ring_shm_name(name)[1:])
+
+
+def ring_exists(name: str) -> bool:
+    """True while the ring segment of `name` exists (complete or not)."""
+    return os.path.exists(_ring_path(name))
+
+
+def ring_age_s(name: str) -> float:
+    """Seconds since the ring segment of `name` was created (its inode last changed); RingNotFound if none."""
+    try:
+        created = os.stat(_ring_path(name)).st_ctime
+    except FileNotFoundError:
+        raise RingNotFound(f"shared-memory segment {ring_shm_name(name)} does not exist", name=name) from None
+    return time.time() - created
+
+
+def orphaned_ring_names() -> list[str]:
+    """Names whose registry or wake semaphores are left without a ring segment, sorted."""
+    names = {m[1] for m in map(_REGISTRY_OR_WAKE.fullmatch, _entries()) if m}
+    return sorted(name for name in names if not ring_exists(name))
+
+
+def unlink_orphan(name: str) -> bool:
+    """Remove the registry and wake semaphores of `name` unless its ring exists; True if any was removed.
+
+    Objects another user owns are left alone.
+    """
+    if ring_exists(name):
+        return False
+    removed = False
+    for match in map(_REGISTRY_OR_WAKE.fullmatch, _entries()):
+        if match is None or match[1] != name:
+            continue
+        try:
+            if match[2] is None:
+                posix_ipc.unlink_shared_memory(registry_shm_name(name))
+            else:
+                posix_ipc.unlink_semaphore(wake_sem_name(name, int(match[2])))
+        except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
+            continue
+        removed = True
+    return removed

@@ -8,21 +8,20 @@ Rules:
   a flusher being restarted is given time to attach; the ring is closed,
   which waits until the flusher has written the last event; the ring is
   removed; the flusher process exits on its own.
-- The flusher runs as ``python -m shmring.flusher`` in its own session
+- The flusher runs as ``python -m shmring flush`` in its own session
   (process group), so a Ctrl-C aimed at the terminal's group cannot kill it
   before it drains. It is restarted if it dies, until the ring is closed.
 - Nothing here prints: progress goes to the ``log`` callback.
 """
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 
-from .errors import ConfigError, RingNotFound, ShmringError
+from .errors import ConfigError, RingNotFound, ServeError
 from .logdir import prepare_log_directory
 from .ingest import (
     DEFAULT_MAX_BUFFERED_BYTES,
@@ -31,7 +30,7 @@ from .ingest import (
     prepare_socket_path,
     validate_ingest_limits,
 )
-from .segment import validate_ring_name
+from .segment import ring_exists, validate_ring_name
 from .session import CaptureSession
 from .stats import ring_stats
 
@@ -57,7 +56,7 @@ class FlusherSupervisor:
         self._thread = threading.Thread(target=self._watch, name="flusher-supervisor", daemon=True)
 
     def _spawn(self) -> None:
-        command = [sys.executable, "-m", "shmring.flusher", self.name, self.directory, "--fsync", self.fsync]
+        command = [sys.executable, "-m", "shmring", "flush", self.name, self.directory, "--fsync", self.fsync]
         if self.group_readable:
             command.append("--group-readable")
         self.proc = subprocess.Popen(command, start_new_session=True)
@@ -71,7 +70,7 @@ class FlusherSupervisor:
             code = self.proc.wait()
             if self._closing.is_set() and code == 0:
                 return
-            if self._closing.is_set() and not _ring_exists(self.name):
+            if self._closing.is_set() and not ring_exists(self.name):
                 return
             self.log(f"flusher (pid {self.proc.pid}) exited with status {code}; restarting it")
             time.sleep(self.RESTART_DELAY_S)
@@ -120,10 +119,6 @@ class FlusherSupervisor:
                 proc.wait()
         self._thread.join(timeout_s)
         return self.proc.returncode
-
-
-def _ring_exists(name: str) -> bool:
-    return os.path.exists(f"/dev/shm/shmring.{name}")
 
 
 class CaptureChild:
@@ -182,7 +177,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     """
     validate_ring_name(name)
     if cdp_url is not None and socket_path is None:
-        raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket")
+        raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket", name=name)
     if socket_path is not None:
         validate_ingest_limits(max_connections, max_buffered_bytes)  # fail before the ring exists
         prepare_socket_path(socket_path)
@@ -197,8 +192,9 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
             supervisor = FlusherSupervisor(name, log_dir, fsync=fsync, group_readable=group_readable, log=log)
             supervisor.start()
             if not supervisor.wait_attached():
-                raise ShmringError(f"the flusher into {log_dir} did not attach to ring {name!r} within "
-                                   f"{supervisor.ATTACH_TIMEOUT_S:.0f} s; see its messages above")
+                raise ServeError(f"the flusher into {log_dir} did not attach to ring {name!r} within "
+                                 f"{supervisor.ATTACH_TIMEOUT_S:.0f} s; see its messages above",
+                                 name=name, path=log_dir)
             flusher_attached = True
         if socket_path is not None:
             server = IngestServer(socket_path, session.publish, max_connections=max_connections,

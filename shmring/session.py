@@ -29,26 +29,17 @@ import weakref
 import msgspec
 
 from .errors import ConfigError, RingBusy, RingClosed, RingNotFound
+from .header import mark_attachable, read_owner, write_header
 from .layout import (
     ACCELERATOR_LAYOUT,
-    CONFIG,
     DETAIL_CODES,
     FLAG_TRUNCATED,
-    HDR_CONFIG,
-    HDR_MAGIC,
-    HDR_SESSION_ID,
-    HDR_VERSION,
-    HEADER_BYTES,
     KIND_CODES,
-    LAYOUT_VERSION,
-    MAGIC,
     MAX_RECORD_BYTES,
     REG_GATES_CHANGED,
     REG_SCAN_END,
     REG_WAIT_FLAGS,
     REGISTRY_BYTES,
-    SESSION_ID,
-    U64,
     category_field,
     ring_bytes,
 )
@@ -114,12 +105,10 @@ def _reclaim_stale(name: str) -> None:
     except RingNotFound:
         return
     try:
-        if mapping.size >= HEADER_BYTES:
-            _, _, pid, start_time, _, _, _ = CONFIG.unpack_from(mapping.buf, HDR_CONFIG)
-            if is_alive(pid, start_time):
-                raise RingBusy(
-                    f"ring {name!r} is served by a live writer (pid {pid}); stop it or choose another name"
-                )
+        owner = read_owner(mapping)
+        if owner is not None and is_alive(*owner):
+            raise RingBusy(f"ring {name!r} is served by a live writer (pid {owner[0]}); stop it or choose another "
+                           "name", name=name, pid=owner[0])
     finally:
         mapping.close()
     unlink_ring_objects(name)
@@ -325,11 +314,12 @@ class CaptureSession:
         """Route publish through the compiled fast path; it calls the Python
         publish (the reference) for anything it does not vouch for."""
         this = weakref.ref(self)  # no cycle: dropping the session still closes it
+        name = self._name
 
         def slow(event):
             session = this()
             if session is None:
-                raise RingClosed("this ring's CaptureSession is gone; create a new one to publish")
+                raise RingClosed("this ring's CaptureSession is gone; create a new one to publish", name=name)
             return CaptureSession.publish(session, event)
 
         def on_flags():
@@ -378,9 +368,11 @@ class CaptureSession:
             capture_session_id = str(uuid.uuid4())
         validate_capture_session_id(capture_session_id)
         if not isinstance(flusher_grace_s, (int, float)) or flusher_grace_s < 0:
-            raise ConfigError(f"flusher_grace_s must be a number of seconds >= 0, not {flusher_grace_s!r}")
+            raise ConfigError(f"flusher_grace_s must be a number of seconds >= 0, not {flusher_grace_s!r}",
+                              name=name)
         if gate_stall_s is not None and (not isinstance(gate_stall_s, (int, float)) or gate_stall_s <= 0):
-            raise ConfigError(f"gate_stall_s must be None or a number of seconds > 0, not {gate_stall_s!r}")
+            raise ConfigError(f"gate_stall_s must be None or a number of seconds > 0, not {gate_stall_s!r}",
+                              name=name)
         check_memory_model()
         pid, start_time = current_identity()
         res = _Resources(name, pid)
@@ -392,22 +384,20 @@ class CaptureSession:
             except FileExistsError:
                 _reclaim_stale(name)
         else:
-            raise RingBusy(f"could not create ring {name!r}: another process keeps creating it")
+            raise RingBusy(f"could not create ring {name!r}: another process keeps creating it", name=name)
         try:
             epoch = secrets.randbits(63) | 1
             buf = res.ring.buf
-            CONFIG.pack_into(buf, HDR_CONFIG, capacity, data_bytes, pid, start_time, epoch,
-                             time.time_ns() // 1000, int(flusher_grace_s * 1e6))
-            encoded_id = capture_session_id.encode()
-            SESSION_ID.pack_into(buf, HDR_SESSION_ID, len(encoded_id), encoded_id)
+            write_header(buf, capacity=capacity, data_bytes=data_bytes, pid=pid, start_time=start_time, epoch=epoch,
+                         created_us=time.time_ns() // 1000, flusher_grace_s=flusher_grace_s,
+                         capture_session_id=capture_session_id)
             unlink_registry_objects(name)
             res.registry = Registry(create_segment(registry_shm_name(name), REGISTRY_BYTES, keep_fd=True))
             res.registry.initialise(epoch)
             res.core = new_writer_core(buf, capacity, data_bytes)
             res.gates = _Gates(res.registry, res.core, capacity, float(flusher_grace_s),
                                None if gate_stall_s is None else float(gate_stall_s))
-            U64.pack_into(buf, HDR_VERSION, LAYOUT_VERSION)
-            U64.pack_into(buf, HDR_MAGIC, MAGIC)  # last: the ring is now attachable
+            mark_attachable(buf)  # last: the ring is now attachable
         except BaseException:
             res.close()
             raise
@@ -463,7 +453,8 @@ class CaptureSession:
         try:
             res = self._res
             if res.closed:
-                raise RingClosed(f"ring {self._name!r} is closed; create a new CaptureSession to publish")
+                raise RingClosed(f"ring {self._name!r} is closed; create a new CaptureSession to publish",
+                                 name=self._name, last_seq=core.last_seq)
             seq = core.last_seq + 1
             envelope = Envelope(self._capture_session_id, seq, event)
             payload = _encode(envelope)

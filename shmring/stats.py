@@ -1,36 +1,20 @@
-"""Read-only inspection of rings on this machine, and removal of dead ones.
+"""Read-only inspection of rings on this machine (removal lives in ``cleanup``).
 
 Rules:
 - ``ring_stats`` and ``list_rings`` only read: rings are mapped read-only,
   registries are read without claiming an entry or taking a lock.
-- ``collect_garbage`` removes a ring only when its writer is dead (pid plus
-  start time), never a live one, plus registries and semaphores whose ring
-  is gone.
 """
 
-import os
-import re
 import time
 
-from .errors import IncompatibleRing, RingNotFound, ShmringError
-from .layout import CONFIG, HDR_CONFIG, HEADER_BYTES
+from .errors import RingNotFound, ShmringError
+from .header import open_ring_info
 from .liveness import is_alive
-from .reader import open_ring_info
 from .registry import Registry
 from .ring import RingReaderCore
-from .segment import (
-    list_ring_names,
-    open_segment,
-    registry_shm_name,
-    ring_shm_name,
-    unlink_ring_objects,
-    validate_ring_name,
-)
+from .segment import list_ring_names, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
 
-__all__ = ["ring_stats", "list_rings", "collect_garbage"]
-
-_CREATION_WINDOW_S = 5.0
-_ORPHAN = re.compile(r"(?:sem\.)?shmring\.(.+)\+(?:readers|wake\d+)")
+__all__ = ["ring_stats", "list_rings"]
 
 
 def ring_stats(name: str, *, sample_s: float = 0.0) -> dict:
@@ -94,48 +78,3 @@ def list_rings() -> list[dict]:
                          readers=len(stats["readers"]), capture_session_id=stats["capture_session_id"]))
     return rows
 
-
-def _writer_of(name: str) -> tuple[bool, bool]:
-    """(is a complete ring, writer alive or the ring is still being created)."""
-    ring = open_segment(ring_shm_name(name), writable=False)
-    try:
-        try:
-            open_ring_info(name, ring)
-            complete = True
-        except IncompatibleRing:
-            complete = False
-        if ring.size < HEADER_BYTES:
-            return complete, False
-        _, _, pid, start_time, _, _, _ = CONFIG.unpack_from(ring.buf, HDR_CONFIG)
-    finally:
-        ring.close()
-    if is_alive(pid, start_time):
-        return complete, True
-    if not complete:
-        age = time.time() - os.stat(f"/dev/shm/shmring.{name}").st_ctime
-        return complete, age < _CREATION_WINDOW_S
-    return complete, False
-
-
-def collect_garbage() -> list[str]:
-    """Remove rings whose writer is dead, and orphaned registries/semaphores. Return the names removed."""
-    removed = []
-    names = set(list_ring_names())
-    for name in sorted(names):
-        try:
-            _, alive = _writer_of(name)
-        except (RingNotFound, FileNotFoundError, PermissionError):
-            continue  # gone meanwhile, or not ours to judge
-        if not alive:
-            unlink_ring_objects(name)
-            removed.append(name)
-    for entry in os.listdir("/dev/shm"):
-        orphan = _ORPHAN.fullmatch(entry)
-        if orphan and orphan[1] not in names and not os.path.exists(f"/dev/shm/shmring.{orphan[1]}"):
-            try:
-                os.unlink(os.path.join("/dev/shm", entry))
-            except (FileNotFoundError, PermissionError):
-                continue
-            if orphan[1] not in removed:
-                removed.append(orphan[1])
-    return removed

@@ -6,7 +6,7 @@ What runs, each in its own process:
 - ``--readers`` readers, kinds in turn: fast, slow (burns ``--slow-us`` of CPU
   per event), filtered (``Filter(categories=["network"])``), filtered and slow
   (``["console", "page"]``);
-- a flusher, ``python -m shmring.flusher NAME DIR``.
+- a flusher, ``python -m shmring flush NAME DIR`` (what ``serve --log-dir`` runs).
 
 Faults, injected at random (``--seed``) for a bounded time, then stopped:
 - SIGKILL of a reader, restarted 0.1-0.5 s later as a new reader: every other
@@ -35,6 +35,10 @@ What is verified (each failure is a violation; the exit status is 1 if any):
   a flusher outage longer than the grace period (anything else was lost while
   the writer should have been waiting for the flusher); the checkpoint ends at the last seq; the last flusher exits 0;
 - no process exits unexpectedly; nothing of the ring is left in /dev/shm.
+
+The report lists, per reader (summed over its instances that read to the
+end) and for the flusher, how many events or lines it checked and how many
+were corrupt or out of order (0 when it passes), not only the verdict.
 
 Every process's CPU time and peak RSS are measured with psutil (sampled every
 100 ms and right before each kill), topped up at reap with the kernel's rusage
@@ -81,6 +85,9 @@ STALL_S = 30.0
 GO_TIMEOUT_S = 60.0
 BURST_SLOTS = 4
 """A burst publishes this many ring capacities flat out."""
+READER_CHECKS = (("events", "events"), ("corrupt", "corrupt"), ("out_of_order", "order_violations"),
+                 ("bad_steps", "step_violations"), ("off_filter", "filter_violations"))
+"""(report name, reader result key) of what each reader checked, summed over its instances."""
 
 
 def seqs_of_categories_in(first_excl: int, last_incl: int, categories) -> int:
@@ -401,7 +408,7 @@ class Stress:
         self.writer = self._spawn("writer", "writer", self._child_argv("_writer", cfg), cfg)
 
     def start_flusher(self) -> Child:
-        argv = [sys.executable, "-m", "shmring.flusher", self.name, self.log_dir]
+        argv = [sys.executable, "-m", "shmring", "flush", self.name, self.log_dir]
         self.flusher = self._spawn("flusher", "flusher", argv, {})
         return self.flusher
 
@@ -803,7 +810,8 @@ class Stress:
         decode = msgspec.json.Decoder(FlushedLine).decode
         crc32 = zlib.crc32
         seen = bytearray(last + 1)  # 0 missing, 1 in a file, 2 in a gap
-        self.flush_summary = summary = {"files": {}, "lines": 0, "gaps": [], "gap_events": 0}
+        self.flush_summary = summary = {"files": {}, "lines": 0, "gaps": [], "gap_events": 0, "corrupt": 0,
+                                        "out_of_order": 0, "duplicates": 0, "missing": 0}
         problems = []
         try:
             entries = sorted(os.listdir(self.log_dir))
@@ -846,6 +854,9 @@ class Stress:
                 seen[s] = 1
             summary["files"][entry] = n
             summary["lines"] += n
+            summary["corrupt"] += bad
+            summary["out_of_order"] += unordered
+            summary["duplicates"] += dup
             if bad > 3:
                 problems.append(f"{entry}: {bad} bad lines in all")
             if dup > 3:
@@ -875,7 +886,7 @@ class Stress:
                     if not self.gap_explained(lo, hi):
                         problems.append(f"gap {lo}-{hi} ({hi - lo + 1} events) is not in any flusher outage "
                                         f"longer than the grace period ({self.args.grace} s): lost while gated")
-        missing = seen.count(0) - 1
+        missing = summary["missing"] = seen.count(0) - 1
         if missing:
             first = seen.index(0, 1)
             problems.append(f"{missing} seqs neither in the files nor in _gaps.jsonl (the first: {first})")
@@ -907,13 +918,13 @@ class Stress:
     def report(self, rc: int, elapsed: float) -> dict:
         rows = []
 
-        def row(role, children, counts, verdict):
+        def row(role, children, counts, verdict, checks=None):
             pids = [c.pid for c in children]
             killed = sum(1 for c in children if c.killed)
             rows.append({"role": role, "pids": pids, "instances": len(children), "killed": killed,
                          "cpu_s": sum(c.cpu_s for c in children),
                          "peak_rss_mb": max((c.peak_rss for c in children), default=0) / 2**20,
-                         "counts": counts, "verdict": verdict})
+                         "counts": counts, "verdict": verdict, "checks": checks})
 
         def verdict_of(prefixes):
             return "FAIL" if any(v.startswith(prefixes) for v in self.violations) else "OK"
@@ -928,12 +939,14 @@ class Stress:
         if flushers:
             fs = getattr(self, "flush_summary", None)
             counts = (f"lines {fs['lines']}; gaps {len(fs['gaps'])} ({fs['gap_events']} events)" if fs else "?")
-            row("flusher", flushers, counts, verdict_of(("flusher",)))
+            checks = {k: fs[k] for k in ("lines", "corrupt", "out_of_order", "duplicates", "missing")} if fs else None
+            row("flusher", flushers, counts, verdict_of(("flusher",)), checks)
         for slot, kind in self.reader_kinds.items():
             insts = [c for c in self.children if c.role == "reader" and c.slot == slot]
             done = [c.result for c in insts if c.result]
             counts = "/".join(str(sum(r[k] for r in done)) for k in ("delivered", "dropped", "filtered"))
-            row(f"reader {slot} {kind}", insts, counts, verdict_of((f"{slot} ",)))
+            checks = {name: sum(r[key] for r in done) for name, key in READER_CHECKS}
+            row(f"reader {slot} {kind}", insts, counts, verdict_of((f"{slot} ",)), checks)
         me = self.psutil.Process()
         import resource
 
@@ -997,6 +1010,18 @@ def print_report(rep: dict, out) -> None:
     p("")
     p("reader and flusher rows sum every instance; counts are those of the instances that read to the end "
       "(a killed instance reports nothing)")
+    p("")
+    p("checked:")
+    for r in rep["processes"]:
+        c = r.get("checks")
+        if c is None:
+            continue
+        if r["role"] == "flusher":
+            p(f"  {r['role']:<25} {c['lines']:>9} lines:  {c['corrupt']} corrupt, {c['out_of_order']} out of order, "
+              f"{c['duplicates']} duplicated, {c['missing']} missing")
+        else:
+            p(f"  {r['role']:<25} {c['events']:>9} events: {c['corrupt']} corrupt, {c['out_of_order']} out of order, "
+              f"{c['bad_steps']} bad cursor steps, {c['off_filter']} off filter")
     if rep["violations"]:
         p(f"\nVIOLATIONS ({len(rep['violations'])}):")
         for v in rep["violations"][:50]:

@@ -781,6 +781,7 @@ def test_shutdown_drains_the_flusher_and_leaves_nothing(ring_name, serve, procs,
     assert {e["capture_session_id"] for file in logs.values() for e in file} == {srv.session_id}
     assert "_gaps.jsonl" not in os.listdir(srv.log_dir)
     assert any("closed after 3001 events; flusher exit status 0" in line for line in srv.err)
+    assert not [line for line in srv.err if "Warning" in line or "Traceback" in line], srv.err  # its flusher's too
 
 
 def test_events_acknowledged_right_after_ready_are_flushed(ring_name, serve):

@@ -1,8 +1,8 @@
 """The flusher across real processes: gating, crashes, restarts, gaps, rotation, errors.
 
 The writer runs in the test process; flushers run as separate processes
-(``python -m shmring.flusher NAME DIR``, or a spawned child with injected
-faults) and are killed by pid. Nothing sleeps to synchronise: the tests wait
+(``python -m shmring flush NAME DIR``, as serve runs them, or a spawned child
+with injected faults) and are killed by pid. Nothing sleeps to synchronise: the tests wait
 for a flusher to attach or to reach a seq by polling the ring's registry with
 a deadline. FORBIDDEN outcomes: a published event missing from the files
 without a gap record covering it, a seq twice, a line that is not valid JSON,
@@ -34,16 +34,23 @@ CATEGORIES = ("console", "network", "page", "interaction")
 # -- helpers ---------------------------------------------------------------------------
 
 
+FLUSH = [sys.executable, "-m", "shmring", "flush"]
+OLD_ENTRY = [sys.executable, "-m", "shmring.flusher"]
+RUNPY_WARNING = "RuntimeWarning: 'shmring.flusher' found in sys.modules"
+"""What runpy prints for ``python -m shmring.flusher``: the package has imported the module (for
+``shmring.Flusher``) before runpy runs it again as __main__. ``shmring flush`` has no such warning."""
+
+
 @pytest.fixture
 def flushers(tmp_path):
-    """Start ``python -m shmring.flusher`` children; any still alive at teardown is killed by pid."""
+    """Start ``python -m shmring flush`` children; any still alive at teardown is killed by pid."""
     started = []
 
-    def start(name, directory, *args):
+    def start(name, directory, *args, entry=FLUSH):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         err = open(tmp_path / f"flusher-{len(started)}.err", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "shmring.flusher", name, str(directory), *args],
+        proc = subprocess.Popen([*entry, name, str(directory), *args],
                                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         err.close()
         proc.err_path = err.name
@@ -62,10 +69,10 @@ def stderr_of(proc) -> str:
 
 
 def finish(proc, expect_rc=0) -> str:
-    """Wait for a flusher process to end by itself; return its stderr (never a traceback)."""
+    """Wait for a flusher process to end by itself; return its stderr (never a traceback, never a warning)."""
     assert proc.wait(TIMEOUT_S) == expect_rc, stderr_of(proc)
     err = stderr_of(proc)
-    assert "Traceback" not in err, err
+    assert "Traceback" not in err and "Warning" not in err, err
     return err
 
 
@@ -765,3 +772,41 @@ def test_a_category_that_is_not_a_valid_file_name_never_reaches_the_file_system(
     allowed = {out.parent, out, out / "console.jsonl", out / CHECKPOINT_FILE}
     assert set(tmp_path.rglob("*")) <= allowed, sorted(tmp_path.rglob("*"))
     assert not os.path.exists("/tmp/shmring-escape-test.jsonl")
+
+
+# -- the command, under both names ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", [FLUSH, OLD_ENTRY], ids=["shmring flush", "python -m shmring.flusher"])
+def test_both_entries_flush_until_the_writer_dies_and_say_so(ring_name, flushers, spawn, tmp_path, entry):
+    from shmring.stats import ring_stats
+    from tests.procs import writer
+
+    out = tmp_path / "logs"
+    ready, go, done = spawn.Event(), spawn.Event(), spawn.Event()
+    holder = spawn.Process(target=writer, args=(ring_name, 50, ready),
+                           kwargs=dict(go=go, done=done, categories=CATEGORIES, then="hold",
+                                       kwargs=dict(capacity=256, data_bytes=1 << 20, flusher_grace_s=30)))
+    holder.start()
+    assert ready.wait(TIMEOUT_S)
+    proc = flushers(ring_name, out, "--fsync", "always", "--max-file-bytes", "1024", entry=entry)
+    poll_until(lambda: any(r["pid"] == proc.pid and r["gating"] for r in ring_stats(ring_name)["readers"])
+               or proc.poll() is not None, "the flusher to attach")
+    go.set()
+    assert done.wait(TIMEOUT_S)
+    holder.kill()
+    holder.join(TIMEOUT_S)
+    assert proc.wait(TIMEOUT_S) == 0, stderr_of(proc)
+    lines = [line for line in stderr_of(proc).splitlines() if not (entry is OLD_ENTRY and RUNPY_WARNING in line)]
+    assert lines == [f"shmring flusher: the writer of {ring_name!r} died; flushed up to seq 50"]
+    session_id = json.loads((out / CHECKPOINT_FILE).read_bytes())["capture_session_id"]
+    check_files(out, session_id, {i: CATEGORIES[i % len(CATEGORIES)] for i in range(1, 51)})
+    assert any(len(paths) > 1 for paths in category_files(out).values())  # --max-file-bytes was taken
+
+
+@pytest.mark.parametrize("entry", [FLUSH, OLD_ENTRY], ids=["shmring flush", "python -m shmring.flusher"])
+def test_both_entries_refuse_a_missing_ring_in_one_line(ring_name, flushers, tmp_path, entry):
+    proc = flushers(ring_name, tmp_path / "logs", entry=entry)
+    assert proc.wait(TIMEOUT_S) == 1
+    lines = [line for line in stderr_of(proc).splitlines() if not (entry is OLD_ENTRY and RUNPY_WARNING in line)]
+    assert len(lines) == 1 and lines[0].startswith("shmring flusher: ") and "does not exist" in lines[0], lines

@@ -101,7 +101,7 @@ def test_serve_sigterm_with_a_stopped_flusher_exits_within_its_bound(ring_name, 
         assert b"serving ring" in serve.stderr.readline()
         with Producer.connect(sock) as producer:
             producer.publish_many([make_event(i) for i in range(20)])
-        (flusher,) = [c for c in psutil.Process(serve.pid).children() if "shmring.flusher" in " ".join(c.cmdline())]
+        (flusher,) = [c for c in psutil.Process(serve.pid).children() if c.cmdline()[1:4] == ["-m", "shmring", "flush"]]
         poll_until(lambda: any(r["role"] == "flusher" and r["cursor"] >= 20 for r in ring_stats(ring_name)["readers"]),
                    "the flusher to take 20 events")
         flusher.send_signal(signal.SIGSTOP)  # serve's own child: a process this test started
