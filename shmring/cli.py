@@ -205,7 +205,8 @@ def _stat_table(s: dict) -> str:
         f"ring {s['name']}  capture session {s['capture_session_id']}{'  (closed)' if s['closed'] else ''}",
         f"writer pid {writer['pid']} {'alive' if writer['alive'] else 'DEAD'}  capacity {s['capacity']}  "
         f"latest seq {s['latest_seq']}  oldest seq {s['oldest_seq'] if s['oldest_seq'] is not None else '-'}  "
-        f"publish rate {rate}",
+        + (f"first seq {s['first_seq']}  " if s["first_seq"] > 1 else "")
+        + f"publish rate {rate}",
     ]
     if s["readers"]:
         lines.append(f"{'role':8} {'pid':>8} {'state':6} {'cursor':>12} {'lag':>10} {'delivered':>12} "

@@ -20,6 +20,7 @@ from .errors import IncompatibleRing
 from .layout import (
     CONFIG,
     HDR_CONFIG,
+    HDR_FIRST_SEQ,
     HDR_MAGIC,
     HDR_SESSION_ID,
     HDR_VERSION,
@@ -46,6 +47,8 @@ class RingInfo(msgspec.Struct):
     epoch: int
     created_us: int
     flusher_grace_s: float
+    first_seq: int = 1
+    """The first seq the writer assigned: seqs below it were never in this ring."""
 
 
 def open_ring_info(name: str, mapping) -> RingInfo:
@@ -64,7 +67,7 @@ def open_ring_info(name: str, mapping) -> RingInfo:
         raise IncompatibleRing(f"ring {name!r} is shorter than its header says; it is damaged", name=name)
     length, raw_id = SESSION_ID.unpack_from(buf, HDR_SESSION_ID)
     return RingInfo(name, raw_id[:length].decode(), capacity, data_bytes, pid, start_time, epoch, created_us,
-                    grace_us / 1e6)
+                    grace_us / 1e6, max(1, U64.unpack_from(buf, HDR_FIRST_SEQ)[0]))
 
 
 def read_owner(mapping) -> tuple[int, float] | None:
@@ -79,10 +82,11 @@ def read_owner(mapping) -> tuple[int, float] | None:
 
 
 def write_header(buf, *, capacity: int, data_bytes: int, pid: int, start_time: float, epoch: int, created_us: int,
-                 flusher_grace_s: float, capture_session_id: str) -> None:
+                 flusher_grace_s: float, capture_session_id: str, first_seq: int = 1) -> None:
     """Fill the header of a new ring, all but the version and magic (see ``mark_attachable``)."""
     CONFIG.pack_into(buf, HDR_CONFIG, capacity, data_bytes, pid, start_time, epoch, created_us,
                      int(flusher_grace_s * 1e6))
+    U64.pack_into(buf, HDR_FIRST_SEQ, first_seq)
     encoded_id = capture_session_id.encode()
     SESSION_ID.pack_into(buf, HDR_SESSION_ID, len(encoded_id), encoded_id)
 

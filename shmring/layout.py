@@ -20,6 +20,7 @@ Ring segment ``/shmring.NAME``::
     0      +---------------------------------------------------------+
            | magic | version | capacity | data_bytes | writer pid    |
            | writer start time | epoch | created_us | grace_us       |
+    | first_seq                                               |
     128    | capture_session_id (u32 length + up to 124 bytes)       |
     256    | head_seq | data_head      (writer, every publish)       |
     320    | data_low                  (writer, once per data chunk) |
@@ -72,6 +73,8 @@ HDR_VERSION = 8
 HDR_CONFIG = 16
 CONFIG = struct.Struct("<QQQdQQQ")
 """capacity, data_bytes, writer_pid, writer_start_time, epoch, created_us, flusher_grace_us"""
+HDR_FIRST_SEQ = HDR_CONFIG + CONFIG.size
+"""The first seq this writer assigns (a continued session starts past 1); 0 in older rings means 1."""
 HDR_SESSION_ID = 128
 SESSION_ID_MAX_BYTES = 124
 SESSION_ID = struct.Struct(f"<I{SESSION_ID_MAX_BYTES}s")

@@ -120,6 +120,7 @@ class Reader:
         # committed, never what it has merely taken: the writer may overwrite
         # anything at or below the published cursor.
         self._committed: int | None = None
+        self._first_seq = _info.first_seq
         self._strategy = wait_strategy(_max_delay_s)
         self._max_delay_s = _max_delay_s
         self._cursor_at_wait = _cursor
@@ -204,6 +205,11 @@ class Reader:
     @property
     def capacity(self) -> int:
         return self._info.capacity
+
+    @property
+    def first_seq(self) -> int:
+        """The first seq this ring's writer assigned; earlier seqs were never in this ring."""
+        return self._first_seq
 
     @property
     def filter(self) -> Filter | None:
@@ -342,6 +348,8 @@ class Reader:
         accept = self._accept
         while True:
             seq = self._cursor + 1
+            if seq < self._first_seq:  # never in this ring: the writer continued a session from first_seq
+                return self._drop_to(self._first_seq - 1)
             status, payload, fields = poll(seq, accept)
             if status == READY:
                 self._cursor = seq

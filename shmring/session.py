@@ -83,6 +83,7 @@ MIN_DATA_BYTES = 1024 * 1024
 MAX_CAPACITY = 1 << 24
 DEFAULT_FLUSHER_GRACE_S = 5.0
 DEFAULT_GATE_STALL_S = 30.0
+MAX_FIRST_SEQ = 1 << 62
 
 
 def _validate_sizes(capacity: object, data_bytes: object) -> None:
@@ -353,8 +354,14 @@ class CaptureSession:
         data_bytes: int = DEFAULT_DATA_BYTES,
         flusher_grace_s: float = DEFAULT_FLUSHER_GRACE_S,
         gate_stall_s: float | None = DEFAULT_GATE_STALL_S,
+        first_seq: int = 1,
     ) -> "CaptureSession":
         """Create ring `name` and own it.
+
+        capture_session_id and first_seq: a writer that continues a session
+        (after a restart) passes its id and the seq after the last one any
+        earlier writer assigned; readers of this ring see the seqs before
+        first_seq as never held (a drop, or history from an archive).
 
         capacity: events the ring retains (slots), a power of two.
         data_bytes: size of the data area holding the encoded envelopes.
@@ -373,6 +380,8 @@ class CaptureSession:
         if gate_stall_s is not None and (not isinstance(gate_stall_s, (int, float)) or gate_stall_s <= 0):
             raise ConfigError(f"gate_stall_s must be None or a number of seconds > 0, not {gate_stall_s!r}",
                               name=name)
+        if type(first_seq) is not int or not 1 <= first_seq < MAX_FIRST_SEQ:
+            raise ConfigError(f"first_seq must be an int from 1 to {MAX_FIRST_SEQ - 1}, not {first_seq!r}", name=name)
         check_memory_model()
         pid, start_time = current_identity()
         res = _Resources(name, pid)
@@ -390,18 +399,22 @@ class CaptureSession:
             buf = res.ring.buf
             write_header(buf, capacity=capacity, data_bytes=data_bytes, pid=pid, start_time=start_time, epoch=epoch,
                          created_us=time.time_ns() // 1000, flusher_grace_s=flusher_grace_s,
-                         capture_session_id=capture_session_id)
+                         capture_session_id=capture_session_id, first_seq=first_seq)
             unlink_registry_objects(name)
             res.registry = Registry(create_segment(registry_shm_name(name), REGISTRY_BYTES, keep_fd=True))
             res.registry.initialise(epoch)
             res.core = new_writer_core(buf, capacity, data_bytes)
+            res.core.last_seq = first_seq - 1
+            res.core.publish_head(first_seq - 1)
             res.gates = _Gates(res.registry, res.core, capacity, float(flusher_grace_s),
                                None if gate_stall_s is None else float(gate_stall_s))
             mark_attachable(buf)  # last: the ring is now attachable
         except BaseException:
             res.close()
             raise
-        return cls(res, capture_session_id, capacity, data_bytes, float(flusher_grace_s))
+        session = cls(res, capture_session_id, capacity, data_bytes, float(flusher_grace_s))
+        session._first_seq = first_seq
+        return session
 
     # -- properties -----------------------------------------------------------
     @property
@@ -411,6 +424,11 @@ class CaptureSession:
     @property
     def capture_session_id(self) -> str:
         return self._capture_session_id
+
+    @property
+    def first_seq(self) -> int:
+        """The first seq this writer assigns (1 unless it continues a session)."""
+        return self._first_seq
 
     @property
     def capacity(self) -> int:

@@ -56,6 +56,7 @@ def ring_stats(name: str, *, sample_s: float = 0.0) -> dict:
         data_bytes=info.data_bytes,
         latest_seq=latest,
         oldest_seq=oldest if oldest <= latest else None,
+        first_seq=info.first_seq,
         closed=closed,
         publish_rate=rate,
         created_us=info.created_us,

@@ -206,7 +206,8 @@ def test_max_delay_s_bounds_the_delivery_latency(ring_name, spawn, max_delay_s):
     assert len(latencies) == published
     latencies.sort()
     p99 = latencies[int(0.99 * len(latencies))]
-    assert p99 < max_delay_s + 0.1, f"p99 latency {p99 * 1e3:.1f} ms with max_delay_s={max_delay_s}"
+    # The margin is for a loaded 2-core machine; a reader that misses its wake-ups would wait its 1 s backstop.
+    assert p99 < max_delay_s + 0.3, f"p99 latency {p99 * 1e3:.1f} ms with max_delay_s={max_delay_s}"
     if max_delay_s:
         # 1k/s with a 20 ms budget: the reader takes events in batches, not one by one
         assert sum(batch_sizes) / len(batch_sizes) > 3, batch_sizes[:50]

@@ -19,7 +19,7 @@ def assert_disjoint_and_aligned(fields, end):
 def test_ring_header_fields():
     assert_disjoint_and_aligned([
         ("magic", L.HDR_MAGIC, 8), ("version", L.HDR_VERSION, 8), ("config", L.HDR_CONFIG, L.CONFIG.size),
-        ("session id", L.HDR_SESSION_ID, L.SESSION_ID.size), ("head", L.HDR_HEAD, L.HEAD.size),
+        ("first seq", L.HDR_FIRST_SEQ, 8), ("session id", L.HDR_SESSION_ID, L.SESSION_ID.size), ("head", L.HDR_HEAD, L.HEAD.size),
         ("data_low", L.HDR_DATA_LOW, 8), ("closed", L.HDR_CLOSED, 8),
     ], L.HEADER_BYTES)
     # the fields the writer stores on every publish sit on their own cache lines
