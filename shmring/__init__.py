@@ -5,6 +5,7 @@ seqlocked slots; any number of ``Reader``s attach by name, each with its own
 seq cursor, and learn exactly how many events they lost.
 """
 
+from .archive import Archive
 from .errors import (
     ConfigError,
     EventTooLarge,
@@ -39,6 +40,7 @@ __all__ = [
     "ReadResult",
     "Filter",
     "Flusher",
+    "Archive",
     "Producer",
     "PublishRejected",
     "ShmringError",

@@ -1,4 +1,4 @@
-"""The ``shmring`` command: serve, publish, tail, stat, ls, gc, flush, demo.
+"""The ``shmring`` command: serve, publish, tail, replay, stat, ls, gc, flush, demo.
 
 Rules:
 - The only module that prints or exits.
@@ -194,6 +194,35 @@ def cmd_tail(args) -> int:
                 out.flush()
             except BrokenPipeError:
                 pass
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from .archive import Archive
+    from .reader import Filter
+
+    archive = Archive(args.directory)
+    if args.sessions:
+        for s in archive.sessions():
+            print(f"{s.capture_session_id}  seqs {s.first_seq}-{s.last_seq}  events {s.events}  "
+                  f"recorded lost {s.gaps}")
+        return 0
+    filt = None
+    if args.category or args.detail_level or args.source_kind:
+        filt = Filter(categories=args.category, detail_levels=args.detail_level, source_kinds=args.source_kind)
+    out = sys.stdout.buffer
+    for record in archive.read_raw(args.session, after_seq=args.after, until_seq=args.until, filter=filt):
+        if record.dropped:
+            out.flush()
+            first = record.seq - record.dropped + 1
+            print(f"shmring: dropped {record.dropped} events (seqs {first}-{record.seq} are not in the files)",
+                  file=sys.stderr, flush=True)
+        else:
+            out.write(record.payload)
+            out.write(b"\n")
+    out.flush()
+    for path, offset in archive.torn_lines:
+        _err(f"skipped a torn line at byte {offset} of {path}")
     return 0
 
 
@@ -400,6 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source-kind", action="append", choices=SOURCE_KINDS, metavar="K")
     s.add_argument("--no-follow", action="store_true", help="exit once caught up")
     s.set_defaults(func=cmd_tail)
+
+    s = sub.add_parser("replay", help="print a flusher directory's envelopes as JSON lines, in seq order")
+    s.add_argument("directory", metavar="DIR")
+    s.add_argument("--sessions", action="store_true", help="list the capture sessions in DIR, oldest first")
+    s.add_argument("--session", metavar="ID", help="the capture session (default: the newest)")
+    s.add_argument("--after", type=_positive_int, default=0, metavar="SEQ", help="start right after SEQ")
+    s.add_argument("--until", type=_positive_int, metavar="SEQ", help="stop after SEQ")
+    s.add_argument("--category", action="append", metavar="C")
+    s.add_argument("--detail-level", action="append", choices=DETAIL_LEVELS, metavar="L")
+    s.add_argument("--source-kind", action="append", choices=SOURCE_KINDS, metavar="K")
+    s.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("stat", help="show a ring's writer, readers, cursors, lag and drops")
     s.add_argument("name", type=_ring_name)
