@@ -182,7 +182,7 @@ class Archive:
     def read(self, capture_session_id: str | None = None, *, after_seq: int = 0, until_seq: int | None = None,
              filter: Filter | None = None) -> Iterator[ReadResult]:
         """The events of one session (the newest when None) after `after_seq` (up to `until_seq`), decoded;
-        a drop is ``ReadResult(dropped=N)``, one per contiguous range lost."""
+        a drop is ``ReadResult(dropped=N, dropped_from=A, dropped_to=B)``, one per contiguous range lost."""
         keep = None
         if filter is not None and (filter.detail_levels is not None or filter.source_kinds is not None):
             detail_levels, source_kinds = filter.detail_levels, filter.source_kinds
@@ -193,7 +193,7 @@ class Archive:
                         and (source_kinds is None or event.source.kind in source_kinds))
         return self._walk(capture_session_id, after_seq, until_seq, filter, decode_envelope, keep,
                           lambda seq, category, envelope: ReadResult(envelope),
-                          lambda seq, dropped: ReadResult(dropped=dropped))
+                          lambda seq, dropped: ReadResult(dropped=dropped, dropped_from=seq - dropped + 1, dropped_to=seq))
 
     def read_raw(self, capture_session_id: str | None = None, *, after_seq: int = 0, until_seq: int | None = None,
                  filter: Filter | None = None) -> Iterator[RawRecord]:
@@ -208,7 +208,7 @@ class Archive:
                 return ((detail_levels is None or event.detail_level in detail_levels)
                         and (source_kinds is None or event.source.kind in source_kinds))
         return self._walk(capture_session_id, after_seq, until_seq, filter, None, keep, RawRecord,
-                          lambda seq, dropped: RawRecord(seq, "", b"", dropped))
+                          lambda seq, dropped: RawRecord(seq, "", b"", dropped, seq - dropped + 1, seq))
 
     def _walk(self, session: str | None, after_seq: int, until_seq: int | None, filter: Filter | None,
               convert: Callable | None, keep: Callable | None, event_out: Callable, drop_out: Callable):

@@ -145,10 +145,11 @@ def test_events_gone_before_the_flusher_attached_are_one_drop_with_the_exact_ran
     assert [json.loads(line)["from_seq"] for line in (directory / GAPS_FILE).read_bytes().splitlines()] == [1]
     archive = Archive(directory)
     results = list(archive.read(session_id))
-    assert results[0].envelope is None and results[0].dropped == lost
+    assert results[0].envelope is None and (results[0].dropped, results[0].dropped_from, results[0].dropped_to) == (
+        lost, 1, lost)
     assert [r.envelope.seq for r in results[1:]] == list(range(lost + 1, 1001))
     raw = list(archive.read_raw(session_id))
-    assert (raw[0].seq, raw[0].dropped) == (lost, lost)  # the range: seqs lost - dropped + 1 .. lost
+    assert (raw[0].seq, raw[0].dropped, raw[0].dropped_from, raw[0].dropped_to) == (lost, lost, 1, lost)
     after = list(archive.read_raw(session_id, after_seq=100))
     assert (after[0].seq, after[0].dropped) == (lost, lost - 100)
     assert list(archive.read_raw(session_id, after_seq=lost))[0].seq == lost + 1
