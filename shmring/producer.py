@@ -19,6 +19,10 @@ from collections.abc import Iterable
 import msgspec
 
 from .errors import ShmringError
+from .schema import Event
+
+EventLike = Event | dict | bytes | bytearray | str
+"""What ``publish`` takes: an Event, a dict of its fields, or one JSON line."""
 
 __all__ = ["Producer", "PublishRejected"]
 
@@ -70,7 +74,7 @@ class Producer:
                 ) from None
 
     @staticmethod
-    def _line(event) -> bytes:
+    def _line(event: EventLike) -> bytes:
         if isinstance(event, (bytes, bytearray)):
             line = bytes(event).strip()
         elif isinstance(event, str):
@@ -90,7 +94,7 @@ class Producer:
             raise ShmringError(f"the server at {self._path} closed the connection")
         return _reply_decoder.decode(raw)
 
-    def publish(self, event) -> int:
+    def publish(self, event: EventLike) -> int:
         """Publish one event (an Event, a dict, or a JSON line); return its seq."""
         line = self._line(event)
         try:
@@ -103,7 +107,7 @@ class Producer:
             return reply["seq"]
         raise PublishRejected(f"event rejected: {reply.get('error')}", [(0, reply.get("error", ""))], [None])
 
-    def publish_many(self, events: Iterable) -> list[int]:
+    def publish_many(self, events: Iterable[EventLike]) -> list[int]:
         """Publish a batch, pipelined; return the seqs. Raises PublishRejected after the whole batch."""
         lines = [self._line(e) for e in events]
         failure = []
@@ -142,5 +146,5 @@ class Producer:
     def __enter__(self) -> "Producer":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

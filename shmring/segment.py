@@ -31,11 +31,13 @@ __all__ = [
     "wake_sem_name",
     "create_segment",
     "open_segment",
+    "ring_not_found",
     "unlink_segment",
     "WakeSemaphore",
     "unlink_ring_objects",
     "unlink_registry_objects",
     "list_ring_names",
+    "dev_shm_space",
 ]
 
 _RING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -137,11 +139,17 @@ def _reserve(fd: int, shm_name: str, size: int) -> None:
 
 
 def _free_bytes() -> int:
+    space = dev_shm_space()
+    return 0 if space is None else space[0]
+
+
+def dev_shm_space() -> tuple[int, int] | None:
+    """(free, total) bytes of /dev/shm, or None if there is no /dev/shm."""
     try:
         st = os.statvfs(_SHM_DIR)
     except OSError:
-        return 0
-    return st.f_bavail * st.f_frsize
+        return None
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
 def _mib(size: int) -> str:
@@ -153,13 +161,14 @@ def open_segment(shm_name: str, *, writable: bool, keep_fd: bool = False) -> Map
     try:
         shm = posix_ipc.SharedMemory(shm_name, read_only=not writable)
     except posix_ipc.ExistentialError:
-        raise RingNotFound(f"shared-memory segment {shm_name} does not exist") from None
+        raise ring_not_found(_ring_of(shm_name)) from None
     except posix_ipc.PermissionsError:
         raise _permission_denied(shm_name) from None
     try:
         size = os.fstat(shm.fd).st_size
         if size == 0:
-            raise RingNotFound(f"shared-memory segment {shm_name} is empty (still being created?)")
+            raise RingNotFound(f"ring {_ring_of(shm_name)!r} is still being created; retry in a moment "
+                               "(`shmring gc` removes it if its writer died)")
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         buf = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, prot)
     except BaseException:
@@ -169,6 +178,17 @@ def open_segment(shm_name: str, *, writable: bool, keep_fd: bool = False) -> Map
         return Mapping(buf, shm.fd, size)
     shm.close_fd()
     return Mapping(buf, None, size)
+
+
+def ring_not_found(name: str) -> RingNotFound:
+    """The one message for a ring that is not there, wherever it is looked for."""
+    return RingNotFound(f"no ring {name!r} on this machine; `shmring ls` lists the rings, and `shmring serve {name}` "
+                        f"(or CaptureSession.create({name!r})) starts one")
+
+
+def _ring_of(shm_name: str) -> str:
+    """The ring NAME of any of its objects' names (``/shmring.NAME``, ``/shmring.NAME+readers``)."""
+    return shm_name.removeprefix(f"/{_PREFIX}").split("+", 1)[0]
 
 
 def _permission_denied(shm_name: str) -> PermissionError:

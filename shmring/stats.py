@@ -14,7 +14,7 @@ import time
 
 from .errors import IncompatibleRing, RingNotFound, ShmringError
 from .layout import CONFIG, HDR_CONFIG, HEADER_BYTES
-from .liveness import is_alive
+from .liveness import is_alive, maps_file
 from .reader import open_ring_info
 from .registry import Registry
 from .ring import RingReaderCore
@@ -30,11 +30,17 @@ from .segment import (
 __all__ = ["ring_stats", "list_rings", "collect_garbage"]
 
 _CREATION_WINDOW_S = 5.0
+ACCELERATOR_FILE = "/shmring/_hotpath."
+"""Part of the path of the compiled accelerator, as mapped in a process that loaded it."""
 _ORPHAN = re.compile(r"(?:sem\.)?shmring\.(.+)\+(?:readers|wake\d+)")
 
 
-def ring_stats(name: str, *, sample_s: float = 0.0) -> dict:
-    """Everything stat shows about ring `name`; publish rate sampled over `sample_s`."""
+def ring_stats(name: str, *, sample_s: float = 0.0, accelerator: bool = False) -> dict:
+    """Everything stat shows about ring `name`; publish rate sampled over `sample_s`.
+
+    accelerator: also tell whether the writer runs the compiled accelerator
+    (``writer["accelerator"]``: True, False, or None if that can't be told).
+    """
     ring = open_segment(ring_shm_name(validate_ring_name(name)), writable=False)
     try:
         info = open_ring_info(name, ring)
@@ -64,10 +70,14 @@ def ring_stats(name: str, *, sample_s: float = 0.0) -> dict:
              filtered=e["filtered"], waiting=e["waiting"])
         for e in entries
     ]
+    writer = dict(pid=info.writer_pid, alive=is_alive(info.writer_pid, info.writer_start_time))
+    if accelerator:  # the writer's process has the compiled extension mapped, or not (None: can't tell)
+        writer["accelerator"] = (maps_file(info.writer_pid, info.writer_start_time, ACCELERATOR_FILE)
+                                 if writer["alive"] else None)
     return dict(
         name=name,
         capture_session_id=info.capture_session_id,
-        writer=dict(pid=info.writer_pid, alive=is_alive(info.writer_pid, info.writer_start_time)),
+        writer=writer,
         capacity=info.capacity,
         data_bytes=info.data_bytes,
         latest_seq=latest,
