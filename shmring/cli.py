@@ -1,4 +1,4 @@
-"""The ``shmring`` command: serve, publish, tail, replay, stat, ls, gc, flush, demo.
+"""The ``shmring`` command: serve, publish, tail, replay, stat, ls, gc, flush, doctor, demo.
 
 Rules:
 - The only module that prints or exits.
@@ -7,7 +7,9 @@ Rules:
 - Every ring NAME argument is checked by ``validate_ring_name`` as it is
   parsed (``type=_ring_name``), so each command refuses a bad name alike.
 - ``tail`` works in pipelines: a closed stdout ends it quietly, as do
-  SIGINT and SIGTERM (status 0).
+  SIGINT and SIGTERM (status 0). Its ``--type`` and ``--grep`` select on
+  the consumer side: what they leave out is delivered to tail, never a drop.
+- Every option has a help text; the formatter adds its default and choices.
 - ``serve --log-dir`` exits non-zero if its flusher did not end cleanly:
   the log files may then be incomplete.
 """
@@ -96,7 +98,7 @@ def cmd_flush(args) -> int:
                      group_readable=args.group_readable) as flusher:
             stats = flusher.run(stop)
     except ShmringError as exc:
-        _flusher_err(str(exc))
+        _err(str(exc))  # the same line as every other shmring command gives
         return 1
     if stats["ending"] == "writer_gone":
         _flusher_err(f"the writer of {args.name!r} died; flushed up to seq {stats['last_seq']}")
@@ -108,9 +110,9 @@ def _flusher_err(message: str) -> None:
 
 
 def _add_flush_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", type=_ring_name)
-    p.add_argument("directory")
-    p.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch")
+    p.add_argument("name", type=_ring_name, help=NAME_HELP)
+    p.add_argument("directory", help="the log directory (created 0700 if missing)")
+    p.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch", help=FSYNC_HELP)
     p.add_argument("--max-file-bytes", type=_positive_int, metavar="N",
                    help="rotate a category's file when it would grow past N bytes (0 or absent: never)")
     p.add_argument("--group-readable", action="store_true", help=GROUP_READABLE_HELP)
@@ -128,24 +130,29 @@ def cmd_publish(args) -> int:
             if line.strip():
                 numbered.append((number, line.strip()))
             if len(numbered) >= 512:
-                failed += _send(producer, numbered)
+                failed += _send(producer, numbered, args.print_seqs)
                 numbered = []
-        failed += _send(producer, numbered)
+        failed += _send(producer, numbered, args.print_seqs)
     return 1 if failed else 0
 
 
-def _send(producer, numbered) -> int:
+def _send(producer, numbered, print_seqs: bool) -> int:
+    """Publish a batch of (line number, line); report rejects on stderr, seqs on stdout if asked; count rejects."""
     from .producer import PublishRejected
 
     if not numbered:
         return 0
+    rejected = []
     try:
-        producer.publish_many([line for _, line in numbered])
+        seqs = producer.publish_many([line for _, line in numbered])
     except PublishRejected as exc:
-        for index, message in exc.rejected:
-            print(f"line {numbered[index][0]}: {message}", file=sys.stderr)
-        return len(exc.rejected)
-    return 0
+        seqs, rejected = exc.seqs, exc.rejected
+    if print_seqs:
+        sys.stdout.write("".join(f"{seq}\n" for seq in seqs if seq is not None))
+        sys.stdout.flush()
+    for index, message in rejected:
+        print(f"line {numbered[index][0]}: {message}", file=sys.stderr)
+    return len(rejected)
 
 
 # -- tail --------------------------------------------------------------------------------
@@ -161,37 +168,42 @@ def _raise_stop(*_):
 
 def cmd_tail(args) -> int:
     from .reader import Filter, Reader
+    from .stats import ring_stats
 
     filt = None
     if args.category or args.detail_level or args.source_kind:
         filt = Filter(categories=args.category, detail_levels=args.detail_level, source_kinds=args.source_kind)
-    after = 0 if args.from_start else args.after
-    out = sys.stdout.buffer
+    sink = _TailSink(args, colour=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    after, backlog_to = (0 if args.from_start else args.after), None
+    if args.lines:
+        # The last N events: with no filter, start N before the latest; with
+        # one, read what the ring holds and keep the last N that match.
+        s = ring_stats(args.name)
+        oldest = s["oldest_seq"] or s["latest_seq"] + 1
+        filtered = filt is not None or sink.selects
+        after = oldest - 1 if filtered else max(oldest - 1, s["latest_seq"] - args.lines)
+        backlog_to = s["latest_seq"] if filtered else None
     with Reader.attach(args.name, after_seq=after, filter=filt, max_delay_s=TAIL_MAX_DELAY_S) as reader:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _raise_stop)
         try:
+            if backlog_to is not None:
+                sink.last(reader, args.lines, backlog_to)
             while records := reader.read_raw_many(timeout=0 if args.no_follow else None):
                 for record in records:
-                    if record.dropped:
-                        out.flush()
-                        print(f"shmring: dropped {record.dropped} events (overwritten before this reader got them)",
-                              file=sys.stderr, flush=True)
-                    else:
-                        out.write(record.payload)
-                        out.write(b"\n")
-                out.flush()
+                    sink.emit(record)
+                sink.flush()
         except (RingClosed, KeyboardInterrupt):
             pass
         except WriterGone:
-            out.flush()
+            sink.flush()
             _err(f"the writer of ring {args.name!r} died; everything it left was printed")
             return 1
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)  # the reader closes undisturbed
             try:
-                out.flush()
+                sink.flush()
             except BrokenPipeError:
                 pass
     return 0
@@ -226,13 +238,93 @@ def cmd_replay(args) -> int:
     return 0
 
 
+class _TailSink:
+    """tail's output: --type and --grep select (consumer side, never drops), --format renders, drops are told."""
+
+    def __init__(self, args, colour: bool):
+        from .render import decode, parse_format, pretty_line
+
+        self.out = sys.stdout.buffer
+        self.format = parse_format(args.format)
+        self.colour = colour
+        self.types = tuple(args.type or ())
+        self.grep = args.grep.encode() if args.grep is not None else None
+        self.selects = bool(self.types) or self.grep is not None
+        self.json_drops = args.json_drops
+        self.decode = decode
+        self.pretty_line = pretty_line
+
+    def render(self, record) -> bytes | None:
+        """The line for an event record (without its newline), or None if --type/--grep leave it out."""
+        payload = record.payload
+        if self.grep is not None and self.grep not in payload:
+            return None
+        if self.format == "json" and not self.types:
+            return payload
+        envelope = self.decode(payload)
+        if self.types and not str((envelope.get("event") or {}).get("type", "")).startswith(self.types):
+            return None
+        if self.format == "json":
+            return payload
+        if self.format == "pretty":
+            return self.pretty_line(envelope, colour=self.colour).encode()
+        return self.format.render(envelope).encode()
+
+    def emit(self, record, line: bytes | None = None) -> None:
+        if record.dropped:
+            self.drop(record)
+            return
+        if line is None:
+            line = self.render(record)
+        if line is not None:
+            self.out.write(line)
+            self.out.write(b"\n")
+
+    def drop(self, record) -> None:
+        first, last = record.seq - record.dropped + 1, record.seq
+        self.flush()
+        span = f"seq {first}" if first == last else f"seq {first}-{last}"
+        print(f"shmring: dropped {record.dropped} event{'s' if record.dropped != 1 else ''}, {span} (overwritten "
+              "before this reader got them)", file=sys.stderr, flush=True)
+        if self.json_drops:
+            self.out.write(b'{"dropped":%d,"from_seq":%d,"to_seq":%d}\n' % (record.dropped, first, last))
+
+    def last(self, reader, count: int, up_to_seq: int) -> None:
+        """Read up to seq `up_to_seq` and print only the last `count` selected events (and drops among them)."""
+        from collections import deque
+
+        kept: deque = deque()  # (record, line); a drop's line is None
+        events = 0
+        try:
+            while reader.cursor < up_to_seq and (records := reader.read_raw_many(timeout=0)):
+                for record in records:
+                    line = None if record.dropped else self.render(record)
+                    if not record.dropped and line is None:
+                        continue
+                    kept.append((record, line))
+                    events += not record.dropped
+                    # Once N events are kept, what comes before the first of them is out of the window.
+                    while events > count or (kept and kept[0][0].dropped and events >= count):
+                        events -= not kept.popleft()[0].dropped
+        finally:  # the end of the stream, too, prints what was kept
+            for record, line in kept:
+                self.emit(record, line)
+            self.flush()
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 # -- stat / ls / gc ------------------------------------------------------------------------
 def _stat_table(s: dict) -> str:
     writer = s["writer"]
     rate = "-" if s["publish_rate"] is None else f"{s['publish_rate']:,.0f}/s"
+    state = "alive" if writer["alive"] else ("exited" if s["closed"] else "DEAD")
+    accelerator = {True: "  (accelerator in use)", False: "  (pure Python: no accelerator)"}.get(
+        writer.get("accelerator"), "")
     lines = [
         f"ring {s['name']}  capture session {s['capture_session_id']}{'  (closed)' if s['closed'] else ''}",
-        f"writer pid {writer['pid']} {'alive' if writer['alive'] else 'DEAD'}  capacity {s['capacity']}  "
+        f"writer pid {writer['pid']} {state}{accelerator}  capacity {s['capacity']}  "
         f"latest seq {s['latest_seq']}  oldest seq {s['oldest_seq'] if s['oldest_seq'] is not None else '-'}  "
         + (f"first seq {s['first_seq']}  " if s["first_seq"] > 1 else "")
         + f"publish rate {rate}",
@@ -252,16 +344,60 @@ def cmd_stat(args) -> int:
     from .stats import ring_stats
 
     stop = _stop_on_signals()
+    last = None
     while True:
-        s = ring_stats(args.name, sample_s=0.25)
-        if args.json:
-            print(json.dumps(s), flush=True)
-        else:
-            if args.watch and sys.stdout.isatty():
-                print("\033[H\033[J", end="")
-            print(_stat_table(s), flush=True)
+        try:
+            s = ring_stats(args.name, sample_s=0.25, accelerator=True)
+        except RingNotFound:
+            if last is None:
+                raise
+            # --watch: the ring went away. A clean close removes it; so does `shmring gc` after a writer died.
+            if not last["closed"] and not last["writer"]["alive"]:
+                raise RingNotFound(f"ring {args.name!r} was removed after its writer died") from None
+            s = None
+        if s is not None:
+            if args.json:
+                print(json.dumps(s), flush=True)
+            else:
+                if args.watch and sys.stdout.isatty():
+                    print("\033[H\033[J", end="")
+                print(_stat_table(s), flush=True)
+        if args.watch and (s is None or s["closed"]):
+            if not args.json:
+                print(f"ring {args.name!r} closed", flush=True)
+            return 0
+        last = s
         if not args.watch or stop.wait(1.0):
             return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import diagnose
+
+    d = diagnose()
+    if args.json:
+        print(json.dumps(d))
+        return 1 if d["problems"] else 0
+    acc, shm, mm = d["accelerator"], d["dev_shm"], d["memory_model"]
+    print(f"shmring {d['shmring']}, Python {d['python']} on {d['machine']}")
+    if acc["in_use"]:
+        print(f"accelerator: compiled and in use ({acc['path']})")
+    else:
+        print(f"accelerator: NOT in use, {acc['why_not']}. shmring runs in pure Python: the same behaviour, "
+              "a slower writer")
+    print(f"memory model: {mm['detail']}")
+    if shm["free_bytes"] is None:
+        print("/dev/shm: missing")
+    else:
+        mib = 1 << 20
+        fits = "fits" if shm["default_ring_fits"] else ("does NOT fit: lower --capacity/--data-bytes, or give the "
+                                                        "machine more shared memory (docker run --shm-size)")
+        print(f"/dev/shm: {shm['free_bytes'] / mib:,.1f} MiB free of {shm['total_bytes'] / mib:,.1f} MiB; a default "
+              f"ring ({shm['default_ring_bytes'] / mib:,.1f} MiB) {fits}")
+    print("libraries: " + ", ".join(f"{name} {version or 'NOT INSTALLED'}" for name, version in d["libraries"].items()))
+    for problem in d["problems"]:
+        _err(problem)
+    return 1 if d["problems"] else 0
 
 
 def cmd_ls(args) -> int:
@@ -360,49 +496,87 @@ def _ring_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _format(text: str) -> str:
+    from .render import parse_format
+
+    try:
+        parse_format(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """ArgumentDefaultsHelpFormatter's rule, plus: choices are listed when a metavar hides them.
+
+    A flag's default (off) and a None default go unsaid: the help says what happens without the option.
+    """
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if action.choices and action.metavar and not isinstance(action, argparse._SubParsersAction):
+            help += " (choices: " + ", ".join(map(str, action.choices)) + ")"
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help and (
+                action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)):
+            help += " (default: %(default)s)"
+        return help
+
+
 class _Parser(argparse.ArgumentParser):
-    """Bad arguments are one line too (subcommand parsers are made of this class)."""
+    """Bad arguments are one line too (subcommand parsers are made of this class); help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`\n")
 
 
+NAME_HELP = "the ring's name: 1-100 letters, digits, '_', '-', '.', starting with a letter or digit"
+FSYNC_HELP = "when the flusher fsyncs: every line, every 4096 lines or 100 ms, or never"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="shmring", description="A shared-memory event broker for processes on one machine.")
-    p.add_argument("--version", action="version", version=f"shmring {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--version", action="version", version=f"shmring {__version__}", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="one of these (`shmring COMMAND --help` for its options):")
 
     s = sub.add_parser("serve", help="run a ring's writer (with ingest socket and flusher)")
-    s.add_argument("name", type=_ring_name)
-    s.add_argument("--socket", metavar="PATH", help="accept events from producers on this Unix socket (mode 0600)")
-    s.add_argument("--log-dir", metavar="DIR", help="run a flusher into DIR/<category>.jsonl")
-    s.add_argument("--capacity", type=_positive_int, default=DEFAULT_CAPACITY, help="slots (a power of two)")
-    s.add_argument("--data-bytes", type=_positive_int, default=DEFAULT_DATA_BYTES, help="data area size")
-    s.add_argument("--flusher-grace-s", type=float, default=DEFAULT_FLUSHER_GRACE_S,
+    s.add_argument("name", type=_ring_name, help=NAME_HELP)
+    s.add_argument("--socket", metavar="PATH",
+                   help="accept events from producers on this Unix socket (mode 0600); default: no socket")
+    s.add_argument("--log-dir", metavar="DIR", help="run a flusher into DIR/<category>.jsonl; default: no flusher")
+    s.add_argument("--capacity", type=_positive_int, default=DEFAULT_CAPACITY, metavar="N",
+                   help="slots: the events the ring retains (a power of two)")
+    s.add_argument("--data-bytes", type=_positive_int, default=DEFAULT_DATA_BYTES, metavar="N",
+                   help="size of the data area holding the encoded envelopes (at least 1 MiB)")
+    s.add_argument("--flusher-grace-s", type=float, default=DEFAULT_FLUSHER_GRACE_S, metavar="S",
                    help="how long publish waits for a dead flusher")
-    s.add_argument("--gate-stall-s", type=float, default=DEFAULT_GATE_STALL_S,
+    s.add_argument("--gate-stall-s", type=float, default=DEFAULT_GATE_STALL_S, metavar="S",
                    help="how long publish and shutdown wait for a live flusher that takes nothing (stopped, hung "
                         "disk); then the writer goes on and the missed range becomes a recorded gap")
-    s.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch")
+    s.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch", help=FSYNC_HELP)
     s.add_argument("--group-readable", action="store_true", help=GROUP_READABLE_HELP)
-    s.add_argument("--session-id", help="capture session id (default: a new uuid4)")
-    s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (needs --socket)")
-    s.add_argument("--cdp-detail-level", choices=DETAIL_LEVELS, default="standard")
+    s.add_argument("--session-id", metavar="ID", help="capture session id (default: a new uuid4)")
+    s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (needs --socket); default: none")
+    s.add_argument("--cdp-detail-level", choices=DETAIL_LEVELS, default="standard",
+                   help="the --cdp producer's detail level (see capture-cdp --detail-level)")
     s.add_argument("--cdp-console-via-inspector", action="store_true",
                    help="capture console calls through Runtime.consoleAPICalled (see capture-cdp)")
     s.add_argument("--max-connections", type=_positive_int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
-                   help="producers served at once on --socket; one more gets an error reply and is closed "
-                        f"(default {DEFAULT_MAX_CONNECTIONS})")
+                   help="producers served at once on --socket; one more gets an error reply and is closed")
     s.add_argument("--max-buffered-bytes", type=_positive_int, default=DEFAULT_MAX_BUFFERED_BYTES, metavar="N",
                    help="bytes of partial lines held across all --socket connections; the connection that would "
-                        f"go over gets an error reply and is closed (default {DEFAULT_MAX_BUFFERED_BYTES})")
+                        "go over gets an error reply and is closed")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("capture-cdp", help="publish a live Chromium's events (CDP) through a serve socket")
     s.add_argument("name", type=_ring_name, help="the ring (for messages; events go through --socket)")
     s.add_argument("--cdp", metavar="URL", required=True,
                    help="http://127.0.0.1:PORT or the browser's ws://.../devtools/browser/... URL")
-    s.add_argument("--socket", metavar="PATH", required=True)
+    s.add_argument("--socket", metavar="PATH", required=True, help="the socket of `shmring serve NAME --socket PATH`")
     s.add_argument("--detail-level", choices=DETAIL_LEVELS, default="standard",
                    help="how much goes into data: minimal, standard, verbose (headers, stacks), raw (CDP params)")
     console = s.add_mutually_exclusive_group()
@@ -416,39 +590,61 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_capture_cdp)
 
     s = sub.add_parser("publish", help="send JSON Event lines from stdin to a serve socket")
-    s.add_argument("--socket", metavar="PATH", required=True)
+    s.add_argument("--socket", metavar="PATH", required=True, help="the socket of `shmring serve NAME --socket PATH`")
+    s.add_argument("--print-seqs", action="store_true",
+                   help="print each published event's seq on stdout, one per line in input order (a rejected line "
+                        "gets none: it is reported on stderr)")
     s.set_defaults(func=cmd_publish)
 
-    s = sub.add_parser("tail", help="print a ring's envelopes as JSON lines")
-    s.add_argument("name", type=_ring_name)
+    s = sub.add_parser("tail", help="print a ring's envelopes as JSON lines (or pretty, or a template)")
+    s.add_argument("name", type=_ring_name, help=NAME_HELP)
     where = s.add_mutually_exclusive_group()
     where.add_argument("--from-start", action="store_true", help="start at seq 1 (or the oldest retained)")
     where.add_argument("--after", type=_positive_int, metavar="SEQ", help="start right after SEQ")
-    s.add_argument("--category", action="append", metavar="C")
-    s.add_argument("--detail-level", action="append", choices=DETAIL_LEVELS, metavar="L")
-    s.add_argument("--source-kind", action="append", choices=SOURCE_KINDS, metavar="K")
+    where.add_argument("-n", "--lines", type=_positive_int, metavar="N",
+                       help="start with the last N events (the last N that pass the filters), then follow; "
+                            "default: only events published from now on")
+    s.add_argument("--category", action="append", metavar="C",
+                   help="only this category (repeat for several); default: all")
+    s.add_argument("--detail-level", action="append", choices=DETAIL_LEVELS, metavar="L",
+                   help="only this detail level (repeat for several); default: all")
+    s.add_argument("--source-kind", action="append", choices=SOURCE_KINDS, metavar="K",
+                   help="only this source kind (repeat for several); default: all")
+    s.add_argument("--type", action="append", metavar="PREFIX",
+                   help="only events whose type starts with PREFIX, e.g. network. (repeat for several); default: all")
+    s.add_argument("--grep", metavar="TEXT",
+                   help="only events whose envelope JSON (as --format json prints it) contains TEXT; default: all")
+    s.add_argument("--format", type=_format, default="json", metavar="FORMAT",
+                   help="json (the envelope as the writer encoded it), pretty (one line: time, seq, category, type, "
+                        "url, data preview; coloured on a terminal unless NO_COLOR is set), or a template of field "
+                        "paths such as '{seq} {event.type} {event.data.url}' (see the README)")
+    s.add_argument("--json-drops", action="store_true",
+                   help='also print each drop on stdout, as {"dropped":N,"from_seq":A,"to_seq":B}')
     s.add_argument("--no-follow", action="store_true", help="exit once caught up")
     s.set_defaults(func=cmd_tail)
 
     s = sub.add_parser("replay", help="print a flusher directory's envelopes as JSON lines, in seq order")
-    s.add_argument("directory", metavar="DIR")
+    s.add_argument("directory", metavar="DIR", help="a flusher's log directory (serve --log-dir, shmring flush)")
     s.add_argument("--sessions", action="store_true", help="list the capture sessions in DIR, oldest first")
     s.add_argument("--session", metavar="ID", help="the capture session (default: the newest)")
     s.add_argument("--after", type=_positive_int, default=0, metavar="SEQ", help="start right after SEQ")
     s.add_argument("--until", type=_positive_int, metavar="SEQ", help="stop after SEQ")
-    s.add_argument("--category", action="append", metavar="C")
-    s.add_argument("--detail-level", action="append", choices=DETAIL_LEVELS, metavar="L")
-    s.add_argument("--source-kind", action="append", choices=SOURCE_KINDS, metavar="K")
+    s.add_argument("--category", action="append", metavar="C", help="only this category (repeatable); default: all")
+    s.add_argument("--detail-level", action="append", choices=DETAIL_LEVELS, metavar="L",
+                   help="only events at this detail level (repeatable); default: all")
+    s.add_argument("--source-kind", action="append", choices=SOURCE_KINDS, metavar="K",
+                   help="only events from this source kind (repeatable); default: all")
     s.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("stat", help="show a ring's writer, readers, cursors, lag and drops")
-    s.add_argument("name", type=_ring_name)
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--watch", action="store_true", help="refresh every second")
+    s.add_argument("name", type=_ring_name, help=NAME_HELP)
+    s.add_argument("--json", action="store_true", help="one JSON object (a line per refresh with --watch)")
+    s.add_argument("--watch", action="store_true",
+                   help="refresh every second; exit 0 once the ring is closed")
     s.set_defaults(func=cmd_stat)
 
     s = sub.add_parser("ls", help="list the rings on this machine")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="a JSON list, one object per ring")
     s.set_defaults(func=cmd_ls)
 
     s = sub.add_parser("gc", help="remove rings whose writer is dead")
@@ -457,10 +653,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("flush", help="tail a ring into DIR/<category>.jsonl")
     _add_flush_arguments(s)
 
+    s = sub.add_parser("doctor", help="what this installation can do here: accelerator, memory model, /dev/shm")
+    s.add_argument("--json", action="store_true", help="one JSON object")
+    s.set_defaults(func=cmd_doctor)
+
     s = sub.add_parser("demo", help="run everything for ten seconds on synthetic browser events")
-    s.add_argument("--seconds", type=float, default=10.0)
-    s.add_argument("--rate", type=_positive_int, default=2000, help="events per second")
-    s.add_argument("--dir", default="shmring-demo", help="where the flusher writes (default ./shmring-demo)")
+    s.add_argument("--seconds", type=float, default=10.0, metavar="S", help="how long the demo runs")
+    s.add_argument("--rate", type=_positive_int, default=2000, metavar="N",
+                   help="events per second of the synthetic producer")
+    s.add_argument("--dir", default="shmring-demo", metavar="DIR", help="where the flusher writes")
     s.add_argument("--browser", action="store_true", help="real events from a headless Chromium on a local page")
     s.add_argument("--chromium", metavar="PATH",
                    help="the Chromium binary for --browser (default: $SHMRING_CHROMIUM, else /usr/bin/chromium)")
@@ -483,10 +684,7 @@ def flusher_module_main() -> None:
 def _run(args) -> int:
     try:
         return args.func(args)
-    except RingNotFound as exc:
-        name = getattr(args, "name", None)
-        _err(f"no ring {name!r} on this machine ({exc}); `shmring ls` lists the rings" if name else str(exc))
-    except ShmringError as exc:
+    except ShmringError as exc:  # RingNotFound included: its message says how to list and start rings
         _err(str(exc))
     except PermissionError as exc:
         _err(f"permission denied: {exc.filename or exc}; run as the ring's owner or choose another path")

@@ -472,7 +472,7 @@ class Flusher:
     def __enter__(self) -> "Flusher":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

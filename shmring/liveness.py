@@ -11,7 +11,7 @@ import select
 
 import psutil
 
-__all__ = ["ProcessIdentity", "ProcessWatch", "current_identity", "is_alive"]
+__all__ = ["ProcessIdentity", "ProcessWatch", "current_identity", "is_alive", "maps_file"]
 
 # psutil derives create_time from boot time plus clock ticks: it is stable for
 # one process, and two processes sharing a pid are started far more than this
@@ -45,6 +45,20 @@ def is_alive(pid: int, start_time: float) -> bool:
         return False
     except psutil.AccessDenied:
         return True
+
+
+def maps_file(pid: int, start_time: float, fragment: str) -> bool | None:
+    """Whether process `pid` (that started at `start_time`) has a file whose path contains `fragment` mapped.
+
+    None if that cannot be told: the process is gone, or is another user's.
+    """
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - start_time) > _START_TIME_TOLERANCE_S:
+            return None
+        return any(fragment in m.path for m in proc.memory_maps(grouped=True))
+    except psutil.Error:
+        return None
 
 
 class ProcessWatch:

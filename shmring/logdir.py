@@ -43,15 +43,14 @@ def _open_directory(path: str, group_readable: bool) -> int:
     except FileExistsError:
         created = False
     except OSError as exc:
-        raise FlushError(f"cannot create log directory {path}: {exc.strerror}") from None
+        raise _unusable_directory(path, exc) from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            what = "a symbolic link" if os.path.islink(path) else "not a directory"
-            raise FlushError(f"log directory {path} is {what}; give the path of a directory you own, "
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+            raise FlushError(f"log directory {path} is a symbolic link; give the path of a directory you own, "
                              "or a new path") from None
-        raise FlushError(f"cannot open log directory {path}: {exc.strerror}") from None
+        raise _unusable_directory(path, exc, path if os.path.isdir(path) else None) from None
     try:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid():
@@ -69,13 +68,72 @@ def _open_directory(path: str, group_readable: bool) -> int:
     return fd
 
 
+_WHY = {
+    errno.EROFS: "is on a read-only filesystem",
+    errno.ENOSPC: "is on a filesystem with no space left",
+    errno.EDQUOT: "is on a filesystem where this user's quota is used up",
+    errno.ENOENT: "is on a kernel filesystem (like /proc) where no files can be created",  # in a directory that exists
+    errno.EPERM: "does not let this process create files in it (a kernel filesystem like /sys, or an immutable "
+                 "directory)",
+}
+
+
+def _unusable_directory(path: str, exc: OSError, blocked: str | None = None) -> FlushError:
+    """Why log directory `path` cannot be created or used, in words, naming the part of the path in the way.
+
+    `blocked` is that part when the caller knows it; otherwise it is the
+    first part of the path that is not a directory, or else the deepest one
+    that exists (where the directory could not be made).
+    """
+    what = f"cannot use {path} as the log directory"
+    todo = "give a path in a directory you own on a writable filesystem (for example ./logs)"
+    if exc.errno == errno.ENAMETOOLONG:
+        return FlushError(f"{what}: the path is too long; {todo}")
+    if exc.errno == errno.ELOOP:
+        return FlushError(f"{what}: its path has a loop of symbolic links; {todo}")
+    if blocked is None:
+        blocked = os.sep
+        for part in os.path.abspath(path).split(os.sep)[1:]:
+            below = os.path.join(blocked, part)
+            if not os.path.lexists(below):
+                break
+            blocked = below
+            if not os.path.isdir(blocked):
+                break
+    if not os.path.isdir(blocked):
+        kind = "a regular file" if os.path.isfile(blocked) else "not a directory"
+        return FlushError(f"{what}: {blocked} is {kind}, not a directory; {todo}")
+    if exc.errno == errno.EACCES:
+        try:
+            st = os.stat(blocked)
+            owner = f" (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})"
+        except OSError:
+            owner = ""
+        return FlushError(f"{what}: this user (uid {os.geteuid()}) has no permission to write in {blocked}{owner}; "
+                          f"{todo}")
+    why = _WHY.get(exc.errno, f"refuses it ({errno.errorcode.get(exc.errno, exc.errno)})")
+    return FlushError(f"{what}: {blocked} {why}; {todo}")
+
+
 def prepare_log_directory(path: str | os.PathLike, *, group_readable: bool = False) -> None:
     """Create log directory `path` (0700, or 0750), or check an existing one, as a Flusher would.
 
     Raises FlushError if it is a symbolic link, not a directory, not owned
-    by this user, or writable by group or others.
+    by this user, writable by group or others, or refuses a new file (a
+    probe file is created and removed: /proc, a read-only mount, no write
+    permission), saying which part of the path is in the way and why.
     """
-    os.close(_open_directory(os.fspath(path), group_readable))
+    path = os.fspath(path)
+    fd = _open_directory(path, group_readable)
+    probe = f".shmring-probe.{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=fd))
+        os.unlink(probe, dir_fd=fd)
+    except OSError as exc:
+        raise _unusable_directory(path, exc, path) from None
+    finally:
+        os.close(fd)
 
 
 class LogDirectory:

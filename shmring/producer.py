@@ -20,6 +20,10 @@ from collections.abc import Iterable
 import msgspec
 
 from .errors import InvalidEvent, ProducerError, PublishRejected
+from .schema import Event
+
+EventLike = Event | dict | bytes | bytearray | str
+"""What ``publish`` takes: an Event, a dict of its fields, or one JSON line."""
 
 __all__ = ["Producer", "PublishRejected"]
 
@@ -59,7 +63,7 @@ class Producer:
                 ) from None
 
     @staticmethod
-    def _line(event) -> bytes:
+    def _line(event: EventLike) -> bytes:
         if isinstance(event, (bytes, bytearray)):
             line = bytes(event).strip()
         elif isinstance(event, str):
@@ -80,7 +84,7 @@ class Producer:
             raise ProducerError(f"the server at {self._path} closed the connection", path=self._path)
         return _reply_decoder.decode(raw)
 
-    def publish(self, event) -> int:
+    def publish(self, event: EventLike) -> int:
         """Publish one event (an Event, a dict, or a JSON line); return its seq."""
         line = self._line(event)
         try:
@@ -94,7 +98,7 @@ class Producer:
         raise PublishRejected(f"event rejected: {reply.get('error')}", [(0, reply.get("error", ""))], [None],
                               path=self._path)
 
-    def publish_many(self, events: Iterable) -> list[int]:
+    def publish_many(self, events: Iterable[EventLike]) -> list[int]:
         """Publish a batch, pipelined; return the seqs. Raises PublishRejected after the whole batch."""
         lines = [self._line(e) for e in events]
         failure = []
@@ -134,5 +138,5 @@ class Producer:
     def __enter__(self) -> "Producer":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -40,7 +40,7 @@ from .registry import Registry
 from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, accelerator, check_memory_model, full_fence
 from .filters import Filter
 from .schema import Envelope, decode_envelope
-from .segment import WakeSemaphore, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
+from .segment import Mapping, WakeSemaphore, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
 from .waiting import DOZE, SPIN, wait_strategy
 
 __all__ = ["Reader", "GatingReader", "ReadResult", "RawRecord", "Filter", "RingInfo", "open_ring_info"]
@@ -83,7 +83,8 @@ class RawRecord(msgspec.Struct, frozen=True):
 class Reader:
     """A cursor over one ring. Create with ``Reader.attach(name)``."""
 
-    def __init__(self, *, _ring, _registry, _info: RingInfo, _index: int, _semaphore, _cursor: int,
+    def __init__(self, *, _ring: Mapping, _registry: Registry, _info: RingInfo, _index: int,
+                 _semaphore: WakeSemaphore, _cursor: int,
                  _filter: Filter | None, _max_delay_s: float = 0.0):
         self._ring = _ring
         self._registry = _registry
@@ -524,7 +525,7 @@ class Reader:
     def __enter__(self) -> "Reader":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self):

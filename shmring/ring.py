@@ -57,6 +57,7 @@ from .layout import (
 
 __all__ = [
     "hotpath",
+    "hotpath_missing",
     "check_memory_model",
     "full_fence",
     "RingWriterCore",
@@ -84,17 +85,22 @@ def check_memory_model() -> None:
 
 
 def _load_hotpath():
+    """(the accelerator module or None, why it is not in use or None)."""
     if os.environ.get("SHMRING_PURE_PYTHON"):
-        return None
+        return None, "turned off by SHMRING_PURE_PYTHON in the environment"
     try:
         from . import _hotpath
-    except ImportError:
-        return None
-    return _hotpath
+    except ImportError as exc:
+        # A file that failed to load names itself in exc.path; a module never built is just "cannot import".
+        if exc.path and os.path.basename(exc.path).startswith("_hotpath"):
+            return None, f"built but not loadable ({exc}); reinstall shmring"
+        return None, ("not built: `pip install` found no C compiler or Python headers, or this CPU is not "
+                      "x86-64; install gcc and the Python headers (python3-dev), then reinstall shmring")
+    return _hotpath, None
 
 
-hotpath = _load_hotpath()
-"""The compiled accelerator module, or None (pure Python)."""
+hotpath, hotpath_missing = _load_hotpath()
+"""The compiled accelerator module, or None (pure Python); and if None, why."""
 
 _fence_lock = threading.Lock()
 

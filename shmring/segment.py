@@ -40,6 +40,8 @@ __all__ = [
     "unlink_ring_objects",
     "unlink_registry_objects",
     "list_ring_names",
+    "ring_not_found",
+    "dev_shm_space",
     "ring_exists",
     "ring_age_s",
     "orphaned_ring_names",
@@ -156,11 +158,23 @@ def _reserve(fd: int, shm_name: str, size: int) -> None:
 
 
 def _free_bytes() -> int:
+    space = dev_shm_space()
+    return 0 if space is None else space[0]
+
+
+def dev_shm_space() -> tuple[int, int] | None:
+    """(free, total) bytes of /dev/shm, or None if there is no /dev/shm."""
     try:
         st = os.statvfs(_SHM_DIR)
     except OSError:
-        return 0
-    return st.f_bavail * st.f_frsize
+        return None
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def ring_not_found(name: str) -> RingNotFound:
+    """The one message for a ring that is not there, wherever it is looked for."""
+    return RingNotFound(f"no ring {name!r} on this machine; `shmring ls` lists the rings, and `shmring serve {name}` "
+                        f"(or CaptureSession.create({name!r})) starts one", name=name)
 
 
 def _mib(size: int) -> str:
@@ -172,14 +186,14 @@ def open_segment(shm_name: str, *, writable: bool, keep_fd: bool = False) -> Map
     try:
         shm = posix_ipc.SharedMemory(shm_name, read_only=not writable)
     except posix_ipc.ExistentialError:
-        raise RingNotFound(f"shared-memory segment {shm_name} does not exist", name=ring_name_of(shm_name)) from None
+        raise ring_not_found(ring_name_of(shm_name)) from None
     except posix_ipc.PermissionsError:
         raise _permission_denied(shm_name) from None
     try:
         size = os.fstat(shm.fd).st_size
         if size == 0:
-            raise RingNotFound(f"shared-memory segment {shm_name} is empty (still being created?)",
-                               name=ring_name_of(shm_name))
+            raise RingNotFound(f"ring {ring_name_of(shm_name)!r} is still being created; retry in a moment "
+                               "(`shmring gc` removes it if its writer died)", name=ring_name_of(shm_name))
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         buf = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, prot)
     except BaseException:
@@ -265,7 +279,7 @@ def ring_age_s(name: str) -> float:
     try:
         created = os.stat(_ring_path(name)).st_ctime
     except FileNotFoundError:
-        raise RingNotFound(f"shared-memory segment {ring_shm_name(name)} does not exist", name=name) from None
+        raise ring_not_found(name) from None
     return time.time() - created
 
 

@@ -529,7 +529,7 @@ class CaptureSession:
     def __enter__(self) -> "CaptureSession":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

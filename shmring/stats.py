@@ -9,16 +9,23 @@ import time
 
 from .errors import RingNotFound, ShmringError
 from .header import open_ring_info
-from .liveness import is_alive
+from .liveness import is_alive, maps_file
 from .registry import Registry
 from .ring import RingReaderCore
 from .segment import list_ring_names, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
 
 __all__ = ["ring_stats", "list_rings"]
 
+ACCELERATOR_FILE = "/shmring/_hotpath."
+"""Part of the path of the compiled accelerator, as mapped in a process that loaded it."""
 
-def ring_stats(name: str, *, sample_s: float = 0.0) -> dict:
-    """Everything stat shows about ring `name`; publish rate sampled over `sample_s`."""
+
+def ring_stats(name: str, *, sample_s: float = 0.0, accelerator: bool = False) -> dict:
+    """Everything stat shows about ring `name`; publish rate sampled over `sample_s`.
+
+    accelerator: also tell whether the writer runs the compiled accelerator
+    (``writer["accelerator"]``: True, False, or None if that can't be told).
+    """
     ring = open_segment(ring_shm_name(validate_ring_name(name)), writable=False)
     try:
         info = open_ring_info(name, ring)
@@ -48,10 +55,14 @@ def ring_stats(name: str, *, sample_s: float = 0.0) -> dict:
              filtered=e["filtered"], waiting=e["waiting"])
         for e in entries
     ]
+    writer = dict(pid=info.writer_pid, alive=is_alive(info.writer_pid, info.writer_start_time))
+    if accelerator:  # the writer's process has the compiled extension mapped, or not (None: can't tell)
+        writer["accelerator"] = (maps_file(info.writer_pid, info.writer_start_time, ACCELERATOR_FILE)
+                                 if writer["alive"] else None)
     return dict(
         name=name,
         capture_session_id=info.capture_session_id,
-        writer=dict(pid=info.writer_pid, alive=is_alive(info.writer_pid, info.writer_start_time)),
+        writer=writer,
         capacity=info.capacity,
         data_bytes=info.data_bytes,
         latest_seq=latest,

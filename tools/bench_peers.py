@@ -48,10 +48,13 @@ What is measured, each figure the median of ``--runs`` (>= 3) runs:
    ``--latency-seconds``): the writer stamps ``time.monotonic_ns()`` into the
    event, the reader subtracts it after decoding; p50 and p99.
 
-Output: ``tools/bench_peers_results/peers.md`` (table, machine, per-run
-values), ``peers.png`` (three plots) and ``peers.json``.
+Output: ``peers.md`` (table, machine, per-run values), ``peers.png`` (three
+plots) and ``peers.json``, in a new directory ``bench-peers-<timestamp>/`` under
+the system's temporary directory (or ``--out DIR``). ``--publish`` writes them
+to the tracked ``tools/bench_peers_results/`` instead, for the README.
 
     python tools/bench_peers.py            # ~3-4 min here
+    python tools/bench_peers.py --publish  # the same, into tools/bench_peers_results/
     python tools/bench_peers.py --quick    # ~1 min (shorter phases)
     python tools/bench_peers.py --transports shmring,zmq --runs 5
 """
@@ -870,7 +873,7 @@ def markdown(results: dict, machine: dict, args, notes: list[str], env_bytes: in
     if results.get("verdict"):
         L.append(results["verdict"])
         L.append("")
-    L.append("Plot: `tools/bench_peers_results/peers.png`.")
+    L.append("Plot: `peers.png`, beside this file.")
     L.append("")
     L.append("## Machine")
     L.append("")
@@ -1062,6 +1065,21 @@ def available(transports: list[str]) -> tuple[list[str], list[str]]:
     return ok, notes
 
 
+PUBLISHED_DIR = os.path.join(ROOT, "tools", "bench_peers_results")
+"""The tracked results the README quotes; written only with --publish."""
+
+
+def results_dir(out: str | None, publish: bool) -> str:
+    """Where this run writes, created now: the tracked directory only if `publish`, else a new one."""
+    if publish:
+        os.makedirs(PUBLISHED_DIR, exist_ok=True)
+        return PUBLISHED_DIR
+    if out is None:
+        return tempfile.mkdtemp(prefix=time.strftime("bench-peers-%Y%m%d-%H%M%S-"))
+    os.makedirs(out)  # a new directory: an earlier run's results are never overwritten
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1072,8 +1090,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=5000, help="events/s of the latency phase (default 5000)")
     parser.add_argument("--transports", default=",".join(TRANSPORTS),
                         help=f"comma-separated subset of {','.join(TRANSPORTS)}")
-    parser.add_argument("--out", default=os.path.join(ROOT, "tools", "bench_peers_results"),
-                        help="directory for peers.md, peers.png, peers.json")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="DIR",
+                       help="a new directory for peers.md, peers.png, peers.json (default: a new "
+                            "bench-peers-<timestamp>/ under the temporary directory)")
+    where.add_argument("--publish", action="store_true",
+                       help=f"write them to the tracked {os.path.relpath(PUBLISHED_DIR, ROOT)}/ (for the README)")
     args = parser.parse_args(argv)
     if args.runs < 3:
         parser.error("--runs must be at least 3")
@@ -1085,6 +1107,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in wanted if t not in TRANSPORTS]
     if unknown:
         parser.error(f"unknown transports {unknown}; choose from {', '.join(TRANSPORTS)}")
+    try:
+        args.out = results_dir(args.out, args.publish)
+    except FileExistsError:
+        parser.error(f"{args.out} exists; give --out a new directory")
+    except OSError as exc:
+        parser.error(f"cannot create {args.out}: {exc.strerror}")
+    print(f"results will be in {args.out}/", file=sys.stderr)
 
     def on_sigterm(signum, frame):
         raise SystemExit(128 + signum)
@@ -1152,7 +1181,6 @@ def main(argv: list[str] | None = None) -> int:
     results = {"table": table}
     results["verdict"] = verdict(table)
     machine = machine_description()
-    os.makedirs(args.out, exist_ok=True)
     elapsed = time.monotonic() - t_start
     why = plot(results, os.path.join(args.out, "peers.png"), args)
     if why:

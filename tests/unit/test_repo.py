@@ -153,7 +153,7 @@ LAYERS = {
     "filters": 5, "registry": 5,
     "session": 6, "reader": 6,
     "logdir": 5,
-    "archive": 7, "flusher": 7, "ingest": 7, "producer": 7, "stats": 7, "cleanup": 7,
+    "archive": 7, "render": 7, "doctor": 7, "flusher": 7, "ingest": 7, "producer": 7, "stats": 7, "cleanup": 7,
     "cdp": 8,
     "serve": 9, "demo": 9,
     "cli": 10, "__main__": 11, "__init__": 11,
