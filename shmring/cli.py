@@ -653,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("flush", help="tail a ring into DIR/<category>.jsonl")
     _add_flush_arguments(s)
 
-    s = sub.add_parser("doctor", help="what this installation can do here: accelerator, memory model, /dev/shm")
+    s = sub.add_parser("doctor", help="what this installation can do here: accelerator, memory model, /dev/shm space")
     s.add_argument("--json", action="store_true", help="one JSON object")
     s.set_defaults(func=cmd_doctor)
 
