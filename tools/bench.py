@@ -543,55 +543,15 @@ def publish_flat_out(session: CaptureSession, event: Event, duration: float) -> 
 
 
 def publish_paced(session: CaptureSession, rate: int, duration: float, event: Event | None = None,
-                  pad: str = "") -> dict:
+                  pad: str = "", *, timed: bool = False) -> dict:
     """Publish at `rate` events/s for `duration` s, catching up after stalls.
 
     With `event`, publish it unchanged; without, build each event with a fresh
     monotonic_ns stamp in its data just before publishing it. Sleeps only when
     more than 200 us ahead (sleep granularity here is ~130 us), else spins.
-    """
-    publish = session.publish
-    now_ns = time.monotonic_ns
-    sleep = time.sleep
-    replace = msgspec.structs.replace
-    template = make_event(pad)
-    period = 1e9 / rate
-    total = int(rate * duration)
-    t0 = now_ns()
-    end = t0 + int(duration * 1e9)
-    n = 0
-    max_behind = 0
-    while True:
-        now = now_ns()
-        if now >= end or n >= total:
-            break
-        due = min(int((now - t0) // period) + 1, total)
-        if n < due:
-            behind = due - n
-            if behind > max_behind:
-                max_behind = behind
-            k = min(behind, 64)  # catch up in small bursts, re-checking the clock
-            if event is not None:
-                for _ in range(k):
-                    publish(event)
-            else:
-                for _ in range(k):
-                    publish(replace(template, data=make_data(now_ns(), pad)))
-            n += k
-        else:
-            ahead = t0 + n * period - now
-            if ahead > 200_000:
-                sleep((ahead - 100_000) / 1e9)
-    elapsed = (now_ns() - t0) / 1e9
-    return {"published": n, "elapsed": elapsed, "rate": n / elapsed, "target_rate": rate,
-            "max_behind_events": max_behind, "max_behind_ms": max_behind / rate * 1e3,
-            "kept_pace": n >= 0.99 * total}
 
-
-def publish_paced_timed(session: CaptureSession, rate: int, duration: float, event: Event) -> dict:
-    """publish_paced(event=...), timing the writer's CPU inside each publish() call.
-
-    The paced loop spins between publishes (at 10k/s a sleep is longer than the
+    timed (with `event`): also time the writer's CPU inside each publish()
+    call. Then the loop never sleeps (at 10k/s a sleep is longer than the
     period, and a sleep-and-wake here costs 30-70 µs of CPU itself), so the CPU
     of the whole loop is 100% of a core and says nothing. Instead each publish
     is bracketed by time.thread_time_ns() (this thread's CPU, user + system,
@@ -602,6 +562,9 @@ def publish_paced_timed(session: CaptureSession, rate: int, duration: float, eve
     publish = session.publish
     now_ns = time.monotonic_ns
     cpu_ns = time.thread_time_ns
+    sleep = time.sleep
+    replace = msgspec.structs.replace
+    template = make_event(pad)
     period = 1e9 / rate
     total = int(rate * duration)
     inside = 0
@@ -616,25 +579,39 @@ def publish_paced_timed(session: CaptureSession, rate: int, duration: float, eve
         due = min(int((now - t0) // period) + 1, total)
         if n < due:
             behind = due - n
-            max_behind = max(max_behind, behind)
-            k = min(behind, 64)
-            for _ in range(k):
-                c0 = cpu_ns()
-                publish(event)
-                inside += cpu_ns() - c0
+            if behind > max_behind:
+                max_behind = behind
+            k = min(behind, 64)  # catch up in small bursts, re-checking the clock
+            if timed:
+                for _ in range(k):
+                    c0 = cpu_ns()
+                    publish(event)
+                    inside += cpu_ns() - c0
+            elif event is not None:
+                for _ in range(k):
+                    publish(event)
+            else:
+                for _ in range(k):
+                    publish(replace(template, data=make_data(now_ns(), pad)))
             n += k
+        elif not timed:
+            ahead = t0 + n * period - now
+            if ahead > 200_000:
+                sleep((ahead - 100_000) / 1e9)
     elapsed = (now_ns() - t0) / 1e9
-    calib_n = 50_000
-    empty = 0
-    for _ in range(calib_n):
-        c0 = cpu_ns()
-        empty += cpu_ns() - c0
-    bracket_ns = empty / calib_n
-    return {"published": n, "elapsed": elapsed, "rate": n / elapsed, "target_rate": rate,
-            "max_behind_events": max_behind, "max_behind_ms": max_behind / rate * 1e3,
-            "kept_pace": n >= 0.99 * total, "bracket_ns": bracket_ns,
-            "raw_cpu_us_per_publish": inside / max(1, n) / 1000,
-            "cpu_us_per_publish": (inside / max(1, n) - bracket_ns) / 1000}
+    out = {"published": n, "elapsed": elapsed, "rate": n / elapsed, "target_rate": rate,
+           "max_behind_events": max_behind, "max_behind_ms": max_behind / rate * 1e3,
+           "kept_pace": n >= 0.99 * total}
+    if timed:
+        calib_n = 50_000
+        empty = 0
+        for _ in range(calib_n):
+            c0 = cpu_ns()
+            empty += cpu_ns() - c0
+        bracket_ns = empty / calib_n
+        out.update(bracket_ns=bracket_ns, raw_cpu_us_per_publish=inside / max(1, n) / 1000,
+                   cpu_us_per_publish=(inside / max(1, n) - bracket_ns) / 1000)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -852,7 +829,7 @@ def measure_reader_rate(ctx, pad: str, rate: int, max_delay_s: float, duration: 
 def measure_writer_rate(ctx, event: Event, n_readers: int, max_delay_s: float, rate: int, duration: float) -> dict:
     """Measure 10: the writer's CPU per publish at a paced `rate` with `n_readers` plain readers."""
     def writer(session):
-        return publish_paced_timed(session, rate, duration, event)
+        return publish_paced(session, rate, duration, event=event, timed=True)
 
     if n_readers == 0:
         with new_session(ring_name()) as s:
