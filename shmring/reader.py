@@ -448,7 +448,7 @@ class Reader:
                 self._check_end(seq)
             if self._core.closed():
                 return  # closed with seq half-written: it completes (close waits for the lock) or lapses
-            if not self._writer.alive():
+            if state == WRITING and not self._writer.alive():  # EMPTY with a dead writer: _check_end raised
                 wait_s = min(wait_s, STUCK_SLOT_S / 4)  # a half-written slot: soon judged by the stuck-slot rule
             self._semaphore.wait(wait_s)
         finally:
