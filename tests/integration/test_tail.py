@@ -205,6 +205,8 @@ def test_drops_carry_their_seq_range_on_stderr_and_in_band(ring_name, serve, pro
     for r in records:
         covered += list(range(r["from_seq"], r["to_seq"] + 1)) if "dropped" in r else [r["seq"]]
     assert covered == list(range(41, 65))
+    # stderr is pumped by its own thread; the notice may trail the stdout line.
+    follower.wait_until(lambda: follower.err, "the drop notice on stderr")
     assert follower.err == [f"shmring: dropped {drop['dropped']} events, seq {drop['from_seq']}-{drop['to_seq']} "
                             "(overwritten before this reader got them)"]
     srv.signal(signal.SIGTERM)
