@@ -19,6 +19,9 @@ Rules:
   accounting as ``read``; raw records are the writer's bytes, undecoded.
 - Sinks use only this public API; a gating sink (the flusher) uses
   ``GatingReader``, which lets the writer past only what it committed.
+  ``gating=True`` makes a plain reader one the writer never overtakes.
+- ``group=G`` makes the reader a member of consumer group G (groups.py):
+  it reads the batches it claims and acknowledges them.
 """
 
 import os
@@ -33,9 +36,11 @@ from .header import RingInfo, open_ring_info
 from .layout import (
     ACCELERATOR_LAYOUT,
     ROLE_FLUSHER,
+    ROLE_MEMBER,
     ROLE_READER,
 )
 from .liveness import ProcessWatch, current_identity
+from .groups import DEFAULT_CLAIM_TIMEOUT_S, GroupMember
 from .registry import Registry
 from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, accelerator, check_memory_model, full_fence
 from .filters import Filter
@@ -56,13 +61,15 @@ class ReadResult(msgspec.Struct, frozen=True):
     """One step of a stream: an envelope, or the events lost here.
 
     A drop gives the count and the inclusive seq range lost:
-    ``dropped == dropped_to - dropped_from + 1``.
+    ``dropped == dropped_to - dropped_from + 1``. ``redelivered``: a group
+    member got an event another member had been given and not acknowledged.
     """
 
     envelope: Envelope | None = None
     dropped: int = 0
     dropped_from: int = 0
     dropped_to: int = 0
+    redelivered: bool = False
 
 
 class RawRecord(msgspec.Struct, frozen=True):
@@ -78,6 +85,7 @@ class RawRecord(msgspec.Struct, frozen=True):
     dropped: int = 0
     dropped_from: int = 0
     dropped_to: int = 0
+    redelivered: bool = False
 
 
 class Reader:
@@ -121,6 +129,7 @@ class Reader:
         # committed, never what it has merely taken: the writer may overwrite
         # anything at or below the published cursor.
         self._committed: int | None = None
+        self._rearm = False  # a plain gating reader: re-arms its gate if the writer retired it
         self._first_seq = _info.first_seq
         self._strategy = wait_strategy(_max_delay_s)
         self._max_delay_s = _max_delay_s
@@ -135,7 +144,8 @@ class Reader:
 
     @classmethod
     def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None,
-               max_delay_s: float = 0.0) -> "Reader":
+               max_delay_s: float = 0.0, group: str | None = None, gating: bool = False,
+               claim_timeout_s: float | None = DEFAULT_CLAIM_TIMEOUT_S) -> "Reader":
         """Attach to ring `name`.
 
         after_seq=None: only events published from now on.
@@ -144,9 +154,17 @@ class Reader:
         max_delay_s: the latency budget. 0 wakes for every event; D > 0 lets
         events collect for up to D seconds and takes them in one go, which
         costs far less CPU per event at steady rates.
+        gating=True: the writer never overwrites what this reader (or group) has not read (acknowledged).
+        group=G: join consumer group G (see groups.py; the first member sets its start, filter,
+        gating and claim_timeout_s).
         """
+        if group is not None:
+            return _GroupReader._join(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, group=group,
+                                      gating=gating, claim_timeout_s=claim_timeout_s, role=ROLE_MEMBER)
+        if type(gating) is not bool:
+            raise ConfigError(f"gating must be True or False, not {gating!r}")
         return cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=ROLE_READER,
-                         gating=False)
+                         gating=gating)
 
     @classmethod
     def _open(cls, name, *, after_seq, filter, max_delay_s, role, gating) -> "Reader":
@@ -190,8 +208,9 @@ class Reader:
             raise
         reader = cls(_ring=ring, _registry=registry, _info=info, _index=index, _semaphore=semaphore,
                      _cursor=cursor, _filter=filter, _max_delay_s=float(max_delay_s))
-        if gating:
+        if gating and role == ROLE_FLUSHER:
             reader._committed = cursor
+        reader._rearm = gating and role != ROLE_FLUSHER
         return reader
 
     # -- properties -----------------------------------------------------------
@@ -487,6 +506,13 @@ class Reader:
         self._unpublished = 0
         cursor = self._cursor if self._committed is None else self._committed
         self._registry.publish_progress(self._index, cursor, self._delivered, self._dropped, self._filtered)
+        if self._rearm and self._registry.gate_retired(self._index):
+            self._registry.rearm_gate(self._index)  # it stalled and the writer went on; it takes events again
+
+    def ack(self, seq: int | None = None) -> None:
+        """Acknowledge an event: for members of a consumer group (``Reader.attach(name, group=G)``)."""
+        raise ConfigError(f"this reader of ring {self.name!r} is in no consumer group, so it has nothing to "
+                          "acknowledge; attach with group=NAME to share a stream", name=self.name)
 
     # -- lifecycle ------------------------------------------------------------
     def __iter__(self) -> Iterator[ReadResult]:
@@ -582,6 +608,12 @@ class GatingReader(Reader):
         """Detach after a failure, leaving the gate as a dead owner's: for its grace period the writer
         keeps everything after ``committed``, so a successor that attaches in time loses nothing."""
         self._detach(abandon_gate=True)
+
+
+class _GroupReader(GroupMember, Reader):
+    """A consumer group's member (``Reader.attach(name, group=G)``)."""
+
+    _results = (ReadResult, RawRecord)
 
 
 def _check_max_events(max_events: object) -> None:

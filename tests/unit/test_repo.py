@@ -152,7 +152,7 @@ LAYERS = {
     "ring": 2, "waiting": 2,
     "segment": 3, "liveness": 3, "header": 3,
     "schema": 4,
-    "filters": 5, "registry": 5,
+    "filters": 5, "registry": 5, "groups": 5,
     "session": 6, "reader": 6,
     "logdir": 5,
     "archive": 7, "render": 7, "doctor": 7, "flusher": 7, "ingest": 7, "producer": 7, "stats": 7, "cleanup": 7,
