@@ -183,7 +183,10 @@ def cmd_tail(args) -> int:
         filtered = filt is not None or sink.selects
         after = oldest - 1 if filtered else max(oldest - 1, s["latest_seq"] - args.lines)
         backlog_to = s["latest_seq"] if filtered else None
-    with Reader.attach(args.name, after_seq=after, filter=filt, max_delay_s=TAIL_MAX_DELAY_S) as reader:
+    if args.group and args.lines:
+        raise ConfigError("tail --group takes the group's events from where the group stands; -n does not apply")
+    with Reader.attach(args.name, after_seq=after, filter=filt, max_delay_s=TAIL_MAX_DELAY_S,
+                       group=args.group) as reader:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _raise_stop)
         try:
@@ -193,6 +196,8 @@ def cmd_tail(args) -> int:
                 for record in records:
                     sink.emit(record)
                 sink.flush()
+                if args.group:
+                    reader.ack()  # each line printed is done
         except (RingClosed, KeyboardInterrupt):
             pass
         except WriterGone:
@@ -317,6 +322,8 @@ class _TailSink:
 
 # -- stat / ls / gc ------------------------------------------------------------------------
 def _stat_table(s: dict) -> str:
+    from .stats import group_lines
+
     writer = s["writer"]
     rate = "-" if s["publish_rate"] is None else f"{s['publish_rate']:,.0f}/s"
     state = "alive" if writer["alive"] else ("exited" if s["closed"] else "DEAD")
@@ -337,7 +344,7 @@ def _stat_table(s: dict) -> str:
                          f"{r['lag']:>10} {r['delivered']:>12} {r['dropped']:>10} {r['filtered']:>10}")
     else:
         lines.append("no readers attached")
-    return "\n".join(lines)
+    return "\n".join(lines + group_lines(s.get("groups", [])))
 
 
 def cmd_stat(args) -> int:
@@ -621,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json-drops", action="store_true",
                    help='also print each drop on stdout, as {"dropped":N,"from_seq":A,"to_seq":B}')
     s.add_argument("--no-follow", action="store_true", help="exit once caught up")
+    s.add_argument("--group", metavar="G", help="join consumer group G: print only the events this member claims, "
+                   "acknowledging each line printed (a new group starts as --from-start/--after say)")
     s.set_defaults(func=cmd_tail)
 
     s = sub.add_parser("replay", help="print a flusher directory's envelopes as JSON lines, in seq order")

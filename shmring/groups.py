@@ -235,7 +235,7 @@ class GroupTable:
             me = next((m for m in state.members if m.id == member_id), None)
             if me is None:
                 return None
-            me.ranges = ranges
+            me.ranges = list(ranges)
             state.acked += deltas[0]
             state.filtered += deltas[1]
             state.dropped += deltas[2]
