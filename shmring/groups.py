@@ -86,7 +86,8 @@ class _State(msgspec.Struct, array_like=True):
     filtered: int = 0
     redelivered: int = 0
     members: list[_Member] = []
-    loose: list[tuple[int, int]] = []
+    loose: list[tuple[int, int, bool]] = []
+    """Ranges nobody holds: (lo, hi, given), given if a member had been given them (they are redelivered)."""
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -115,8 +116,18 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def _merge_loose(ranges: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
+    out: list[tuple[int, int, bool]] = []
+    for lo, hi, given in sorted(ranges):
+        if out and lo == out[-1][1] + 1 and given == out[-1][2]:
+            out[-1] = (out[-1][0], hi, given)
+        else:
+            out.append((lo, hi, given))
+    return out
+
+
 def _count(ranges) -> int:
-    return sum(hi - lo + 1 for lo, hi in ranges)
+    return sum(r[1] - r[0] + 1 for r in ranges)
 
 
 class GroupTable:
@@ -245,11 +256,12 @@ class GroupTable:
             claimed = drop = None
             if claim and len(me.ranges) < MAX_RUNS:
                 if state.loose:
-                    lo, hi = state.loose[0]
+                    lo, hi, given = state.loose[0]
                     take = min(hi, lo + claim - 1)
-                    state.loose[0:1] = [] if take == hi else [(take + 1, hi)]
-                    state.redelivered += take - lo + 1
-                    claimed = (lo, take, True)
+                    state.loose[0:1] = [] if take == hi else [(take + 1, hi, given)]
+                    if given:
+                        state.redelivered += take - lo + 1
+                    claimed = (lo, take, given)
                 else:
                     latest = core.latest()
                     if latest > state.position:
@@ -269,16 +281,16 @@ class GroupTable:
             self._update_gate(index, state, pid, start_time)
             return claimed, drop, state.position
 
-    def leave(self, index: int, group: str, member_id: int, ranges: list[tuple[int, int]],
+    def leave(self, index: int, group: str, member_id: int, ranges: list[tuple[int, int, bool]],
               deltas: tuple[int, int, int]) -> None:
-        """A member closes: what it had not acknowledged becomes loose, for the others (redelivered)."""
+        """A member closes: what it holds becomes loose, for the others (redelivered if it had been given)."""
         with self.registry.mapping.locked():
             state = self._load(index)
             me = next((m for m in state.members if m.id == member_id), None)
             if me is None:
                 return  # timed out meanwhile: its claims are loose already
             state.members.remove(me)
-            state.loose = _merge(state.loose + list(ranges))
+            state.loose = _merge_loose(state.loose + list(ranges))
             state.acked += deltas[0]
             state.filtered += deltas[1]
             state.dropped += deltas[2]
@@ -293,12 +305,12 @@ class GroupTable:
         for m in state.members:
             if m.id != caller and (not is_alive(m.pid, m.start_time)
                                    or (timeout_us and m.ranges and now - m.active_us > timeout_us)):
-                state.loose.extend(m.ranges)
+                state.loose.extend((lo, hi, True) for lo, hi in m.ranges)  # dead: anything may have been given
             else:
                 keep.append(m)
         if len(keep) != len(state.members):
             state.members = keep
-            state.loose = _merge(state.loose)
+            state.loose = _merge_loose(state.loose)
 
     def _update_gate(self, index: int, state: _State, pid: int, start_time: float) -> None:
         """A gating group: its gate's cursor is the floor; its owner a live member (or nobody)."""
@@ -306,7 +318,7 @@ class GroupTable:
         if not gating or gate == _NO_GATE:
             return
         registry = self.registry
-        held = [lo for m in state.members for lo, _ in m.ranges] + [lo for lo, _ in state.loose]
+        held = [lo for m in state.members for lo, _ in m.ranges] + [r[0] for r in state.loose]
         floor = min([state.position] + [lo - 1 for lo in held])
         registry.publish_progress(gate, floor, state.acked, state.dropped, state.filtered)
         owner = registry.entry_owner(gate)
@@ -637,11 +649,29 @@ class GroupMember:
         if time.monotonic() - self._last_sync > ACK_SYNC_S:
             self._sync(0)
 
+    def _handed_back(self, runs: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
+        """At close: `runs` split into what was given (unacknowledged) and the claim's unread rest (not given)."""
+        lo, hi = self._cursor + 1, self._claim_hi
+        if lo > hi:
+            return [(a, b, True) for a, b in runs]
+        out = []
+        for a, b in runs:
+            if b < lo or a > hi:
+                out.append((a, b, True))
+                continue
+            if a < lo:
+                out.append((a, lo - 1, True))
+            out.append((max(a, lo), min(b, hi), False))
+            if b > hi:
+                out.append((hi + 1, b, True))
+        return out
+
     def _detach(self, abandon_gate: bool) -> None:
         if not self._detached and getattr(self, "_group_table", None) is not None:
             try:
                 runs, deltas, _ = self._cover()
-                self._group_table.leave(self._group_index, self._group_name, self._member_id, runs, deltas)
+                self._group_table.leave(self._group_index, self._group_name, self._member_id,
+                                        self._handed_back(runs), deltas)
             except (OSError, ValueError, TypeError):
                 pass  # the registry is unmapped (the ring was removed): nothing left to hand back
         super()._detach(abandon_gate)

@@ -1,0 +1,352 @@
+"""Consumer groups and gating readers, with real processes on small rings.
+
+Members record each event they get (seq, redelivered) in their own file with
+one unbuffered write *before* they acknowledge it, so a SIGKILL at any point
+leaves a record of everything the member may have acknowledged.
+FORBIDDEN: a seq no member got, a seq two members got fresh (a duplicate not
+marked redelivered), a drop where the group gates, a writer held past the
+grace period by a dead gating reader, a hostile name accepted.
+"""
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from shmring import CaptureSession, ConfigError, Event, Filter, Reader, RegistryFull, RingClosed, Source
+from shmring.layout import MAX_GROUPS, MAX_READERS
+from shmring.stats import ring_stats
+
+TIMEOUT_S = 60
+
+
+def _event(i: int, category: str = "console") -> Event:
+    return Event(type=f"{category}.test", category=category, source=Source(kind="local_process"), data={"i": i})
+
+
+def writer(name, count, ready, go, kwargs):
+    session = CaptureSession.create(name, **kwargs)
+    ready.set()
+    if not go.wait(TIMEOUT_S):
+        session.close()
+        return
+    for i in range(1, count + 1):
+        session.publish(_event(i))
+    session.close(timeout=TIMEOUT_S)  # waits until a gating group has acknowledged everything
+
+
+def member(name, group, path, ready, gating=True, after_seq=0, per_event_s=0.0):
+    """Join `group`, record each event (then ack it) until the ring closes."""
+    reader = Reader.attach(name, group=group, gating=gating, after_seq=after_seq)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    ready.set()
+    try:
+        while True:
+            for result in reader.read_many(64, timeout=TIMEOUT_S):
+                if result.dropped:
+                    os.write(fd, f"D {result.dropped_from} {result.dropped_to}\n".encode())
+                    continue
+                seq = result.envelope.seq
+                os.write(fd, f"{seq} {int(result.redelivered)}\n".encode())
+                if per_event_s:
+                    end = time.perf_counter() + per_event_s
+                    while time.perf_counter() < end:
+                        pass
+                reader.ack(seq)
+    except RingClosed:
+        pass
+    reader.close()
+    os._exit(0)
+
+
+def records(paths):
+    """[(seq, redelivered)] and [(from, to)] drops, over the members' files."""
+    got, drops = [], []
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if parts[0] == "D":
+                    drops.append((int(parts[1]), int(parts[2])))
+                else:
+                    got.append((int(parts[0]), parts[1] == "1"))
+    return got, drops
+
+
+def _start_writer(ctx, name, count, **kwargs):
+    ready, go = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=writer, args=(name, count, ready, go, kwargs))
+    proc.start()
+    assert ready.wait(TIMEOUT_S)
+    return proc, go
+
+
+def test_two_members_split_the_stream_without_overlap_or_gap(ring_name, spawn, tmp_path, ring_path):
+    count = 20_000
+    proc, go = _start_writer(spawn, ring_name, count, capacity=4096)
+    paths = [str(tmp_path / f"m{i}") for i in range(2)]
+    members = []
+    for path in paths:
+        ready = spawn.Event()
+        members.append(spawn.Process(target=member, args=(ring_name, "split", path, ready)))
+        members[-1].start()
+        assert ready.wait(TIMEOUT_S)
+    go.set()
+    proc.join(TIMEOUT_S)
+    assert proc.exitcode == 0
+    for m in members:
+        m.join(TIMEOUT_S)
+        assert m.exitcode == 0
+    per_member = [records([p])[0] for p in paths]
+    seqs = sorted(s for got in per_member for s, _ in got)
+    assert seqs == list(range(1, count + 1))  # all of them, each once
+    assert not any(r for got in per_member for _, r in got)
+    for got in per_member:
+        assert len(got) >= count // 4, [len(g) for g in per_member]  # a fair share each
+
+
+def test_killed_members_lose_nothing_and_mark_every_duplicate(ring_name, tmp_path):
+    count, kills = 100_000, 20
+    ctx = multiprocessing.get_context("fork")  # replacements start in milliseconds
+    children = []
+
+    def start(target, *args):
+        proc = ctx.Process(target=target, args=args, daemon=True)
+        proc.start()
+        children.append(proc)
+        return proc
+
+    try:
+        ready, go = ctx.Event(), ctx.Event()
+        writer_proc = start(writer, ring_name, count, ready, go, dict(capacity=1024, flusher_grace_s=30.0))
+        assert ready.wait(TIMEOUT_S)
+        paths, live = [], []
+
+        def add_member():
+            path = str(tmp_path / f"m{len(paths)}")
+            paths.append(path)
+            joined = ctx.Event()
+            live.append(start(member, ring_name, "workers", path, joined, True, 0, 20e-6))
+            assert joined.wait(TIMEOUT_S)
+
+        for _ in range(3):
+            add_member()
+        go.set()
+        rng = random.Random(14)
+        killed = 0
+        deadline = time.monotonic() + TIMEOUT_S
+        while killed < kills and time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.02, 0.1))
+            victim = live.pop(rng.randrange(len(live)))
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.join(10)
+            killed += 1
+            add_member()
+        published_during_kills = ring_stats(ring_name)["latest_seq"]
+        writer_proc.join(TIMEOUT_S)
+        assert writer_proc.exitcode == 0
+        for proc in live:
+            proc.join(TIMEOUT_S)
+            assert proc.exitcode == 0
+    finally:
+        for proc in children:
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.join(10)
+    assert killed >= kills and published_during_kills < count  # the kills happened while events flowed
+    got, drops = records(paths)
+    assert drops == []
+    seen = {s for s, _ in got}
+    assert seen == set(range(1, count + 1))
+    fresh = {}
+    for seq, redelivered in got:
+        if not redelivered:
+            fresh[seq] = fresh.get(seq, 0) + 1
+    assert max(fresh.values()) == 1  # every duplicate is a redelivery, marked
+    assert len(got) > count  # some members died holding unacknowledged events
+
+
+def test_a_new_member_resumes_where_the_group_stands(ring_name, spawn, tmp_path):
+    with CaptureSession.create(ring_name, capacity=1024) as session:
+        first = Reader.attach(ring_name, group="durable", after_seq=0)
+        for i in range(1, 101):
+            session.publish(_event(i))
+        taken = []
+        while len(taken) < 100:
+            taken += [r.envelope.seq for r in first.read_many(100, timeout=5)]
+        first.ack()
+        for i in range(101, 111):
+            session.publish(_event(i))
+        given = [r.envelope.seq for r in first.read_many(5, timeout=5)]  # given, never acknowledged
+        first.close()
+        for i in range(111, 201):
+            session.publish(_event(i))
+        path = str(tmp_path / "next")
+        ready = spawn.Event()
+        proc = spawn.Process(target=member, args=(ring_name, "durable", path, ready, False, None))
+        proc.start()
+        assert ready.wait(TIMEOUT_S)
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(records([path])[0]) < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    proc.join(TIMEOUT_S)
+    assert taken == list(range(1, 101)) and given == list(range(101, 106))
+    got, drops = records([path])
+    assert drops == []
+    assert [s for s, _ in got] == list(range(101, 201))  # after_seq=None is ignored: the group's position counts
+    assert [s for s, r in got if r] == given  # the ones the closed member was given come back marked
+
+
+def test_a_lapped_group_reports_the_exact_drop_once(ring_name, spawn):
+    proc, go = _start_writer(spawn, ring_name, 1000, capacity=64)
+    try:
+        a = Reader.attach(ring_name, group="slow", after_seq=0)
+        b = Reader.attach(ring_name, group="slow")
+        go.set()
+        proc.join(TIMEOUT_S)
+        results = []
+        for reader in (a, b, a, b):
+            try:
+                results += reader.read_many(1000, timeout=0.5)
+            except RingClosed:
+                pass
+            reader.ack()
+        drops = [(r.dropped_from, r.dropped_to) for r in results if r.dropped]
+        seqs = sorted(r.envelope.seq for r in results if r.envelope)
+        assert drops == [(1, 1000 - len(seqs))]
+        assert seqs == list(range(1000 - len(seqs) + 1, 1001)) and len(seqs) >= 32
+    finally:
+        a.close()
+        b.close()
+
+
+def slow_gating_reader(name, path, ready):
+    reader = Reader.attach(name, gating=True, after_seq=0)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    ready.set()
+    try:
+        for result in reader:
+            os.write(fd, (f"D {result.dropped_from} {result.dropped_to}\n" if result.dropped
+                          else f"{result.envelope.seq} 0\n").encode())
+            time.sleep(0.0002)
+    finally:
+        reader.close()
+
+
+def test_a_slow_gating_reader_gets_every_event(ring_name, spawn, tmp_path):
+    path = str(tmp_path / "gating")
+    proc, go = _start_writer(spawn, ring_name, 5000, capacity=64, gate_stall_s=30.0)
+    ready = spawn.Event()
+    reader = spawn.Process(target=slow_gating_reader, args=(ring_name, path, ready))
+    reader.start()
+    assert ready.wait(TIMEOUT_S)
+    go.set()
+    proc.join(TIMEOUT_S)
+    reader.join(TIMEOUT_S)
+    assert proc.exitcode == 0 and reader.exitcode == 0
+    got, drops = records([path])
+    assert drops == [] and [s for s, _ in got] == list(range(1, 5001))
+
+
+def test_a_killed_gating_reader_holds_the_writer_only_for_the_grace_period(ring_name, spawn, tmp_path):
+    grace = 1.0
+    ready = spawn.Event()
+    with CaptureSession.create(ring_name, capacity=64, flusher_grace_s=grace) as session:
+        reader = spawn.Process(target=slow_gating_reader, args=(ring_name, str(tmp_path / "g"), ready))
+        reader.start()
+        assert ready.wait(TIMEOUT_S)
+        os.kill(reader.pid, signal.SIGKILL)
+        reader.join(10)
+        started = time.monotonic()
+        for i in range(200):  # three rings' worth: the writer must get past the dead gate
+            session.publish(_event(i))
+        held = time.monotonic() - started
+    assert 0.8 * grace <= held < grace + 5.0  # it was honoured, then given up
+
+
+def test_an_empty_gating_group_holds_the_writer_only_for_the_grace_period(ring_name):
+    grace = 1.0
+    with CaptureSession.create(ring_name, capacity=64, flusher_grace_s=grace) as session:
+        Reader.attach(ring_name, group="gone", gating=True, after_seq=0).close()
+        started = time.monotonic()
+        for i in range(200):
+            session.publish(_event(i))
+        held = time.monotonic() - started
+        assert 0.8 * grace <= held < grace + 5.0
+        with Reader.attach(ring_name, group="gone") as back:
+            first = back.read(timeout=5)
+            assert (first.dropped_from, first.dropped_to) == (1, 200 - 64)  # its loss, as a drop, once
+
+
+@pytest.mark.parametrize("bad", ["", "a" * 65, "bad name", "x+y", "-lead", "caf\u00e9", 5, b"bytes"])
+def test_hostile_group_names_get_clear_errors(ring_name, bad):
+    with CaptureSession.create(ring_name, capacity=64):
+        with pytest.raises(ConfigError, match="invalid group name .*1-64 characters"):
+            Reader.attach(ring_name, group=bad)
+        assert ring_stats(ring_name)["readers"] == []  # nothing was left claimed
+
+
+def test_misuse_of_groups_gets_clear_errors(ring_name):
+    with CaptureSession.create(ring_name, capacity=64) as session:
+        with Reader.attach(ring_name, group="g", filter=Filter(categories=["console"])) as first:
+            with pytest.raises(ConfigError, match="passes the filter its first member gave"):
+                Reader.attach(ring_name, group="g")
+            with pytest.raises(ConfigError, match="is not gating"):
+                Reader.attach(ring_name, group="g", filter=Filter(categories=["console"]), gating=True)
+            session.publish(_event(1))
+            assert first.read(timeout=5).envelope.seq == 1
+            with pytest.raises(ConfigError, match="seq 7 is not an unacknowledged event delivered to this member"):
+                first.ack(7)
+            first.ack(1)
+            with pytest.raises(ConfigError, match="seq 1 is not an unacknowledged"):
+                first.ack(1)
+        with Reader.attach(ring_name) as plain, pytest.raises(ConfigError, match="in no consumer group"):
+            plain.ack()
+        with pytest.raises(ConfigError, match="gating must be True or False"):
+            Reader.attach(ring_name, gating="yes")
+        with pytest.raises(ConfigError, match="claim_timeout_s must be None or a number"):
+            Reader.attach(ring_name, group="h", claim_timeout_s=-1)
+
+
+def test_a_full_registry_and_a_full_group_table_get_their_own_error(ring_name):
+    with CaptureSession.create(ring_name, capacity=64):
+        readers = [Reader.attach(ring_name) for _ in range(MAX_READERS)]
+        try:
+            with pytest.raises(RegistryFull, match="cannot join group 'late': all 64 reader entries") as caught:
+                Reader.attach(ring_name, group="late")
+            assert (caught.value.name, caught.value.group) == (ring_name, "late")
+            readers.pop().close()
+            with pytest.raises(RegistryFull, match="cannot create gating group 'gate'"):
+                Reader.attach(ring_name, group="gate", gating=True)  # its member's entry, then none for its gate
+        finally:
+            for reader in readers:
+                reader.close()
+        groups = [Reader.attach(ring_name, group=f"g{i}") for i in range(MAX_GROUPS)]
+        try:
+            with pytest.raises(RegistryFull, match=f"already has {MAX_GROUPS} consumer groups"):
+                Reader.attach(ring_name, group="onemore")
+        finally:
+            for reader in groups:
+                reader.close()
+
+
+def test_stat_shows_each_group(ring_name):
+    with CaptureSession.create(ring_name, capacity=64) as session:
+        with Reader.attach(ring_name, group="idx", gating=True, after_seq=0) as m:
+            for i in range(10):
+                session.publish(_event(i))
+            got = m.read_many(4, timeout=5)
+            m.ack(got[0].envelope.seq)
+            m.ack()
+            m.read_many(2, timeout=5)
+            stats = ring_stats(ring_name)
+            (group,) = stats["groups"]
+            assert group["name"] == "idx" and group["gating"] is True
+            assert group["members"] == [dict(pid=os.getpid(), alive=True, pending=6)]
+            assert (group["acked"], group["position"], group["pending"]) == (4, 10, 6)
+            assert all(r["role"] != "group" for r in stats["readers"])
