@@ -130,6 +130,7 @@ class Reader:
         # anything at or below the published cursor.
         self._committed: int | None = None
         self._rearm = False  # a plain gating reader: re-arms its gate if the writer retired it
+        self._progress_every = PROGRESS_EVERY
         self._first_seq = _info.first_seq
         self._strategy = wait_strategy(_max_delay_s)
         self._max_delay_s = _max_delay_s
@@ -211,6 +212,8 @@ class Reader:
         if gating and role == ROLE_FLUSHER:
             reader._committed = cursor
         reader._rearm = gating and role != ROLE_FLUSHER
+        if reader._rearm:  # the writer waits on this cursor: show it often enough to keep the ring flowing
+            reader._progress_every = max(1, min(PROGRESS_EVERY, info.capacity // 8))
         return reader
 
     # -- properties -----------------------------------------------------------
@@ -279,7 +282,7 @@ class Reader:
                 self._cursor = seq
                 self._delivered += 1
                 self._unpublished += 1
-                if self._unpublished >= PROGRESS_EVERY:
+                if self._unpublished >= self._progress_every:
                     self._publish_progress()
                 return ReadResult(envelope)
         taken = self._take(timeout)
@@ -347,7 +350,7 @@ class Reader:
                     break
         except (RingClosed, WriterGone):
             pass  # the end sticks: the next call raises it
-        if self._unpublished >= PROGRESS_EVERY:
+        if self._unpublished >= self._progress_every:
             self._publish_progress()
         return records
 
@@ -375,7 +378,7 @@ class Reader:
                 self._cursor = seq
                 self._delivered += 1
                 self._unpublished += 1
-                if self._unpublished >= PROGRESS_EVERY:
+                if self._unpublished >= self._progress_every:
                     self._publish_progress()
                 return seq, payload, fields
             if status == FILTERED:

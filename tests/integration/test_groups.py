@@ -336,7 +336,7 @@ def test_a_full_registry_and_a_full_group_table_get_their_own_error(ring_name):
 
 
 def test_stat_shows_each_group(ring_name):
-    with CaptureSession.create(ring_name, capacity=64) as session:
+    with CaptureSession.create(ring_name, capacity=64, flusher_grace_s=0.2) as session:
         with Reader.attach(ring_name, group="idx", gating=True, after_seq=0) as m:
             for i in range(10):
                 session.publish(_event(i))
