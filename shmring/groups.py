@@ -24,6 +24,7 @@ Rules:
 
 import bisect
 import re
+from collections import Counter
 import secrets
 import time
 
@@ -418,6 +419,7 @@ class GroupMember:
         self._claim_hi = self._cursor  # no claim yet: nothing unread
         self._claim_redelivered = False
         self._held: dict[int, int] = {}
+        self._n_unacked = 0
         self._runs: list[tuple[int, int]] = []  # as recorded in the group
         self._forfeited: set[int] = set()
         self._hint = self._cursor + 1
@@ -444,6 +446,10 @@ class GroupMember:
         them (when MAX_RUNS forces ranges together) are counted later.
         """
         held = self._held
+        if self._n_unacked == 0:  # everything delivered is acknowledged (UNACKED left here: by ack())
+            counts = Counter(held.values())
+            runs = [(self._cursor + 1, self._claim_hi)] if self._cursor < self._claim_hi else []
+            return runs, (counts[_ACKED] + counts[_UNACKED], counts[_FILTERED], counts[_DROPPED]), list(held)
         points = [(s, s) for s, kind in held.items() if kind == _UNACKED]
         if self._cursor < self._claim_hi:
             points.append((self._cursor + 1, self._claim_hi))
@@ -479,8 +485,11 @@ class GroupMember:
         if result is None:  # our claims timed out and went to the others: start again as a new member
             self._forfeit()
             return False
-        for s in done:
-            del self._held[s]
+        if len(done) == len(self._held):
+            self._held.clear()
+        else:
+            for s in done:
+                del self._held[s]
         self._runs = runs
         claimed, drop, position = result
         self._hint = position + 1
@@ -500,8 +509,10 @@ class GroupMember:
         return claimed is not None
 
     def _forfeit(self) -> None:
-        self._forfeited.update(s for s, kind in self._held.items() if kind == _UNACKED)
+        if self._n_unacked:
+            self._forfeited.update(s for s, kind in self._held.items() if kind == _UNACKED)
         self._held.clear()
+        self._n_unacked = 0
         self._runs = []
         self._claim_hi = self._cursor
         self._group_index, self._member_id, _ = self._group_table.join(
@@ -518,10 +529,11 @@ class GroupMember:
                 self._cursor = seq
                 self._delivered += 1
                 self._held[seq] = _UNACKED
+                self._n_unacked += 1
                 self._unpublished += 1
                 if self._unpublished >= 256:
                     self._publish_progress()
-                return ReadResult(envelope, redelivered=self._claim_redelivered)
+                return ReadResult(envelope, 0, 0, 0, self._claim_redelivered)
         taken = self._take(timeout)
         if taken is None:
             return None
@@ -536,6 +548,7 @@ class GroupMember:
             self._delivered -= 1
             self._dropped += 1
             self._held[seq] = _DROPPED
+            self._n_unacked -= 1
             return ReadResult(dropped=1, dropped_from=seq, dropped_to=seq)
         return ReadResult(envelope, redelivered=self._claim_redelivered)
 
@@ -587,6 +600,7 @@ class GroupMember:
                 self._cursor = seq
                 self._delivered += 1
                 held[seq] = _UNACKED
+                self._n_unacked += 1
                 self._unpublished += 1
                 return seq, payload, fields
             if status == FILTERED:
@@ -630,16 +644,15 @@ class GroupMember:
             raise ReaderClosed(f"this reader of ring {self.name!r} is closed; attach a new one", name=self.name)
         held = self._held
         if seq is None:
-            for s, kind in held.items():
-                if kind == _UNACKED:
-                    held[s] = _ACKED
+            self._n_unacked = 0  # the UNACKED left in held now count as acknowledged (see _cover)
             self._forfeited.clear()
             self._sync(0)
             return
         if type(seq) is not int:
             raise ConfigError(f"ack takes a seq (an int) or None, not {seq!r}", name=self.name)
-        if held.get(seq) == _UNACKED:
+        if held.get(seq) == _UNACKED and self._n_unacked:
             held[seq] = _ACKED
+            self._n_unacked -= 1
         elif seq in self._forfeited:
             self._forfeited.discard(seq)  # given to us, then to another member when our claims timed out
             return
