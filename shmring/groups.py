@@ -475,6 +475,10 @@ class GroupMember:
     def _sync(self, claim: int):
         """Record acknowledgements (and claim if asked). Returns a drop count, True for a new claim, or False."""
         runs, deltas, done = self._cover()
+        if claim and len(runs) >= MAX_RUNS:
+            raise ConfigError(f"this member of group {self._group_name!r} holds {len(runs)} separate ranges of "
+                              "unacknowledged events, the most it may; acknowledge them (reader.ack()) before "
+                              "reading more", name=self.name)
         now = time.monotonic()
         reap = bool(claim) and now - self._last_reap >= REAP_EVERY_S
         if reap:

@@ -350,3 +350,52 @@ def test_stat_shows_each_group(ring_name):
             assert group["members"] == [dict(pid=os.getpid(), alive=True, pending=6)]
             assert (group["acked"], group["position"], group["pending"]) == (4, 10, 6)
             assert all(r["role"] != "group" for r in stats["readers"])
+
+
+def stopping_member(name, path, ready, holding):
+    """Join with a short claim timeout, take 5 events without acking, say so; ack them once continued."""
+    reader = Reader.attach(name, group="stoppable", after_seq=0, claim_timeout_s=0.5)
+    ready.set()
+    seqs = [r.envelope.seq for r in reader.read_many(5, timeout=TIMEOUT_S)]
+    with open(path, "w") as f:
+        f.write(" ".join(map(str, seqs)))
+    holding.set()
+    os.kill(os.getpid(), signal.SIGSTOP)  # the parent continues us once another member has our events
+    for seq in seqs:
+        reader.ack(seq)  # ours no more: accepted, and changes nothing
+    reader.ack()
+    with open(path, "a") as f:
+        f.write(" acked")
+    reader.close()
+
+
+def test_a_stopped_member_loses_its_claims_after_the_claim_timeout(ring_name, spawn, tmp_path):
+    path = str(tmp_path / "stopped")
+    with CaptureSession.create(ring_name, capacity=64) as session:
+        for i in range(1, 11):
+            session.publish(_event(i))
+        ready, holding = spawn.Event(), spawn.Event()
+        proc = spawn.Process(target=stopping_member, args=(ring_name, path, ready, holding))
+        proc.start()
+        assert ready.wait(TIMEOUT_S) and holding.wait(TIMEOUT_S)
+        with Reader.attach(ring_name, group="stoppable") as other:
+            fresh = [r.envelope.seq for r in other.read_many(100, timeout=0.2)]
+            other.ack()
+            started = time.monotonic()
+            back = []
+            while len(back) < 10 and time.monotonic() - started < TIMEOUT_S:
+                back += [(r.envelope.seq, r.redelivered) for r in other.read_many(100, timeout=0.2)]
+            waited = time.monotonic() - started
+            other.ack()
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.join(TIMEOUT_S)
+            assert proc.exitcode == 0
+            stats = ring_stats(ring_name)["groups"][0]
+    with open(path) as f:
+        written = f.read()
+    taken = [int(s) for s in written.split()[:5]]
+    assert written.endswith(" acked")
+    assert taken == [1, 2, 3, 4, 5] and fresh == []  # alone when it claimed, it claimed all ten
+    # after the timeout, not before, the whole claim (what it had read or not: it cannot say) comes back, marked
+    assert back == [(s, True) for s in range(1, 11)] and waited >= 0.3
+    assert (stats["acked"], stats["redelivered"], stats["pending"]) == (10, 10, 0)
