@@ -56,7 +56,7 @@ __all__ = ["GroupTable", "GroupMember", "validate_group_name", "DEFAULT_CLAIM_TI
 
 DEFAULT_CLAIM_TIMEOUT_S = 10.0
 """A live member that holds claims and makes no group call (read, ack) for this long loses them."""
-CLAIM_MAX = 256
+CLAIM_MAX = 1024
 """The most events one claim takes (less when the backlog is split between members)."""
 MAX_RUNS = 16
 """Separate seq ranges one member may hold claimed and unacknowledged at once."""
@@ -450,7 +450,19 @@ class GroupMember:
             counts = Counter(held.values())
             runs = [(self._cursor + 1, self._claim_hi)] if self._cursor < self._claim_hi else []
             return runs, (counts[_ACKED] + counts[_UNACKED], counts[_FILTERED], counts[_DROPPED]), list(held)
-        points = [(s, s) for s, kind in held.items() if kind == _UNACKED]
+        points = []  # runs of unacknowledged seqs, in delivery order (ascending within each claim)
+        lo = hi = -2
+        for s, kind in held.items():
+            if kind:  # not _UNACKED
+                continue
+            if s == hi + 1:
+                hi = s
+            else:
+                if lo >= 0:
+                    points.append((lo, hi))
+                lo = hi = s
+        if lo >= 0:
+            points.append((lo, hi))
         if self._cursor < self._claim_hi:
             points.append((self._cursor + 1, self._claim_hi))
         runs = _merge(points)
