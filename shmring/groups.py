@@ -330,7 +330,9 @@ class GroupTable:
             elif state.members:
                 registry.set_owner(gate, state.members[0].pid, state.members[0].start_time)
             else:
-                registry.set_owner(gate, 0, 0.0)  # nobody: the writer waits the grace period, then goes on
+                # Nobody: the writer waits the grace period, then goes on. The start time makes each
+                # emptying a death of its own, so each one gets the whole grace period.
+                registry.set_owner(gate, 0, time.time())
         if state.members and registry.gate_retired(gate):
             registry.rearm_gate(gate)  # members again: the writer honours the group again
 

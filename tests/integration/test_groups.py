@@ -281,6 +281,10 @@ def test_an_empty_gating_group_holds_the_writer_only_for_the_grace_period(ring_n
         with Reader.attach(ring_name, group="gone") as back:
             first = back.read(timeout=5)
             assert (first.dropped_from, first.dropped_to) == (1, 200 - 64)  # its loss, as a drop, once
+        started = time.monotonic()  # empty again: a new wait of the whole grace period
+        for i in range(200):
+            session.publish(_event(i))
+        assert 0.8 * grace <= time.monotonic() - started < grace + 5.0
 
 
 @pytest.mark.parametrize("bad", ["", "a" * 65, "bad name", "x+y", "-lead", "caf\u00e9", 5, b"bytes"])
