@@ -426,3 +426,30 @@ def test_acks_out_of_order_keep_the_accounting_exact(ring_name):
             group = ring_stats(ring_name)["groups"][0]
     assert all(s % 2 for s in kept) and not any(r.redelivered for r in rest)
     assert (group["acked"], group["filtered"], group["dropped"], group["pending"]) == (300, 300, 0, 0)
+
+
+def test_tail_group_acknowledges_what_it_prints_and_stat_shows_the_group(ring_name):
+    import json
+    import subprocess
+    import sys
+
+    def shmring(*args):
+        return subprocess.run([sys.executable, "-m", "shmring", *args], capture_output=True, text=True,
+                              timeout=TIMEOUT_S)
+
+    with CaptureSession.create(ring_name, capacity=64) as session:
+        for i in range(1, 21):
+            session.publish(_event(i))
+        first = shmring("tail", ring_name, "--group", "printers", "--from-start", "--no-follow", "--format", "{seq}")
+        for i in range(21, 26):
+            session.publish(_event(i))
+        second = shmring("tail", ring_name, "--group", "printers", "--no-follow", "--format", "{seq}")
+        refused = shmring("tail", ring_name, "--group", "printers", "-n", "3")
+        table = shmring("stat", ring_name).stdout
+        (group,) = json.loads(shmring("stat", ring_name, "--json").stdout)["groups"]
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout.split() == [str(i) for i in range(1, 21)]
+    assert second.stdout.split() == [str(i) for i in range(21, 26)]  # the group's position, not "from now on"
+    assert refused.returncode == 1 and "-n does not apply" in refused.stderr
+    assert "printers" in table and "redelivered" in table
+    assert (group["name"], group["acked"], group["pending"], group["members"]) == ("printers", 25, 0, [])
