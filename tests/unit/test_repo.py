@@ -186,3 +186,17 @@ def test_every_module_has_a_layer_and_imports_only_downwards():
         for imported in package_imports(path):
             assert LAYERS[imported] < LAYERS[module] or module == imported == "cdp", (
                 f"{path.relative_to(ROOT)} (layer {LAYERS[module]}) imports {imported} (layer {LAYERS[imported]})")
+
+
+def test_tools_import_shmring_and_each_other_without_path_edits():
+    scripts = sorted((ROOT / "tools").glob("*.py"))
+    assert scripts
+    for path in scripts:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and ast.unparse(node.value) == "sys":
+                raise AssertionError(f"tools/{path.name} edits or reads sys.path; import shmring from the package")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0].startswith("bench") for n in names), (
+                    f"tools/{path.name} imports a benchmark script; shared code belongs in tools/common.py")
