@@ -341,17 +341,24 @@ def _stat_table(s: dict) -> str:
                          f"{r['lag']:>10} {r['delivered']:>12} {r['dropped']:>10} {r['filtered']:>10}")
     else:
         lines.append("no readers attached")
+    for h in s.get("archive", ()):
+        lines.append(f"history {h['capture_session_id']}  seqs {h['first_seq']}-{h['last_seq']}  events {h['events']}  "
+                     f"recorded lost {h['gaps']}" + ("  (this ring's session)" if h["this_ring"] else ""))
     return "\n".join(lines)
 
 
 def cmd_stat(args) -> int:
+    from .archive import Archive
     from .stats import ring_stats
 
     stop = _stop_on_signals()
+    history = None if args.archive is None else [msgspec.to_builtins(h) for h in Archive(args.archive).sessions()]
     last = None
     while True:
         try:
             s = ring_stats(args.name, sample_s=0.25, accelerator=True)
+            if history is not None:
+                s["archive"] = [dict(h, this_ring=h["capture_session_id"] == s["capture_session_id"]) for h in history]
         except RingNotFound:
             if last is None:
                 raise
@@ -648,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object (a line per refresh with --watch)")
     s.add_argument("--watch", action="store_true",
                    help="refresh every second; exit 0 once the ring is closed")
+    s.add_argument("--archive", metavar="DIR",
+                   help="also list the capture sessions in this flusher directory (read once), oldest first")
     s.set_defaults(func=cmd_stat)
 
     s = sub.add_parser("ls", help="list the rings on this machine")
