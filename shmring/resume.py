@@ -19,10 +19,17 @@ Rules:
   every record there is: the files' lines, ``_gaps.jsonl``, the checkpoint, and
   the dead ring (a slot its writer left half-written included: the drain
   records it as a gap).
+- One resume at a time per directory: ``resuming(directory)`` holds an
+  exclusive lock on it from before the drain until the caller has created the
+  new ring (after that, a second resumer meets a live writer); a second one
+  meanwhile is refused, never run beside it.
 - Nothing here prints: progress goes to the ``log`` callback.
 """
 
+import contextlib
+import fcntl
 import json
+import os
 import time
 from typing import NamedTuple
 
@@ -33,7 +40,7 @@ from .logdir import CHECKPOINT_FILE, GAPS_FILE, LogDirectory
 from .segment import validate_ring_name
 from .stats import ring_stats
 
-__all__ = ["Resumption", "prepare_resume", "FLUSHER_EXIT_WAIT_S"]
+__all__ = ["Resumption", "prepare_resume", "resuming", "FLUSHER_EXIT_WAIT_S"]
 
 FLUSHER_EXIT_WAIT_S = 30.0
 """How long to wait for a live flusher of a dead writer's ring to finish draining it and exit."""
@@ -49,6 +56,21 @@ class Resumption(NamedTuple):
     """Lines the drain of a dead writer's ring wrote into the directory (0 if there was none)."""
     dead_ring: bool
     """Whether a dead writer's ring of this session was found (and drained)."""
+
+
+@contextlib.contextmanager
+def resuming(directory: str):
+    """Hold the directory's resume lock (see the module rules); ResumeError if another process holds it."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResumeError(f"another `serve --resume` is resuming the session in {directory} right now; "
+                              "wait until it serves, or stop it, then retry", path=directory) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def prepare_resume(name: str, directory: str, *, fsync: str = "batch", group_readable: bool = False,

@@ -19,6 +19,7 @@ Rules:
 """
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from .ingest import (
     prepare_socket_path,
     validate_ingest_limits,
 )
-from .resume import prepare_resume
+from .resume import prepare_resume, resuming
 from .segment import ring_exists, validate_ring_name
 from .session import CaptureSession
 from .stats import ring_stats
@@ -196,14 +197,15 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
         prepare_socket_path(socket_path)
     if log_dir is not None:
         prepare_log_directory(log_dir, group_readable=group_readable)  # refuses one another user controls
-    if resume:
-        plan = prepare_resume(name, log_dir, fsync=fsync, group_readable=group_readable, log=log)
-        if plan is None:
-            log(f"no capture session in {log_dir} to resume; starting a new one")
-        else:
-            create_kwargs.update(capture_session_id=plan.capture_session_id, first_seq=plan.first_seq)
-            log(f"resuming capture session {plan.capture_session_id} of {log_dir} at seq {plan.first_seq}")
-    session = CaptureSession.create(name, **create_kwargs)
+    with resuming(log_dir) if resume else contextlib.nullcontext():  # until the new ring exists
+        if resume:
+            plan = prepare_resume(name, log_dir, fsync=fsync, group_readable=group_readable, log=log)
+            if plan is None:
+                log(f"no capture session in {log_dir} to resume; starting a new one")
+            else:
+                create_kwargs.update(capture_session_id=plan.capture_session_id, first_seq=plan.first_seq)
+                log(f"resuming capture session {plan.capture_session_id} of {log_dir} at seq {plan.first_seq}")
+        session = CaptureSession.create(name, **create_kwargs)
     supervisor = None
     server = None
     flusher_attached = False

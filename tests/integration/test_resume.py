@@ -9,10 +9,10 @@ to synchronise: serve is ready when it prints "serving ring", the flusher's
 lag and liveness are read from the ring's registry, and every wait is bounded.
 """
 
+import fcntl
 import json
 import os
 import signal
-import socket
 import threading
 import time
 
@@ -300,6 +300,17 @@ def test_resume_refuses_what_it_cannot_continue_in_one_line(ring_name, more_ring
     assert_one_line_error(run("serve", ring_name, "--resume"), "--resume needs --log-dir")
     assert_one_line_error(run("serve", ring_name, "--resume", "--log-dir", str(tmp_path / "a"), "--session-id", "x"),
                           "do not give a session id")
+    # Another resume of the same directory in progress (it holds the directory's lock): refused.
+    busy_dir = tmp_path / "busy"
+    busy_dir.mkdir(mode=0o700)
+    held = os.open(busy_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert_one_line_error(run("serve", ring_name, "--log-dir", str(busy_dir), "--resume"),
+                              "another `serve --resume` is resuming")
+    finally:
+        os.close(held)
+    assert shm_entries(ring_name) == []
     # A live writer owns the ring: refused, and neither it nor its directory is touched.
     live = serve(ring_name, *SMALL, log_dir=True)
     with Producer.connect(live.socket) as producer:
