@@ -155,6 +155,23 @@ def wait_until(predicate, what: str, timeout: float = DEADLINE_S) -> None:
         time.sleep(0.01)
 
 
+@pytest.fixture
+def suspended():
+    """suspend(proc): SIGSTOP a flusher this test's serve started; at teardown, one still there is killed by pid."""
+    stopped: list[psutil.Process] = []
+
+    def suspend(proc: psutil.Process) -> None:
+        stopped.append(proc)
+        proc.suspend()
+
+    yield suspend
+    for proc in stopped:
+        try:
+            proc.kill()  # a process started by this test (psutil refuses a reused pid)
+        except psutil.NoSuchProcess:
+            pass
+
+
 def stop(srv) -> None:
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0, srv.err
@@ -246,7 +263,7 @@ def test_resume_after_sigkill_under_load_loses_and_repeats_nothing(ring_name, se
     assert shm_entries(ring_name) == []
 
 
-def test_a_dead_writers_ring_is_drained_into_the_directory(ring_name, serve):
+def test_a_dead_writers_ring_is_drained_into_the_directory(ring_name, serve, suspended):
     """The flusher stopped (SIGSTOP) while producers were acknowledged, then serve and the flusher are killed:
     the acknowledged events are only in the dead ring, and --resume writes them into the files."""
     first = serve(ring_name, *SMALL, "--gate-stall-s", "60", log_dir=True)
@@ -254,7 +271,7 @@ def test_a_dead_writers_ring_is_drained_into_the_directory(ring_name, serve):
     with Producer.connect(first.socket) as producer:
         assert producer.publish_many([ev(i) for i in range(300)]) == list(range(1, 301))
         wait_until(lambda: flusher_of(ring_name)["cursor"] == 300, "the flusher taking seq 300")
-        flusher.suspend()
+        suspended(flusher)
         assert producer.publish_many([ev(i, "network") for i in range(300, 1000)]) == list(range(301, 1001))
     kill(first.pid)
     kill(flusher.pid)
@@ -271,7 +288,7 @@ def test_a_dead_writers_ring_is_drained_into_the_directory(ring_name, serve):
     assert gaps_in(second.log_dir) == []
 
 
-def test_resume_waits_for_the_dead_writers_live_flusher(ring_name, serve):
+def test_resume_waits_for_the_dead_writers_live_flusher(ring_name, serve, suspended):
     """serve is killed but its flusher child lives on: --resume lets it finish the ring, and never runs a second
     flusher into the directory beside it. One that does not finish (stopped) is a clear error."""
     first = serve(ring_name, *SMALL, log_dir=True)
@@ -279,7 +296,7 @@ def test_resume_waits_for_the_dead_writers_live_flusher(ring_name, serve):
     with Producer.connect(first.socket) as producer:
         assert producer.publish_many([ev(i) for i in range(200)]) == list(range(1, 201))
     wait_until(lambda: flusher_of(ring_name)["cursor"] == 200, "the flusher taking seq 200")
-    flusher.suspend()
+    suspended(flusher)
     kill(first.pid)
     with pytest.raises(ResumeError, match=f"flusher \\(pid {flusher.pid}\\) is still attached") as caught:
         prepare_resume(ring_name, first.log_dir, wait_s=0.5)
