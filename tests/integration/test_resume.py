@@ -409,3 +409,32 @@ def test_a_dead_ring_is_continued_into_a_directory_that_has_none(ring_name, serv
         assert producer.publish(ev(50)) == 51
     stop(srv)
     assert assert_once_each(srv.log_dir, "kept", []) == list(range(1, 52))
+
+
+def test_resume_continues_after_every_seq_any_writer_assigned(ring_name, serve, spawn):
+    """A writer of the session dies with a slot half-written (seq 31, never acknowledged): the drain records it
+    as lost, and the resumed writer starts after it. A gap recorded past the files' last line counts too."""
+    first = serve(ring_name, *SMALL, log_dir=True)
+    with Producer.connect(first.socket) as producer:
+        assert producer.publish_many([ev(i) for i in range(20)]) == list(range(1, 21))
+    stop(first)
+    ready, done = spawn.Event(), spawn.Event()
+    dead = spawn.Process(target=writer, args=(ring_name, 10, ready, None, done),
+                         kwargs=dict(kwargs=dict(capture_session_id=first.session_id, first_seq=21, capacity=64,
+                                                 data_bytes=1 << 20), then="half_write"))
+    dead.start()
+    assert done.wait(TIMEOUT_S)
+    kill(dead.pid)
+    second = serve(ring_name, *SMALL, "--resume", log_dir=True)
+    assert any("drained 10 events" in line and "at seq" not in line for line in second.err), second.err
+    with Producer.connect(second.socket) as producer:
+        assert producer.publish(ev(31)) == 32
+    stop(second)
+    assert assert_once_each(second.log_dir, first.session_id, []) == [*range(1, 31), 32]
+    assert [(g["from_seq"], g["to_seq"]) for g in gaps_in(second.log_dir)] == [(31, 31)]
+
+    with open(os.path.join(second.log_dir, "_gaps.jsonl"), "a") as f:  # a loss recorded past the last line
+        f.write(json.dumps({"capture_session_id": first.session_id, "from_seq": 33, "to_seq": 40, "dropped": 8,
+                            "ts": 0}) + "\n")
+    plan = prepare_resume(ring_name, second.log_dir)
+    assert (plan.capture_session_id, plan.first_seq, plan.drained, plan.dead_ring) == (first.session_id, 41, 0, False)
