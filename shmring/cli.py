@@ -56,6 +56,8 @@ def cmd_serve(args) -> int:
     def ready(session):
         parts = [f"serving ring {session.name!r}", f"capture session {session.capture_session_id}",
                  f"capacity {session.capacity}"]
+        if session.first_seq > 1:
+            parts.append(f"first seq {session.first_seq}")
         if args.socket:
             parts.append(f"socket {args.socket}")
         if args.log_dir:
@@ -70,8 +72,10 @@ def cmd_serve(args) -> int:
         capacity=args.capacity, data_bytes=args.data_bytes,
         max_connections=args.max_connections, max_buffered_bytes=args.max_buffered_bytes,
         flusher_grace_s=args.flusher_grace_s, gate_stall_s=args.gate_stall_s, capture_session_id=args.session_id,
+        resume=args.resume,
     )
     _err(f"ring {args.name!r} closed after {result['published']} events"
+         + (f" (last seq {result['last_seq']})" if result["last_seq"] != result["published"] else "")
          + (f"; flusher exit status {result['flusher_status']}" if args.log_dir else ""))
     return 1 if args.log_dir and result["flusher_status"] != 0 else 0  # the logs may be incomplete
 
@@ -337,17 +341,24 @@ def _stat_table(s: dict) -> str:
                          f"{r['lag']:>10} {r['delivered']:>12} {r['dropped']:>10} {r['filtered']:>10}")
     else:
         lines.append("no readers attached")
+    for h in s.get("archive", ()):
+        lines.append(f"history {h['capture_session_id']}  seqs {h['first_seq']}-{h['last_seq']}  events {h['events']}  "
+                     f"recorded lost {h['gaps']}" + ("  (this ring's session)" if h["this_ring"] else ""))
     return "\n".join(lines)
 
 
 def cmd_stat(args) -> int:
+    from .archive import Archive
     from .stats import ring_stats
 
     stop = _stop_on_signals()
+    history = None if args.archive is None else [msgspec.to_builtins(h) for h in Archive(args.archive).sessions()]
     last = None
     while True:
         try:
             s = ring_stats(args.name, sample_s=0.25, accelerator=True)
+            if history is not None:
+                s["archive"] = [dict(h, this_ring=h["capture_session_id"] == s["capture_session_id"]) for h in history]
         except RingNotFound:
             if last is None:
                 raise
@@ -560,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch", help=FSYNC_HELP)
     s.add_argument("--group-readable", action="store_true", help=GROUP_READABLE_HELP)
     s.add_argument("--session-id", metavar="ID", help="capture session id (default: a new uuid4)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the newest capture session in --log-dir (its id, seqs after its last), first "
+                        "draining a dead writer's ring of it into DIR; a new session if DIR holds none")
     s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (needs --socket); default: none")
     s.add_argument("--cdp-detail-level", choices=DETAIL_LEVELS, default="standard",
                    help="the --cdp producer's detail level (see capture-cdp --detail-level)")
@@ -641,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object (a line per refresh with --watch)")
     s.add_argument("--watch", action="store_true",
                    help="refresh every second; exit 0 once the ring is closed")
+    s.add_argument("--archive", metavar="DIR",
+                   help="also list the capture sessions in this flusher directory (read once), oldest first")
     s.set_defaults(func=cmd_stat)
 
     s = sub.add_parser("ls", help="list the rings on this machine")

@@ -31,6 +31,7 @@ __all__ = [
     "ProducerError",
     "PublishRejected",
     "ServeError",
+    "ResumeError",
     "DemoError",
     "CdpError",
     "MalformedCdp",
@@ -165,6 +166,13 @@ class ServeError(ShmringError):
     """``serve`` could not start one of its parts (the flusher did not attach)."""
 
     fields = ("name", "path")
+
+
+class ResumeError(ServeError):
+    """``serve --resume`` cannot continue the session safely (a dead writer's ring it must not drain, or
+    a flusher still draining it); nothing was changed."""
+
+    fields = ("pid", "capture_session_id")
 
 
 class DemoError(ShmringError):

@@ -11,10 +11,15 @@ Rules:
 - The flusher runs as ``python -m shmring flush`` in its own session
   (process group), so a Ctrl-C aimed at the terminal's group cannot kill it
   before it drains. It is restarted if it dies, until the ring is closed.
+- With ``resume``, the newest capture session in the log directory is
+  continued (see resume.py): a dead writer's ring of it is drained into the
+  directory before the new ring replaces it, and seqs go on after the last
+  one any earlier writer assigned. With no session there, a new one starts.
 - Nothing here prints: progress goes to the ``log`` callback.
 """
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -30,6 +35,7 @@ from .ingest import (
     prepare_socket_path,
     validate_ingest_limits,
 )
+from .resume import prepare_resume, resuming
 from .segment import ring_exists, validate_ring_name
 from .session import CaptureSession
 from .stats import ring_stats
@@ -167,15 +173,23 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
           fsync: str = "batch", group_readable: bool = False, log=lambda msg: None, on_ready=lambda session: None,
           cdp_url: str | None = None, cdp_detail_level: str = "standard", cdp_console_hook: bool | None = None,
           max_connections: int = DEFAULT_MAX_CONNECTIONS, max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
-          **create_kwargs) -> dict:
+          resume: bool = False, **create_kwargs) -> dict:
     """Run until `stop` is set; return counts. Raises ShmringError on set-up failures.
 
     cdp_url: also run ``shmring capture-cdp`` against that browser, publishing
     through `socket_path` (required then). group_readable: the flusher's
     directory and files are created 0750/0640 instead of 0700/0600.
     max_connections, max_buffered_bytes: the ingest socket's limits (see ingest).
+    resume: continue the newest capture session in `log_dir` (required then)
+    instead of starting a new one; see the module rules.
     """
     validate_ring_name(name)
+    if resume and log_dir is None:
+        raise ConfigError("--resume needs --log-dir: it continues the newest capture session in that directory",
+                          name=name)
+    if resume and (create_kwargs.get("capture_session_id") is not None or "first_seq" in create_kwargs):
+        raise ConfigError("--resume continues the log directory's capture session; do not give a session id "
+                          "with it", name=name)
     if cdp_url is not None and socket_path is None:
         raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket", name=name)
     if socket_path is not None:
@@ -183,7 +197,15 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
         prepare_socket_path(socket_path)
     if log_dir is not None:
         prepare_log_directory(log_dir, group_readable=group_readable)  # refuses one another user controls
-    session = CaptureSession.create(name, **create_kwargs)
+    with resuming(log_dir) if resume else contextlib.nullcontext():  # until the new ring exists
+        if resume:
+            plan = prepare_resume(name, log_dir, fsync=fsync, group_readable=group_readable, log=log)
+            if plan is None:
+                log(f"no capture session in {log_dir} to resume; starting a new one")
+            else:
+                create_kwargs.update(capture_session_id=plan.capture_session_id, first_seq=plan.first_seq)
+                log(f"resuming capture session {plan.capture_session_id} of {log_dir} at seq {plan.first_seq}")
+        session = CaptureSession.create(name, **create_kwargs)
     supervisor = None
     server = None
     flusher_attached = False
@@ -218,7 +240,8 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
                 f"after its last checkpoint may be missing from {log_dir}")
     return dict(
         capture_session_id=session.capture_session_id,
-        published=session.last_seq,
+        published=session.last_seq - session.first_seq + 1,
+        last_seq=session.last_seq,
         accepted=server.accepted if server else 0,
         rejected=server.rejected if server else 0,
         flusher_status=flusher_status,
