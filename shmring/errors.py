@@ -32,6 +32,8 @@ __all__ = [
     "PublishRejected",
     "ServeError",
     "DemoError",
+    "ProducerNotRunning",
+    "ControlError",
 ]
 
 
@@ -160,6 +162,18 @@ class PublishRejected(ShmringError):
 
 class ServeError(ShmringError):
     """``serve`` could not start one of its parts (the flusher did not attach)."""
+
+    fields = ("name", "path")
+
+
+class ProducerNotRunning(ShmringError):
+    """No producer to configure: no ``serve NAME --cdp`` runs, or its producer is between restarts."""
+
+    fields = ("name", "producer")
+
+
+class ControlError(ShmringError):
+    """A producer's control channel failed: no answer in time, or an answer that is not the protocol."""
 
     fields = ("name", "path")
 

@@ -6,6 +6,9 @@ Rules:
   Names may not contain ``+``, so no ring's objects collide with another's.
 - ``close`` releases this process's handle; ``unlink`` removes the name once.
   Both are idempotent.
+- A ring's control socket (``serve --cdp``'s producer control) is
+  ``/dev/shm/shmring.NAME+control``, so a command needs only the ring's name
+  to find it; a name too long for a socket path gets a hashed one.
 - Every ``/dev/shm`` path is built here: other modules ask ``ring_exists``,
   ``ring_age_s`` and ``orphaned_ring_names`` rather than look for files.
 - File descriptors are closed as soon as they are not needed, except the
@@ -15,6 +18,7 @@ Rules:
 
 import contextlib
 import errno
+import hashlib
 import fcntl
 import mmap
 import os
@@ -46,6 +50,7 @@ __all__ = [
     "ring_age_s",
     "orphaned_ring_names",
     "unlink_orphan",
+    "control_socket_path",
 ]
 
 _RING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -309,3 +314,16 @@ def unlink_orphan(name: str) -> bool:
             continue
         removed = True
     return removed
+
+
+_SOCKET_PATH_MAX = 107
+"""sun_path holds 108 bytes, the terminating NUL included."""
+
+
+def control_socket_path(name: str) -> str:
+    """Where ``serve NAME`` listens for producer control (see ``shmring.control``)."""
+    path = os.path.join(_SHM_DIR, f"{_PREFIX}{name}+control")
+    if len(path.encode()) <= _SOCKET_PATH_MAX:
+        return path
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return os.path.join(_SHM_DIR, f"{_PREFIX}{name[:48]}+control.{digest}")
