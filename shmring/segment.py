@@ -245,9 +245,11 @@ class WakeSemaphore:
 
 
 def unlink_ring_objects(name: str) -> None:
-    """Remove every name a ring may own. Open handles stay valid until closed."""
+    """Remove every name a ring may own (its control socket too). Open handles stay valid until closed."""
     unlink_segment(ring_shm_name(name))
     unlink_registry_objects(name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(control_socket_path(name))
 
 
 def unlink_registry_objects(name: str) -> None:

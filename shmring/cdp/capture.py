@@ -108,7 +108,7 @@ class CdpCapture:
                    requests_in_flight=sum(len(t.requests) for t in list(self.mapper.sessions.values())),
                    setup_tasks=len(self._tasks), following=len(self._following),
                    backlog=self._publisher.backlog(), connected=self.connected.is_set(),
-                   received=dict(self.received), config=self.config.to_dict())
+                   received=dict(self.received), config=self.config.to_dict(), targets=sorted(self._following))
         return out
 
     def is_following(self, target_id: str) -> bool:
