@@ -333,3 +333,45 @@ def test_the_control_socket_is_private_and_goes_with_serve(ring_name, serve, bro
     assert srv.wait() == 0
     assert not os.path.exists(path)
     assert_one_line_error(run("producer", ring_name, "cdp"), "no CDP producer is running")
+
+
+@needs_chromium
+def test_console_stacks_interaction_and_console_switch_in_open_documents(ring_name, serve, browser, site):
+    serve(ring_name, "--cdp", browser.cdp_url, "--cdp-categories", "console")
+    stats_when_ready(ring_name)
+    events = Events(ring_name)
+    try:
+        tab = open_loop_tab(browser.cdp_url, ring_name, site)
+        events.until(flowing(tab, "console"), "console lines")
+        assert all("stack" not in data(e) for e in events.envelopes if e.event.type == "console.log")
+
+        # Verbose: the document already open sends its console calls with stacks.
+        producer_cli(ring_name, "--detail-level", "verbose")
+        events.until(lambda envs: len(config_events(envs)) == 1 and any(
+            e.event.type == "console.log" and data(e).get("stack") for e in events.after(config_events(envs)[0].seq)),
+            "console lines with stacks")
+
+        # Interaction off (from the start): a click reports nothing; on: the same document reports clicks.
+        with BrowserControl(browser.cdp_url) as control:
+            session = control.attach(tab)
+            control.click(session, 20, 20)
+            events.read_for(0.5)
+            assert not [e for e in events.envelopes if e.event.category == "interaction"]
+            producer_cli(ring_name, "--categories", "console,interaction")
+            control.click(session, 20, 20)
+            events.until(lambda envs: any(e.event.type == "interaction.click" for e in envs), "the click")
+            control.call("Target.detachFromTarget", {"sessionId": session})
+
+        # Console off: the hooked calls stop leaving the page (the producer receives no more of them).
+        producer_cli(ring_name, "--categories", "interaction")
+        runtime = producer_stats(ring_name)["received"]["Runtime"]
+        events.read_for(1.0)
+        assert producer_stats(ring_name)["received"]["Runtime"] == runtime
+        last = config_events(events.envelopes)[-1]
+        assert data(last)["new"]["categories"] == ["interaction"]
+        assert not [e for e in events.after(last.seq) if e.event.category == "console"]
+        producer_cli(ring_name, "--categories", "console")
+        events.until(lambda envs: any(e.event.type == "console.log"
+                                      for e in events.after(config_events(envs)[-1].seq, tab)), "console back")
+    finally:
+        events.close()
