@@ -50,10 +50,11 @@ import threading
 
 import msgspec
 
+from ..errors import CdpError, MalformedCdp
 from ..producer_config import ProducerConfig
-from .connection import CdpError, _Connection, _http_base, resolve_browser_ws
+from .connection import _Connection, _http_base, resolve_browser_ws
 from .domains import change_commands, console_hook_stacks, hook_script_params, hook_stacks_expression, setup_commands
-from .mapper import CdpMapper, MalformedCdp
+from .mapper import CdpMapper
 from .publisher import _Publisher
 
 BACKLOG_HIGH_WATER = 50_000
