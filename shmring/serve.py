@@ -274,6 +274,9 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     validate_ring_name(name)
     cdp_config = ProducerConfig(cdp_enabled, CATEGORIES if cdp_categories is None else cdp_categories,
                                 cdp_detail_level)
+    if cdp_url is None and (cdp_categories is not None or not cdp_enabled):
+        raise ConfigError("--cdp-categories and --cdp-disabled configure the --cdp producer: give --cdp URL too",
+                          name=name)
     if cdp_url is not None and socket_path is None:
         raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket", name=name)
     if socket_path is not None:

@@ -311,6 +311,7 @@ def test_errors_are_one_line(ring_name, serve, tmp_path):
     assert_one_line_error(run("producer", ring_name, "cdp", "--detail-level", "loud"), "unknown detail level 'loud'")
     assert_one_line_error(run("producer", ring_name, "cdp", "--enable", "--disable"), "not allowed with")
     assert_one_line_error(run("serve", ring_name + "x", "--cdp-categories", "network,dom"), "unknown category 'dom'")
+    assert_one_line_error(run("serve", ring_name + "x", "--cdp-disabled"), "give --cdp URL too")
     for bad in ({"categories": ["dom"]}, {"detail_level": "loud"}, {"enabled": "yes"}, {"colour": 1},
                 {"categories": "console"}):
         with pytest.raises(ConfigError):
