@@ -290,6 +290,12 @@ class CdpCapture:
                     return f"{m} failed ({r})"
             return None
 
+    async def _reconcile_within(self, session_id: str) -> str | None:
+        try:
+            return await asyncio.wait_for(self._reconcile(session_id), APPLY_TIMEOUT_S + 1)
+        except (TimeoutError, asyncio.TimeoutError):
+            return f"it did not answer within {APPLY_TIMEOUT_S + 1:g} s"
+
     async def set_config(self, new: ProducerConfig) -> dict:
         """Apply `new` now (in the capture's loop): the mapper, the event, every target. The reply dict.
 
@@ -304,8 +310,9 @@ class CdpCapture:
         self.mapper.configure(new)
         self._emit([self.mapper.system_event("system.producer_config",
                                              {"producer": "cdp", "old": old.to_dict(), "new": new.to_dict()})])
-        sessions = [sid for sid in self._locks if sid in self.mapper.sessions]
-        results = await asyncio.gather(*(self._reconcile(sid) for sid in sessions), return_exceptions=True)
+        # A target still being set up is not waited for: the end of its set-up brings it to the new config.
+        sessions = [sid for sid in self._applied if sid in self.mapper.sessions]
+        results = await asyncio.gather(*(self._reconcile_within(sid) for sid in sessions), return_exceptions=True)
         for sid, result in zip(sessions, results):
             if result is None:
                 continue

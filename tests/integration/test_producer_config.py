@@ -176,6 +176,13 @@ def test_network_off_stops_network_in_the_browser_and_on_returns_it_at_verbose(r
         assert len(ticks) >= 5 and all(args[0] == "tick" for args in ticks)
         assert srv.popen.poll() is None and producer_stats(ring_name)["connections"] == 1  # the same connection
 
+        # A tab opened later is set up for the config in force: its console comes, its network never starts.
+        late = open_loop_tab(browser.cdp_url, ring_name, site, host="localhost")
+        events.until(flowing(late, "console"), "the late tab's console lines")
+        events.read_for(0.5)
+        assert not [e for e in events.after(off.seq) if e.event.category == "network"]
+        assert producer_stats(ring_name)["received"]["Network"] == network_after_off
+
         # Back on, at verbose: network returns, with headers, and the domain sends again.
         assert producer_cli(ring_name, "--categories", "console,network", "--detail-level", "verbose") == {
             "enabled": True, "categories": ["console", "network"], "detail_level": "verbose"}
