@@ -67,7 +67,8 @@ def cmd_serve(args) -> int:
         group_readable=args.group_readable, log=_err,
         on_ready=ready, cdp_url=args.cdp, cdp_detail_level=args.cdp_detail_level,
         cdp_console_hook=False if args.cdp_console_via_inspector else None,
-        cdp_categories=args.cdp_categories, cdp_enabled=not args.cdp_disabled, capacity=args.capacity, data_bytes=args.data_bytes,
+        cdp_categories=args.cdp_categories, cdp_enabled=not args.cdp_disabled,
+        capacity=args.capacity, data_bytes=args.data_bytes,
         max_connections=args.max_connections, max_buffered_bytes=args.max_buffered_bytes,
         flusher_grace_s=args.flusher_grace_s, gate_stall_s=args.gate_stall_s, capture_session_id=args.session_id,
     )
@@ -598,8 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cdp-console-via-inspector", action="store_true",
                    help="capture console calls through Runtime.consoleAPICalled (see capture-cdp)")
     s.add_argument("--cdp-categories", type=_categories, metavar="C,...", help=f"the --cdp producer: {CATEGORIES_HELP}")
-    s.add_argument("--cdp-disabled", action="store_true", help="start the --cdp producer disabled (connected, capturing "
-                   "nothing) until `shmring producer NAME cdp --enable`")
+    s.add_argument("--cdp-disabled", action="store_true",
+                   help="start the --cdp producer disabled (connected, capturing nothing) until `shmring producer NAME "
+                        "cdp --enable`")
     s.add_argument("--max-connections", type=_positive_int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                    help="producers served at once on --socket; one more gets an error reply and is closed")
     s.add_argument("--max-buffered-bytes", type=_positive_int, default=DEFAULT_MAX_BUFFERED_BYTES, metavar="N",
@@ -636,7 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     on.add_argument("--disable", dest="enable", action="store_const", const=False,
                     help="capture nothing; the browser connection and its targets are kept")
     s.add_argument("--categories", metavar="C,...", help=CATEGORIES_HELP.replace("; default: all", ""))
-    s.add_argument("--detail-level", metavar="L", help="minimal, standard, verbose (headers, stacks) or raw (CDP params)")
+    s.add_argument("--detail-level", metavar="L",
+                   help="minimal, standard, verbose (headers, stacks) or raw (CDP params)")
     s.set_defaults(func=cmd_producer)
 
     s = sub.add_parser("publish", help="send JSON Event lines from stdin to a serve socket")

@@ -55,7 +55,7 @@ def parse_categories(text: str) -> tuple[str, ...]:
 class ProducerConfig:
     """What a producer captures: ``enabled``, ``categories`` (a tuple), ``detail_level``."""
 
-    __slots__ = ("enabled", "categories", "detail_level")
+    __slots__ = ("categories", "detail_level", "enabled")
 
     def __init__(self, enabled: bool = True, categories=CATEGORIES, detail_level: str = "standard"):
         object.__setattr__(self, "enabled", _enabled(enabled))

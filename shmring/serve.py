@@ -205,7 +205,7 @@ class CaptureChild:
                     line = await reader.readline()
                     if not line or msgspec.json.decode(line, type=dict).get("id") == request["id"]:
                         break
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise ControlError(f"the CDP producer of ring {self.name!r} did not answer within "
                                f"{self.REPLY_TIMEOUT_S:g} s", name=self.name) from None
         except (ConnectionError, OSError):
@@ -259,7 +259,8 @@ async def _ingest_until(server: IngestServer, stop: threading.Event, ready, capt
 def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, log_dir: str | None = None,
           fsync: str = "batch", group_readable: bool = False, log=lambda msg: None, on_ready=lambda session: None,
           cdp_url: str | None = None, cdp_detail_level: str = "standard", cdp_console_hook: bool | None = None,
-          cdp_categories=None, cdp_enabled: bool = True, max_connections: int = DEFAULT_MAX_CONNECTIONS, max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+          cdp_categories=None, cdp_enabled: bool = True, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+          max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
           **create_kwargs) -> dict:
     """Run until `stop` is set; return counts. Raises ShmringError on set-up failures.
 

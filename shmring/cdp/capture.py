@@ -293,7 +293,7 @@ class CdpCapture:
     async def _reconcile_within(self, session_id: str) -> str | None:
         try:
             return await asyncio.wait_for(self._reconcile(session_id), APPLY_TIMEOUT_S + 1)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return f"it did not answer within {APPLY_TIMEOUT_S + 1:g} s"
 
     async def set_config(self, new: ProducerConfig) -> dict:

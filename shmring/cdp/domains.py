@@ -103,7 +103,8 @@ def console_hook_stacks(old: ProducerConfig, new: ProducerConfig, *, console_hoo
 
 def hook_stacks_expression(on: bool) -> str:
     """Evaluated in a document's main world: the hook's stacks on or off (see js/console_hook.js)."""
-    return f"typeof globalThis.__shmringConsoleHooked === 'function' && globalThis.__shmringConsoleHooked({'true' if on else 'false'})"
+    hooked = "globalThis.__shmringConsoleHooked"
+    return f"typeof {hooked} === 'function' && {hooked}({'true' if on else 'false'})"
 
 
 def hook_script_params(config: ProducerConfig) -> dict:

@@ -62,9 +62,9 @@ class _Target:
     __slots__ = (
         "attached_us",
         "contexts",
-        "main_worlds",
         "frames",
         "main_frame",
+        "main_worlds",
         "requests",
         "session_id",
         "target_id",

@@ -24,7 +24,7 @@ from shmring.errors import ConfigError, ProducerNotRunning
 from shmring.producer_config import CATEGORIES, ProducerConfig
 from shmring.segment import control_socket_path
 from tests.integration.test_cdp import Browser, needs_chromium
-from tests.integration.test_cli import assert_one_line_error, procs, run, serve  # noqa: F401 - fixtures
+from tests.integration.test_cli import assert_one_line_error, procs, run, serve  # noqa: F401, F811 - fixtures
 
 TIMEOUT_S = 20
 
@@ -314,7 +314,8 @@ def test_errors_are_one_line(ring_name, serve, tmp_path):
         with pytest.raises(ProducerNotRunning):
             get_config(ring_name)
     # Bad values: refused before anything is asked.
-    assert_one_line_error(run("producer", ring_name, "cdp", "--categories", "console,sound"), "unknown category 'sound'")
+    assert_one_line_error(run("producer", ring_name, "cdp", "--categories", "console,sound"),
+                          "unknown category 'sound'")
     assert_one_line_error(run("producer", ring_name, "cdp", "--detail-level", "loud"), "unknown detail level 'loud'")
     assert_one_line_error(run("producer", ring_name, "cdp", "--enable", "--disable"), "not allowed with")
     assert_one_line_error(run("serve", ring_name + "x", "--cdp-categories", "network,dom"), "unknown category 'dom'")
