@@ -593,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch", help=FSYNC_HELP)
     s.add_argument("--group-readable", action="store_true", help=GROUP_READABLE_HELP)
     s.add_argument("--session-id", metavar="ID", help="capture session id (default: a new uuid4)")
-    s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (needs --socket); default: none")
+    s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (through --socket, else a private socket next to the ring); "
+                        "default: none")
     s.add_argument("--cdp-detail-level", choices=DETAIL_LEVELS, default="standard",
                    help="the --cdp producer's detail level (see capture-cdp --detail-level)")
     s.add_argument("--cdp-console-via-inspector", action="store_true",

@@ -38,7 +38,7 @@ from .ingest import (
     validate_ingest_limits,
 )
 from .producer_config import CATEGORIES, ProducerConfig
-from .segment import control_socket_path, ring_exists, validate_ring_name
+from .segment import control_socket_path, default_ingest_socket_path, ring_exists, validate_ring_name
 from .session import CaptureSession
 from .stats import ring_stats
 
@@ -265,7 +265,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     """Run until `stop` is set; return counts. Raises ShmringError on set-up failures.
 
     cdp_url: also run ``shmring capture-cdp`` against that browser, publishing
-    through `socket_path` (required then), with the initial config
+    through `socket_path` (without one, a private socket next to the ring), with the initial config
     `cdp_enabled`, `cdp_categories` (default: all) and `cdp_detail_level`;
     ``shmring.control`` changes it at run time through the ring's control
     socket. group_readable: the flusher's
@@ -279,7 +279,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
         raise ConfigError("--cdp-categories and --cdp-disabled configure the --cdp producer: give --cdp URL too",
                           name=name)
     if cdp_url is not None and socket_path is None:
-        raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket", name=name)
+        socket_path = default_ingest_socket_path(name)  # the producer publishes through an ingest socket
     if socket_path is not None:
         validate_ingest_limits(max_connections, max_buffered_bytes)  # fail before the ring exists
         prepare_socket_path(socket_path)

@@ -207,7 +207,7 @@ def test_network_off_stops_network_in_the_browser_and_on_returns_it_at_verbose(r
 
 @needs_chromium
 def test_subscriptions_never_reach_the_producer(ring_name, serve, procs, browser, site):
-    serve(ring_name, "--cdp", browser.cdp_url)
+    serve(ring_name, "--cdp", browser.cdp_url, socket_path=False)  # its own ingest socket, next to the ring
     stats_when_ready(ring_name)
     before = get_config(ring_name)
     assert before == ProducerConfig()
