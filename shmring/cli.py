@@ -1,4 +1,4 @@
-"""The ``shmring`` command: serve, publish, tail, replay, stat, ls, gc, flush, doctor, demo.
+"""The ``shmring`` command: serve, capture-cdp, producer, publish, tail, replay, stat, ls, gc, flush, doctor, demo.
 
 Rules:
 - The only module that prints or exits.
@@ -69,6 +69,7 @@ def cmd_serve(args) -> int:
         group_readable=args.group_readable, log=_err,
         on_ready=ready, cdp_url=args.cdp, cdp_detail_level=args.cdp_detail_level,
         cdp_console_hook=False if args.cdp_console_via_inspector else None,
+        cdp_categories=args.cdp_categories, cdp_enabled=not args.cdp_disabled,
         capacity=args.capacity, data_bytes=args.data_bytes,
         max_connections=args.max_connections, max_buffered_bytes=args.max_buffered_bytes,
         flusher_grace_s=args.flusher_grace_s, gate_stall_s=args.gate_stall_s, capture_session_id=args.session_id,
@@ -82,10 +83,30 @@ def cmd_serve(args) -> int:
 
 def cmd_capture_cdp(args) -> int:
     from .cdp import capture
+    from .producer_config import CATEGORIES, ProducerConfig
 
     stop = _stop_on_signals()
-    capture(args.cdp, args.socket, stop=stop, detail_level=args.detail_level, name=args.name, log=_err,
-            console_hook=args.console_hook)
+    config = ProducerConfig(not args.disabled, CATEGORIES if args.categories is None else args.categories,
+                            args.detail_level)
+    capture(args.cdp, args.socket, stop=stop, name=args.name, log=_err, console_hook=args.console_hook,
+            config=config, control_fd=args.control_fd)
+    return 0
+
+
+def cmd_producer(args) -> int:
+    from .control import get_config, set_config
+    from .producer_config import parse_categories
+
+    patch = {k: v for k, v in (("enabled", args.enable), ("detail_level", args.detail_level)) if v is not None}
+    if args.categories is not None:
+        patch["categories"] = list(parse_categories(args.categories))
+    if not patch:
+        print(json.dumps(get_config(args.name, args.producer).to_dict()))
+        return 0
+    change = set_config(args.name, patch, args.producer)
+    for failed in change.failed:
+        _err(f"target {failed['target_id']} ({failed['url'] or 'no url'}) did not take the change: {failed['error']}")
+    print(json.dumps(change.new.to_dict()))
     return 0
 
 
@@ -507,6 +528,18 @@ def _ring_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _categories(text: str) -> tuple[str, ...]:
+    from .producer_config import parse_categories
+
+    try:
+        return parse_categories(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+CATEGORIES_HELP = "capture only these categories, comma-separated (console, network, page, interaction); default: all"
+
+
 def _format(text: str) -> str:
     from .render import parse_format
 
@@ -574,11 +607,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true",
                    help="continue the newest capture session in --log-dir (its id, seqs after its last), first "
                         "draining a dead writer's ring of it into DIR; a new session if DIR holds none")
-    s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (needs --socket); default: none")
+    s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (through --socket, else a private "
+                                                "socket next to the ring); default: none")
     s.add_argument("--cdp-detail-level", choices=DETAIL_LEVELS, default="standard",
                    help="the --cdp producer's detail level (see capture-cdp --detail-level)")
     s.add_argument("--cdp-console-via-inspector", action="store_true",
                    help="capture console calls through Runtime.consoleAPICalled (see capture-cdp)")
+    s.add_argument("--cdp-categories", type=_categories, metavar="C,...", help=f"the --cdp producer: {CATEGORIES_HELP}")
+    s.add_argument("--cdp-disabled", action="store_true",
+                   help="start the --cdp producer disabled (connected, capturing nothing) until `shmring producer NAME "
+                        "cdp --enable`")
     s.add_argument("--max-connections", type=_positive_int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                    help="producers served at once on --socket; one more gets an error reply and is closed")
     s.add_argument("--max-buffered-bytes", type=_positive_int, default=DEFAULT_MAX_BUFFERED_BYTES, metavar="N",
@@ -601,7 +639,23 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--console-via-inspector", dest="console_hook", action="store_const", const=False,
                          help="console calls through Runtime.consoleAPICalled (the default at raw): they still "
                               "reach DevTools, but Chromium's inspector slows a console-heavy page 2-3x")
+    s.add_argument("--categories", type=_categories, metavar="C,...", help=CATEGORIES_HELP)
+    s.add_argument("--disabled", action="store_true", help="start disabled: follow the targets, capture nothing")
+    s.add_argument("--control-fd", type=_positive_int, metavar="FD",
+                   help="a connected socket on which config changes arrive (serve --cdp passes it); default: none")
     s.set_defaults(func=cmd_capture_cdp)
+
+    s = sub.add_parser("producer", help="show or change the config of the producer `serve NAME --cdp` runs")
+    s.add_argument("name", type=_ring_name, help=NAME_HELP)
+    s.add_argument("producer", choices=("cdp",), help="which producer")
+    on = s.add_mutually_exclusive_group()
+    on.add_argument("--enable", dest="enable", action="store_const", const=True, help="capture again")
+    on.add_argument("--disable", dest="enable", action="store_const", const=False,
+                    help="capture nothing; the browser connection and its targets are kept")
+    s.add_argument("--categories", metavar="C,...", help=CATEGORIES_HELP.replace("; default: all", ""))
+    s.add_argument("--detail-level", metavar="L",
+                   help="minimal, standard, verbose (headers, stacks) or raw (CDP params)")
+    s.set_defaults(func=cmd_producer)
 
     s = sub.add_parser("publish", help="send JSON Event lines from stdin to a serve socket")
     s.add_argument("--socket", metavar="PATH", required=True, help="the socket of `shmring serve NAME --socket PATH`")

@@ -36,6 +36,8 @@ __all__ = [
     "CdpError",
     "MalformedCdp",
     "BrowserError",
+    "ProducerNotRunning",
+    "ControlError",
 ]
 
 
@@ -173,6 +175,18 @@ class ResumeError(ServeError):
     a flusher still draining it); nothing was changed."""
 
     fields = ("pid", "capture_session_id")
+
+
+class ProducerNotRunning(ShmringError):
+    """No producer to configure: no ``serve NAME --cdp`` runs, or its producer is between restarts."""
+
+    fields = ("name", "producer")
+
+
+class ControlError(ShmringError):
+    """A producer's control channel failed: no answer in time, or an answer that is not the protocol."""
+
+    fields = ("name", "path")
 
 
 class DemoError(ShmringError):
