@@ -422,6 +422,8 @@ class GroupMember:
         self._claim_redelivered = False
         self._held: dict[int, int] = {}
         self._n_unacked = 0
+        self._drops_due: list[tuple[int, int]] = []  # found, not yet returned (adjacent ones merged)
+        self._drop_range = (0, 0)  # the drop _take returned last
         self._runs: list[tuple[int, int]] = []  # as recorded in the group
         self._forfeited: set[int] = set()
         self._hint = self._cursor + 1
@@ -486,8 +488,8 @@ class GroupMember:
                 done.append(s)
         return runs, (counts[_ACKED], counts[_FILTERED], counts[_DROPPED]), done
 
-    def _sync(self, claim: int):
-        """Record acknowledgements (and claim if asked). Returns a drop count, True for a new claim, or False."""
+    def _sync(self, claim: int) -> bool:
+        """Record acknowledgements (and claim if asked; a drop found is owed). True for a new claim."""
         runs, deltas, done = self._cover()
         if claim and len(runs) >= MAX_RUNS:
             raise ConfigError(f"this member of group {self._group_name!r} holds {len(runs)} separate ranges of "
@@ -519,12 +521,23 @@ class GroupMember:
         elif claim and not reap:
             self._last_reap = 0.0  # nothing fresh: look at the others' liveness on the next try
         if drop is not None:
-            lost = drop[1] - drop[0] + 1
             self._cursor = drop[1]
-            self._dropped += lost
+            self._dropped += drop[1] - drop[0] + 1
+            self._owe_drop(*drop)
             self._publish_progress()
-            return lost
         return claimed is not None
+
+    def _owe_drop(self, lo: int, hi: int) -> None:
+        """A drop to report; one that continues the last owed one is the same drop."""
+        due = self._drops_due
+        if due and due[-1][1] + 1 == lo:
+            due[-1] = (due[-1][0], hi)
+        else:
+            due.append((lo, hi))
+
+    def _pay_drop(self) -> int:
+        lo, hi = self._drop_range = self._drops_due.pop(0)
+        return hi - lo + 1
 
     def _forfeit(self) -> None:
         if self._n_unacked:
@@ -556,7 +569,7 @@ class GroupMember:
         if taken is None:
             return None
         if type(taken) is int:
-            return ReadResult(dropped=taken, dropped_from=self._cursor - taken + 1, dropped_to=self._cursor)
+            return ReadResult(dropped=taken, dropped_from=self._drop_range[0], dropped_to=self._drop_range[1])
         seq = taken[0]
         try:
             envelope = decode_envelope(taken[1])
@@ -580,7 +593,8 @@ class GroupMember:
         try:
             while taken is not None:
                 if type(taken) is int:
-                    records.append(from_ring(self._cursor, "", b"", taken, self._cursor - taken + 1, self._cursor))
+                    lo, hi = self._drop_range
+                    records.append(from_ring(hi, "", b"", taken, lo, hi))
                 else:
                     seq, payload, fields = taken
                     records.append(from_ring(seq, names.get(fields[8]) or self._category_name(fields[8]), payload,
@@ -604,12 +618,14 @@ class GroupMember:
         poll = core.poll
         accept = self._accept
         held = self._held
+        if self._drops_due:
+            return self._pay_drop()
         while True:
             seq = self._cursor + 1
             if seq > self._claim_hi:
                 got = self._sync(self._claim_max)
-                if type(got) is int:
-                    return got
+                if self._drops_due:
+                    return self._pay_drop()
                 if not got and not self._await(self._hint, deadline):
                     return None
                 continue
@@ -634,7 +650,10 @@ class GroupMember:
                 self._cursor = last
                 self._dropped += last - seq + 1
                 self._publish_progress()
-                return last - seq + 1
+                self._owe_drop(seq, last)
+                if last < self._claim_hi:
+                    return self._pay_drop()
+                continue  # the whole rest is gone: a drop the next claim finds next to it is the same drop
             # A claimed seq was whole when claimed: the slot is being rewritten (it lapses next), or the
             # writer died while rewriting it.
             now = time.monotonic()
@@ -644,7 +663,8 @@ class GroupMember:
                 held[seq] = _DROPPED
                 self._cursor = seq
                 self._dropped += 1
-                return 1
+                self._owe_drop(seq, seq)
+                return self._pay_drop()
             if deadline is not None and now >= deadline:
                 return None
             time.sleep(0.0002)

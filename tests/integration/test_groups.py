@@ -453,3 +453,19 @@ def test_tail_group_acknowledges_what_it_prints_and_stat_shows_the_group(ring_na
     assert refused.returncode == 1 and "-n does not apply" in refused.stderr
     assert "printers" in table and "redelivered" in table
     assert (group["name"], group["acked"], group["pending"], group["members"]) == ("printers", 25, 0, [])
+
+
+def test_a_claim_lapped_whole_and_the_loss_after_it_are_one_drop(ring_name):
+    with CaptureSession.create(ring_name, capacity=64) as session:
+        with Reader.attach(ring_name, group="behind", after_seq=0) as member:
+            for i in range(1, 11):
+                session.publish(_event(i))
+            first = member.read(timeout=5)  # claims 1-10, takes 1
+            for i in range(11, 1001):
+                session.publish(_event(i))  # laps the rest of the claim, and more
+            results = member.read_many(1000, timeout=0.5)
+            member.ack()
+    drops = [(r.dropped_from, r.dropped_to) for r in results if r.dropped]
+    seqs = [r.envelope.seq for r in results if r.envelope]
+    assert first.envelope.seq == 1 and results[0].dropped
+    assert drops == [(2, seqs[0] - 1)] and seqs == list(range(seqs[0], 1001))  # one drop: its claim and beyond
