@@ -564,7 +564,7 @@ class GroupMember:
                 self._unpublished += 1
                 if self._unpublished >= 256:
                     self._publish_progress()
-                return ReadResult(envelope, 0, 0, 0, self._claim_redelivered)
+                return ReadResult(envelope, redelivered=True) if self._claim_redelivered else ReadResult(envelope)
         taken = self._take(timeout)
         if taken is None:
             return None
