@@ -25,6 +25,8 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
+from itertools import islice
+from operator import attrgetter
 
 import msgspec
 
@@ -39,6 +41,8 @@ from .liveness import ProcessWatch, current_identity
 from .registry import Registry
 from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, accelerator, check_memory_model, full_fence
 from .filters import Filter
+from .history import History
+from .results import RawRecord, ReadResult
 from .schema import Envelope, decode_envelope
 from .segment import Mapping, WakeSemaphore, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
 from .waiting import DOZE, SPIN, wait_strategy
@@ -50,34 +54,6 @@ STUCK_SLOT_S = 0.5
 PROGRESS_EVERY = 256
 """Publish the cursor to the registry at least this often (and before sleeping)."""
 MAX_DELAY_S_LIMIT = 10.0
-
-
-class ReadResult(msgspec.Struct, frozen=True):
-    """One step of a stream: an envelope, or the events lost here.
-
-    A drop gives the count and the inclusive seq range lost:
-    ``dropped == dropped_to - dropped_from + 1``.
-    """
-
-    envelope: Envelope | None = None
-    dropped: int = 0
-    dropped_from: int = 0
-    dropped_to: int = 0
-
-
-class RawRecord(msgspec.Struct, frozen=True):
-    """One step of a stream, undecoded: an envelope's JSON as the writer encoded it, or a drop.
-
-    A drop is ``RawRecord(seq=<last lost seq>, category="", payload=b"", dropped=N)``, with the
-    inclusive range lost in ``dropped_from`` and ``dropped_to`` (= seq).
-    """
-
-    seq: int
-    category: str
-    payload: bytes
-    dropped: int = 0
-    dropped_from: int = 0
-    dropped_to: int = 0
 
 
 class Reader:
@@ -132,24 +108,34 @@ class Reader:
         self._stuck_seq = 0
         self._stuck_since = 0.0
         self._resynced_at: int | None = None  # the cursor after the last resync (see _skip_lapped)
+        self._history: History | None = None  # archive=DIR: where seqs the ring no longer holds are read
+        self._replaying = False
+        self._replay_walk = None  # the files' steps being read, up to _replay_until (history.py)
+        self._replay_until: int | None = None
+        self._replay_raw = False
+        self._replay_buffer: list = []  # steps taken from the walk and not yet returned, last first
 
     @classmethod
     def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None,
-               max_delay_s: float = 0.0) -> "Reader":
+               archive: str | os.PathLike | None = None, max_delay_s: float = 0.0) -> "Reader":
         """Attach to ring `name`.
 
         after_seq=None: only events published from now on.
         after_seq=0: from the start of the stream (a drop first if it is gone).
         after_seq=N: resume right after seq N.
+        archive: the ring's flusher directory. Whenever the next seq is no
+        longer in the ring, it is read from the files there, then the reader
+        goes on in the ring at exactly the next seq (replay-merge; drops only
+        for what neither holds; see history.py).
         max_delay_s: the latency budget. 0 wakes for every event; D > 0 lets
         events collect for up to D seconds and takes them in one go, which
         costs far less CPU per event at steady rates.
         """
         return cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=ROLE_READER,
-                         gating=False)
+                         gating=False, archive=archive)
 
     @classmethod
-    def _open(cls, name, *, after_seq, filter, max_delay_s, role, gating) -> "Reader":
+    def _open(cls, name, *, after_seq, filter, max_delay_s, role, gating, archive=None) -> "Reader":
         validate_ring_name(name)
         if (not isinstance(max_delay_s, (int, float)) or isinstance(max_delay_s, bool)
                 or not 0 <= max_delay_s <= MAX_DELAY_S_LIMIT):
@@ -192,6 +178,12 @@ class Reader:
                      _cursor=cursor, _filter=filter, _max_delay_s=float(max_delay_s))
         if gating:
             reader._committed = cursor
+        if archive is not None:
+            try:
+                reader._history = History(archive, info.capture_session_id, filter, registry.flushers)
+            except BaseException:
+                reader.close()
+                raise
         return reader
 
     # -- properties -----------------------------------------------------------
@@ -267,6 +259,8 @@ class Reader:
         if taken is None:
             return None
         if type(taken) is int:
+            if not taken:  # the files hold the next seq: the replay's read took over
+                return self.read(timeout)
             return ReadResult(dropped=taken, dropped_from=self._cursor - taken + 1, dropped_to=self._cursor)
         envelope = _decode_checked(taken[1], taken[0])
         if envelope is None:
@@ -305,11 +299,16 @@ class Reader:
         taken = self._take(timeout)
         if taken is None:
             return []
+        if taken == 0 and type(taken) is int:  # the files hold the next seq: the replay's read takes over
+            return self.read_raw_many(max_events, timeout)
         records = []
         names = self._category_names
         try:
             while True:
                 if type(taken) is int:
+                    if not taken:  # the files hold the next seq
+                        records += self.read_raw_many(max_events - len(records), 0)
+                        break
                     records.append(RawRecord(self._cursor, "", b"", taken, self._cursor - taken + 1, self._cursor))
                 else:
                     seq, payload, fields = taken
@@ -350,6 +349,8 @@ class Reader:
         while True:
             seq = self._cursor + 1
             if seq < self._first_seq:  # never in this ring: the writer continued a session from first_seq
+                if self._history is not None:
+                    return self._begin_replay()
                 return self._drop_to(self._first_seq - 1)
             status, payload, fields = poll(seq, accept)
             if status == READY:
@@ -365,6 +366,8 @@ class Reader:
                 self._unpublished += 1
                 continue
             if status == LAPPED:
+                if self._history is not None:
+                    return self._begin_replay()
                 return self._skip_lapped(seq)
             if status == WRITING:
                 now = time.monotonic()
@@ -379,6 +382,144 @@ class Reader:
     def try_read(self) -> ReadResult | None:
         """``read(timeout=0)``: never blocks."""
         return self.read(timeout=0)
+
+    # -- replay-merge (archive=DIR, see history.py) -----------------------------------------
+    # While the files hold the next seq, the reader's read methods are the replay's (instance attributes
+    # shadowing the class's), and _take answers 0, which tells a class method already running to hand over.
+    # So the ring path has no check of its own for the replay: only its lapped and first_seq branches lead here.
+    def _begin_replay(self) -> int:
+        self._fast = False
+        self._replaying = True
+        self.read = self._replay_read
+        self.read_many = self._replay_read_many
+        self.read_raw_many = self._replay_read_raw_many
+        self._take = _replay_marker
+        return 0
+
+    def _end_replay(self) -> None:
+        self._replaying = False
+        for attr in ("read", "read_many", "read_raw_many", "_take"):
+            self.__dict__.pop(attr, None)
+        self._stop_walk()
+        self._fast = self._filter is None and self._end is None and not self._detached
+
+    def _stop_walk(self) -> None:
+        walk, self._replay_walk = self._replay_walk, None
+        self._replay_buffer = []
+        self._replay_until = None
+        if walk is not None:
+            walk.close()
+
+    def _replay_fill(self, raw: bool, deadline: float | None) -> bool | None:
+        """Have steps of the kind asked in the buffer: True. False: the ring holds the next seq, and the
+        replay has ended. None: the deadline passed while the flusher was behind (history.py)."""
+        if self._detached:
+            raise ReaderClosed(f"this reader of ring {self.name!r} is closed; attach a new one", name=self.name)
+        while True:
+            if self._replay_raw != raw and (self._replay_buffer or self._replay_walk is not None):
+                self._stop_walk()  # the other kind was being read: read again from the cursor
+            if self._replay_buffer:
+                return True
+            walk = self._replay_walk
+            if walk is not None:
+                steps = list(islice(walk, REPLAY_BATCH))
+                if len(steps) < REPLAY_BATCH:
+                    self._replay_walk = None
+                    walk.close()
+                if steps:
+                    steps.reverse()
+                    self._replay_buffer = steps
+                    return True
+                continue
+            until = self._replay_until
+            self._replay_until = None
+            if until is not None and until > self._cursor:
+                # The walk is done: the seqs up to its bound it did not show are other categories' events
+                # or ones the filter judged out (a lost one was shown as a drop).
+                self._filtered += until - self._cursor
+                self._cursor = until
+                self._publish_progress()
+            seq = self._cursor + 1
+            core = self._core
+            if seq >= self._first_seq and self._slot_state(seq) != LAPPED:
+                self._end_replay()
+                return False
+            until = self._history.final_through(max(core.oldest_retained(core.latest()), self._first_seq))
+            if until < seq:  # the flusher has not yet accounted for seq: it may still write it
+                self._publish_progress()
+                if not self._history.pause(deadline):
+                    return None
+                continue
+            self._replay_walk = self._history.walk(self._cursor, until, raw)
+            self._replay_until = until
+            self._replay_raw = raw
+
+    def _replay_account(self, steps: list, raw: bool) -> None:
+        """Count `steps` (in stream order) as read: the seqs between them are filtered."""
+        last = steps[-1]
+        if raw:
+            last_seq = last.seq
+        else:
+            last_seq = last.envelope.seq if last.envelope is not None else last.dropped_to
+        dropped = sum(map(_step_dropped, steps))
+        delivered = len(steps) - (sum(1 for step in steps if step.dropped) if dropped else 0)
+        self._filtered += last_seq - self._cursor - delivered - dropped
+        self._delivered += delivered
+        self._dropped += dropped
+        self._cursor = last_seq
+        self._unpublished += len(steps)
+        if self._unpublished >= PROGRESS_EVERY:
+            self._publish_progress()
+
+    def _replay_read(self, timeout: float | None = None) -> ReadResult | None:
+        if not self._replaying:  # a caller holding this bound method after the replay ended
+            return Reader.read(self, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        got = self._replay_fill(False, deadline)
+        if not got:
+            return None if got is None else Reader.read(self, _left(deadline))
+        step = self._replay_buffer.pop()
+        envelope = step.envelope
+        if envelope is not None:
+            self._filtered += envelope.seq - 1 - self._cursor
+            self._cursor = envelope.seq
+            self._delivered += 1
+        else:
+            self._filtered += step.dropped_from - 1 - self._cursor
+            self._cursor = step.dropped_to
+            self._dropped += step.dropped
+        self._unpublished += 1
+        if self._unpublished >= PROGRESS_EVERY:
+            self._publish_progress()
+        return step
+
+    def _replay_read_many(self, max_events: int = 1024, timeout: float | None = None) -> list[ReadResult]:
+        _check_max_events(max_events)
+        if not self._replaying:
+            return Reader.read_many(self, max_events, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        got = self._replay_fill(False, deadline)
+        if not got:
+            return [] if got is None else Reader.read_many(self, max_events, _left(deadline))
+        return self._replay_take(max_events, False)
+
+    def _replay_read_raw_many(self, max_events: int = 1024, timeout: float | None = None) -> list[RawRecord]:
+        _check_max_events(max_events)
+        if not self._replaying:
+            return Reader.read_raw_many(self, max_events, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        got = self._replay_fill(True, deadline)
+        if not got:
+            return [] if got is None else Reader.read_raw_many(self, max_events, _left(deadline))
+        return self._replay_take(max_events, True)
+
+    def _replay_take(self, max_events: int, raw: bool) -> list:
+        buffer = self._replay_buffer
+        steps = buffer[-max_events:]
+        del buffer[-max_events:]
+        steps.reverse()
+        self._replay_account(steps, raw)
+        return steps
 
     def _drop_to(self, last_lost: int) -> int:
         lost = last_lost - self._cursor
@@ -508,6 +649,8 @@ class Reader:
             return
         self._detached = True
         self._fast = False
+        if self._replay_walk is not None:
+            self._stop_walk()
         try:
             self._publish_progress()
             if abandon_gate and self._committed is not None:
@@ -582,6 +725,20 @@ class GatingReader(Reader):
         """Detach after a failure, leaving the gate as a dead owner's: for its grace period the writer
         keeps everything after ``committed``, so a successor that attaches in time loses nothing."""
         self._detach(abandon_gate=True)
+
+
+REPLAY_BATCH = 1024
+"""Steps taken from the files at a time."""
+_step_dropped = attrgetter("dropped")
+
+
+def _replay_marker(timeout=None) -> int:
+    """``_take`` while the replay reads the files: 0, the marker of a hand-over."""
+    return 0
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _check_max_events(max_events: object) -> None:

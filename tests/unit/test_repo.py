@@ -152,13 +152,14 @@ LAYERS = {
     "ring": 2, "waiting": 2,
     "segment": 3, "liveness": 3, "header": 3,
     "schema": 4,
-    "filters": 5, "registry": 5,
-    "session": 6, "reader": 6,
-    "logdir": 5,
-    "archive": 7, "render": 7, "doctor": 7, "flusher": 7, "ingest": 7, "producer": 7, "stats": 7, "cleanup": 7,
-    "cdp": 8,
-    "serve": 9, "demo": 9,
-    "cli": 10, "__main__": 11, "__init__": 11,
+    "filters": 5, "registry": 5, "logdir": 5, "results": 5,
+    "archive": 6,
+    "history": 7,
+    "session": 8, "reader": 8,
+    "render": 9, "doctor": 9, "flusher": 9, "ingest": 9, "producer": 9, "stats": 9, "cleanup": 9,
+    "cdp": 10,
+    "serve": 11, "demo": 11,
+    "cli": 12, "__main__": 13, "__init__": 13,
 }
 
 
