@@ -183,7 +183,8 @@ def cmd_tail(args) -> int:
         filtered = filt is not None or sink.selects
         after = oldest - 1 if filtered else max(oldest - 1, s["latest_seq"] - args.lines)
         backlog_to = s["latest_seq"] if filtered else None
-    with Reader.attach(args.name, after_seq=after, filter=filt, max_delay_s=TAIL_MAX_DELAY_S) as reader:
+    with Reader.attach(args.name, after_seq=after, filter=filt, archive=args.archive,
+                       max_delay_s=TAIL_MAX_DELAY_S) as reader:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _raise_stop)
         try:
@@ -621,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json-drops", action="store_true",
                    help='also print each drop on stdout, as {"dropped":N,"from_seq":A,"to_seq":B}')
     s.add_argument("--no-follow", action="store_true", help="exit once caught up")
+    s.add_argument("--archive", metavar="DIR",
+                   help="the ring's flusher directory: what the ring no longer holds is read from its files, then "
+                        "tail goes on in the ring (replay-merge); default: none")
     s.set_defaults(func=cmd_tail)
 
     s = sub.add_parser("replay", help="print a flusher directory's envelopes as JSON lines, in seq order")

@@ -422,7 +422,11 @@ class Reader:
                 return True
             walk = self._replay_walk
             if walk is not None:
-                steps = list(islice(walk, REPLAY_BATCH))
+                try:
+                    steps = list(islice(walk, REPLAY_BATCH))
+                except BaseException:
+                    self._stop_walk()  # not done: the next read starts again from the cursor
+                    raise
                 if len(steps) < REPLAY_BATCH:
                     self._replay_walk = None
                     walk.close()
@@ -441,10 +445,12 @@ class Reader:
                 self._publish_progress()
             seq = self._cursor + 1
             core = self._core
-            if seq >= self._first_seq and self._slot_state(seq) != LAPPED:
+            # The same test as the ring's (slot and data area), so the ring does not send the reader back here.
+            oldest = max(core.oldest_retained(core.latest()), self._first_seq)
+            if seq >= oldest:
                 self._end_replay()
                 return False
-            until = self._history.final_through(max(core.oldest_retained(core.latest()), self._first_seq))
+            until = self._history.final_through(oldest)
             if until < seq:  # the flusher has not yet accounted for seq: it may still write it
                 self._publish_progress()
                 if not self._history.pause(deadline):
