@@ -245,7 +245,7 @@ class Archive:
                 return
         else:
             dir_fd = self._open_directory()
-        held: dict[str, int] = {}
+        held: dict[str, int] | None = {} if complete else None  # the snapshot's fds, by name
         try:
             if complete:
                 chains = self._snapshot(dir_fd, categories, held)
@@ -317,7 +317,7 @@ class Archive:
             for lo, hi in _merge_ranges([r for r in trailing if r[0] <= r[1]]):
                 yield drop_out(hi, hi - lo + 1)
         finally:
-            for fd in held.values():
+            for fd in (held or {}).values():
                 os.close(fd)
             os.close(dir_fd)
 

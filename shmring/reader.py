@@ -478,22 +478,28 @@ class Reader:
             self._publish_progress()
 
     def _replay_read(self, timeout: float | None = None) -> ReadResult | None:
-        if not self._replaying:  # a caller holding this bound method after the replay ended
-            return Reader.read(self, timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        got = self._replay_fill(False, deadline)
-        if not got:
-            return None if got is None else Reader.read(self, _left(deadline))
-        step = self._replay_buffer.pop()
+        buffer = self._replay_buffer
+        if not buffer or self._replay_raw:
+            if not self._replaying:  # a caller holding this bound method after the replay ended
+                return Reader.read(self, timeout)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            got = self._replay_fill(False, deadline)
+            if not got:
+                return None if got is None else Reader.read(self, _left(deadline))
+            buffer = self._replay_buffer
+        step = buffer.pop()
+        cursor = self._cursor
         envelope = step.envelope
         if envelope is not None:
-            self._filtered += envelope.seq - 1 - self._cursor
-            self._cursor = envelope.seq
+            seq = envelope.seq
             self._delivered += 1
+            if seq != cursor + 1:
+                self._filtered += seq - 1 - cursor
         else:
-            self._filtered += step.dropped_from - 1 - self._cursor
-            self._cursor = step.dropped_to
+            seq = step.dropped_to
             self._dropped += step.dropped
+            self._filtered += step.dropped_from - 1 - cursor
+        self._cursor = seq
         self._unpublished += 1
         if self._unpublished >= PROGRESS_EVERY:
             self._publish_progress()
