@@ -349,3 +349,34 @@ def test_a_continued_session_reads_its_earlier_seqs_from_the_files(ring_name, pr
         publish(session, 4_001, 5_000)
         summary = child.done()
     assert summary["drops"] == [] and summary["bad"] == 0 and summary["seqs"] == list(range(1, 5_001))
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_a_rotation_between_listing_and_opening_hides_no_file_from_the_replay(ring_name, tmp_path, monkeypatch,
+                                                                              complete):
+    """The flusher renames <c>.jsonl to <c>.N.jsonl whenever it rotates: here it does so right after the replay
+    listed the directory. The replay (complete=True) lists again and reads every file; a plain Archive read,
+    which opens each file when it gets to it, would miss the renamed one (shown, so this test can fail)."""
+    from shmring import Archive
+    from tests.integration.test_archive import flush_session
+
+    directory = tmp_path / "logs"
+    session_id, _ = flush_session(ring_name, directory, 4_000, max_file_bytes=20_000)
+    rotated = max(int(p.name.split(".")[1]) for p in directory.glob("console.*.jsonl"))
+    archive = Archive(directory)
+    opened = archive._open_file
+
+    def open_after_a_rotation(dir_fd, name):
+        if name == "console.jsonl" and not (directory / f"console.{rotated + 1}.jsonl").exists():
+            os.rename(directory / "console.jsonl", directory / f"console.{rotated + 1}.jsonl")
+            (directory / "console.jsonl").touch(mode=0o600)
+        return opened(dir_fd, name)
+
+    monkeypatch.setattr(archive, "_open_file", open_after_a_rotation)
+    steps = list(archive.read(session_id, until_seq=4_000, _complete=complete))
+    drops = [(s.dropped_from, s.dropped_to) for s in steps if s.envelope is None]
+    seqs = [s.envelope.seq for s in steps if s.envelope is not None]
+    if complete:
+        assert drops == [] and seqs == list(range(1, 4_001))
+    else:
+        assert drops and len(seqs) < 4_000
