@@ -380,3 +380,55 @@ def test_a_rotation_between_listing_and_opening_hides_no_file_from_the_replay(ri
         assert drops == [] and seqs == list(range(1, 4_001))
     else:
         assert drops and len(seqs) < 4_000
+
+
+def test_a_reader_waits_for_a_stalled_flusher_instead_of_reporting_a_drop(ring_name, procs, tmp_path):  # noqa: F811
+    """The flusher is SIGSTOPped: the writer retires its gate and laps it. The seqs after its last commit are in
+    neither the ring nor (yet) the files, and the flusher is alive, so the reader waits; once the flusher moves
+    again it records them as a gap, and the reader reports exactly that range, then everything after it."""
+    import json
+    import signal
+
+    directory = tmp_path / "logs"
+    with CaptureSession.create(ring_name, capacity=CAPACITY, data_bytes=4 << 20, gate_stall_s=0.2) as session:
+        flusher = start_flusher(procs, ring_name, directory)
+        publish(session, 1, 2_000)
+        wait_flushed(ring_name, 2_000)
+        flusher.signal(signal.SIGSTOP)
+        try:
+            publish(session, 2_001, 6_000)  # waits 0.2 s for the stopped gate, retires it, laps it
+            oldest = oldest_in_ring(ring_name)
+            assert oldest > 2_001
+            with Reader.attach(ring_name, after_seq=0, archive=directory) as reader:
+                got = []
+                while len(got) < 2_000:
+                    got += reader.read_many(timeout=TIMEOUT_S)
+                assert [s.envelope.seq for s in got] == list(range(1, 2_001))
+                assert reader.read_many(timeout=0.3) == [] and reader.dropped == 0  # waiting, not dropping
+            flusher.signal(signal.SIGCONT)
+            with Reader.attach(ring_name, after_seq=1_000, archive=directory) as reader:
+                steps = []
+                while reader.cursor < 6_000:
+                    steps += reader.read_raw_many(timeout=TIMEOUT_S)
+        finally:
+            flusher.signal(signal.SIGCONT)
+    gaps = [json.loads(line) for line in (directory / "_gaps.jsonl").read_text().splitlines()]
+    assert [(g["from_seq"], g["to_seq"]) for g in gaps] == [(2_001, gaps[0]["to_seq"])]
+    lost = gaps[0]["to_seq"]
+    assert oldest - 1 <= lost < 6_000
+    assert [(s.dropped_from, s.dropped_to) for s in steps if s.dropped] == [(2_001, lost)]
+    assert [s.seq for s in steps if not s.dropped] == [*range(1_001, 2_001), *range(lost + 1, 6_001)]
+
+
+def test_an_old_after_seq_resumes_from_the_files(ring_name, procs, tmp_path):  # noqa: F811
+    directory = tmp_path / "logs"
+    with new_ring(ring_name) as session:
+        start_flusher(procs, ring_name, directory)
+        publish(session, 1, 5_000)
+        with Reader.attach(ring_name, after_seq=1_234, archive=directory,
+                           filter=Filter(categories=["console", "page"])) as reader:
+            steps = []
+            while reader.cursor < 5_000:
+                steps += reader.read_many(timeout=TIMEOUT_S)
+            assert reader.delivered + reader.filtered == 5_000 - 1_234 and reader.dropped == 0
+    assert [s.envelope.seq for s in steps] == [s for s in range(1_235, 5_001) if CATEGORIES[s % 4] in ("console", "page")]
