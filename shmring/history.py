@@ -86,14 +86,11 @@ class History:
         alive = self._alive[key] = is_alive(pid, start_time)
         return alive
 
-    def walk(self, after_seq: int, until_seq: int, raw: bool) -> Iterator:
-        """The session's steps after `after_seq` up to `until_seq` (which the files are final for):
-        ReadResults, or RawRecords when `raw`, drops in place."""
-        if raw:
-            return self.archive.read_raw(self.capture_session_id, after_seq=after_seq, until_seq=until_seq,
-                                         filter=self.filter, _complete=True)
-        return self.archive.read(self.capture_session_id, after_seq=after_seq, until_seq=until_seq,
-                                 filter=self.filter, _complete=True)
+    def walk(self, after_seq: int, until_seq: int) -> Iterator:
+        """The session's steps after `after_seq` up to `until_seq` (which the files are final for), as
+        RawRecords (the lines' bytes), drops in place. A decoding reader decodes them as it does the ring's."""
+        return self.archive.read_raw(self.capture_session_id, after_seq=after_seq, until_seq=until_seq,
+                                     filter=self.filter, _complete=True)
 
     @staticmethod
     def pause(deadline: float | None) -> bool:

@@ -112,8 +112,6 @@ class Reader:
         self._replaying = False
         self._replay_walk = None  # the files' steps being read, up to _replay_until (history.py)
         self._replay_until: int | None = None
-        self._replay_raw = False
-        self._replay_buffer: list = []  # steps taken from the walk and not yet returned, last first
 
     @classmethod
     def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None,
@@ -405,40 +403,22 @@ class Reader:
 
     def _stop_walk(self) -> None:
         walk, self._replay_walk = self._replay_walk, None
-        self._replay_buffer = []
         self._replay_until = None
         if walk is not None:
             walk.close()
 
-    def _replay_fill(self, raw: bool, deadline: float | None) -> bool | None:
-        """Have steps of the kind asked in the buffer: True. False: the ring holds the next seq, and the
-        replay has ended. None: the deadline passed while the flusher was behind (history.py)."""
+    def _replay_ready(self, deadline: float | None):
+        """The walk over the files to take steps from, or False: the ring holds the next seq, and the replay has
+        ended; or None: the deadline passed while the flusher was behind (history.py)."""
         if self._detached:
             raise ReaderClosed(f"this reader of ring {self.name!r} is closed; attach a new one", name=self.name)
         while True:
-            if self._replay_raw != raw and (self._replay_buffer or self._replay_walk is not None):
-                self._stop_walk()  # the other kind was being read: read again from the cursor
-            if self._replay_buffer:
-                return True
-            walk = self._replay_walk
-            if walk is not None:
-                try:
-                    steps = list(islice(walk, REPLAY_BATCH))
-                except BaseException:
-                    self._stop_walk()  # not done: the next read starts again from the cursor
-                    raise
-                if len(steps) < REPLAY_BATCH:
-                    self._replay_walk = None
-                    walk.close()
-                if steps:
-                    steps.reverse()
-                    self._replay_buffer = steps
-                    return True
-                continue
+            if self._replay_walk is not None:
+                return self._replay_walk
             until = self._replay_until
             self._replay_until = None
             if until is not None and until > self._cursor:
-                # The walk is done: the seqs up to its bound it did not show are other categories' events
+                # A walk is done: the seqs up to its bound it did not show are other categories' events
                 # or ones the filter judged out (a lost one was shown as a drop).
                 self._filtered += until - self._cursor
                 self._cursor = until
@@ -456,19 +436,30 @@ class Reader:
                 if not self._history.pause(deadline):
                     return None
                 continue
-            self._replay_walk = self._history.walk(self._cursor, until, raw)
+            self._replay_walk = self._history.walk(self._cursor, until)
             self._replay_until = until
-            self._replay_raw = raw
 
-    def _replay_account(self, steps: list, raw: bool) -> None:
-        """Count `steps` (in stream order) as read: the seqs between them are filtered."""
-        last = steps[-1]
-        if raw:
-            last_seq = last.seq
-        else:
-            last_seq = last.envelope.seq if last.envelope is not None else last.dropped_to
+    def _replay_steps(self, max_events: int, timeout: float | None, ring_many):
+        """Up to `max_events` RawRecords from the files, counted as read; [] on timeout; or, once the ring holds
+        the next seq, what `ring_many` (a class method) gives."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            walk = self._replay_ready(deadline)
+            if not walk:
+                return [] if walk is None else ring_many(self, max_events, _left(deadline))
+            try:
+                steps = list(islice(walk, max_events))
+            except BaseException:
+                self._stop_walk()  # not done: the next read starts again from the cursor
+                raise
+            if len(steps) < max_events:  # its last: the next read accounts for the rest of its bound
+                self._replay_walk = None
+                walk.close()
+            if steps:
+                break
         dropped = sum(map(_step_dropped, steps))
         delivered = len(steps) - (sum(1 for step in steps if step.dropped) if dropped else 0)
+        last_seq = steps[-1].seq
         self._filtered += last_seq - self._cursor - delivered - dropped
         self._delivered += delivered
         self._dropped += dropped
@@ -476,62 +467,84 @@ class Reader:
         self._unpublished += len(steps)
         if self._unpublished >= PROGRESS_EVERY:
             self._publish_progress()
+        return steps
 
-    def _replay_read(self, timeout: float | None = None) -> ReadResult | None:
-        buffer = self._replay_buffer
-        if not buffer or self._replay_raw:
-            if not self._replaying:  # a caller holding this bound method after the replay ended
-                return Reader.read(self, timeout)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            got = self._replay_fill(False, deadline)
-            if not got:
-                return None if got is None else Reader.read(self, _left(deadline))
-            buffer = self._replay_buffer
-        step = buffer.pop()
-        cursor = self._cursor
-        envelope = step.envelope
-        if envelope is not None:
-            seq = envelope.seq
-            self._delivered += 1
-            if seq != cursor + 1:
-                self._filtered += seq - 1 - cursor
-        else:
-            seq = step.dropped_to
-            self._dropped += step.dropped
-            self._filtered += step.dropped_from - 1 - cursor
-        self._cursor = seq
-        self._unpublished += 1
-        if self._unpublished >= PROGRESS_EVERY:
-            self._publish_progress()
-        return step
+    def _replay_read_raw_many(self, max_events: int = 1024, timeout: float | None = None) -> list[RawRecord]:
+        _check_max_events(max_events)
+        if not self._replaying:  # a caller holding this bound method after the replay ended
+            return Reader.read_raw_many(self, max_events, timeout)
+        return self._replay_steps(max_events, timeout, Reader.read_raw_many)
 
     def _replay_read_many(self, max_events: int = 1024, timeout: float | None = None) -> list[ReadResult]:
         _check_max_events(max_events)
         if not self._replaying:
             return Reader.read_many(self, max_events, timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        got = self._replay_fill(False, deadline)
-        if not got:
-            return [] if got is None else Reader.read_many(self, max_events, _left(deadline))
-        return self._replay_take(max_events, False)
+        steps = self._replay_steps(max_events, timeout, Reader.read_many)
+        if not steps or type(steps[0]) is ReadResult:  # from the ring
+            return steps
+        if not any(map(_step_dropped, steps)):
+            try:  # the common case, decoded in one go; any line that is not its seq's envelope: one by one below
+                envelopes = list(map(_decode, map(_step_payload, steps)))
+            except msgspec.DecodeError:
+                pass
+            else:
+                if list(map(_envelope_seq, envelopes)) == list(map(_step_seq, steps)):
+                    return list(map(ReadResult, envelopes))
+        results = []
+        append = results.append
+        for step in steps:
+            if step.dropped:
+                append(ReadResult(dropped=step.dropped, dropped_from=step.dropped_from, dropped_to=step.dropped_to))
+            else:
+                append(self._replay_decoded(step))
+        return results
 
-    def _replay_read_raw_many(self, max_events: int = 1024, timeout: float | None = None) -> list[RawRecord]:
-        _check_max_events(max_events)
-        if not self._replaying:
-            return Reader.read_raw_many(self, max_events, timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        got = self._replay_fill(True, deadline)
-        if not got:
-            return [] if got is None else Reader.read_raw_many(self, max_events, _left(deadline))
-        return self._replay_take(max_events, True)
+    def _replay_read(self, timeout: float | None = None) -> ReadResult | None:
+        walk = self._replay_walk
+        if walk is None:
+            if not self._replaying:
+                return Reader.read(self, timeout)
+            steps = self._replay_steps(1, timeout, _ring_read_one)
+            if not steps:
+                return None
+            step = steps[0]
+            if type(step) is ReadResult:  # from the ring
+                return step
+        else:
+            try:
+                step = next(walk, None)
+            except BaseException:
+                self._stop_walk()
+                raise
+            if step is None:  # its last: the next read accounts for the rest of its bound
+                self._replay_walk = None
+                walk.close()
+                return self._replay_read(timeout)
+            cursor = self._cursor
+            seq = step.seq
+            if step.dropped:
+                self._dropped += step.dropped
+                self._filtered += step.dropped_from - 1 - cursor
+            else:
+                self._delivered += 1
+                if seq != cursor + 1:
+                    self._filtered += seq - 1 - cursor
+            self._cursor = seq
+            self._unpublished += 1
+            if self._unpublished >= PROGRESS_EVERY:
+                self._publish_progress()
+        if step.dropped:
+            return ReadResult(dropped=step.dropped, dropped_from=step.dropped_from, dropped_to=step.dropped_to)
+        return self._replay_decoded(step)
 
-    def _replay_take(self, max_events: int, raw: bool) -> list:
-        buffer = self._replay_buffer
-        steps = buffer[-max_events:]
-        del buffer[-max_events:]
-        steps.reverse()
-        self._replay_account(steps, raw)
-        return steps
+    def _replay_decoded(self, step: RawRecord) -> ReadResult:
+        """A line of the files as the ring's read gives it: decoded, or (not its seq's envelope) a drop of one."""
+        envelope = _decode_checked(step.payload, step.seq)
+        if envelope is None:
+            self._delivered -= 1
+            self._dropped += 1
+            return ReadResult(dropped=1, dropped_from=step.seq, dropped_to=step.seq)
+        return ReadResult(envelope)
 
     def _drop_to(self, last_lost: int) -> int:
         lost = last_lost - self._cursor
@@ -739,14 +752,20 @@ class GatingReader(Reader):
         self._detach(abandon_gate=True)
 
 
-REPLAY_BATCH = 1024
-"""Steps taken from the files at a time."""
 _step_dropped = attrgetter("dropped")
+_step_payload = attrgetter("payload")
+_step_seq = _envelope_seq = attrgetter("seq")
 
 
 def _replay_marker(timeout=None) -> int:
     """``_take`` while the replay reads the files: 0, the marker of a hand-over."""
     return 0
+
+
+def _ring_read_one(reader: "Reader", max_events: int, timeout: float | None) -> list:
+    """``Reader.read`` shaped as a batch of at most one (for the replay's hand-over back to the ring)."""
+    result = Reader.read(reader, timeout)
+    return [] if result is None else [result]
 
 
 def _left(deadline: float | None) -> float | None:

@@ -432,3 +432,28 @@ def test_an_old_after_seq_resumes_from_the_files(ring_name, procs, tmp_path):  #
                 steps += reader.read_many(timeout=TIMEOUT_S)
             assert reader.delivered + reader.filtered == 5_000 - 1_234 and reader.dropped == 0
     assert [s.envelope.seq for s in steps] == [s for s in range(1_235, 5_001) if CATEGORIES[s % 4] in ("console", "page")]
+
+
+def test_mixing_read_kinds_mid_replay_skips_and_repeats_nothing(ring_name, procs, tmp_path):  # noqa: F811
+    directory = tmp_path / "logs"
+    with new_ring(ring_name) as session:
+        start_flusher(procs, ring_name, directory)
+        publish(session, 1, 6_000)
+        seqs = []
+        with Reader.attach(ring_name, after_seq=0, archive=directory) as reader:
+            turn = 0
+            while reader.cursor < 6_000:
+                turn += 1
+                if turn % 3 == 0:
+                    seqs += [r.seq for r in reader.read_raw_many(5 + turn % 7, timeout=TIMEOUT_S)]
+                elif turn % 3 == 1:
+                    seqs += [r.envelope.seq for r in reader.read_many(3 + turn % 11, timeout=TIMEOUT_S)]
+                else:
+                    seqs.append(next(iter(reader)).envelope.seq)
+            assert reader.delivered == 6_000 and reader.dropped == reader.filtered == 0
+            publish(session, 6_001, 6_100)  # and then the ring, live
+            while reader.cursor < 6_100:
+                seqs += [r.seq for r in reader.read_raw_many(timeout=TIMEOUT_S)]
+        with pytest.raises(Exception, match="closed"):
+            reader.read_many(timeout=0)
+    assert seqs == list(range(1, 6_101))
