@@ -325,7 +325,10 @@ class Archive:
                 torn: Callable, held: dict[str, int] | None = None) -> Iterator[list[tuple[int, str, bytes]]]:
         """Batches of (seq, category, value) of the session's lines in one category's files, in file order."""
         plen = len(prefix)
-        for name in names:
+        for index, name in enumerate(names):
+            if held is not None and after_seq and index < len(names) - 1 and _ends_by(held[name], prefix, after_seq):
+                os.close(held.pop(name))  # a rotated file wholly at or before after_seq: not read at all
+                continue
             for lines, base, block in self._chunks(dir_fd, name, held):
                 if _all_start_with(block, lines, prefix):  # the common case, at C speed: all whole, all ours
                     batch = [(int(line[plen:line.find(b",", plen)]), category, line) for line in lines]
@@ -533,6 +536,23 @@ class Archive:
                 if 0 < first <= last:
                     out.setdefault(session, []).append((first, last))
         return out
+
+
+def _ends_by(fd: int, prefix: bytes, seq: int) -> bool:
+    """Whether the file's last line is whole, of the session (`prefix`), and at or before `seq` (its lines of the
+    session all are then: they increase along a category's files)."""
+    size = os.fstat(fd).st_size
+    tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+    if not tail.endswith(b"\n"):
+        return size == 0
+    start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+    if start == 0 and size > len(tail):
+        return False  # a line longer than the tail read
+    line = tail[start:-1]
+    if not line.startswith(prefix):
+        return False
+    digits = line[len(prefix):line.find(b",", len(prefix))]
+    return digits.isdigit() and int(digits) <= seq
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:

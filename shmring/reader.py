@@ -17,6 +17,10 @@ Rules:
   ``RingClosed`` after a clean close, ``WriterGone`` if the writer died.
 - Batches (``read_many``, ``read_raw_many``) keep the same order, drops and
   accounting as ``read``; raw records are the writer's bytes, undecoded.
+- With ``archive=DIR``, a seq the ring no longer holds is read from the
+  flusher's files (history.py has the rules), then the reader goes on in the
+  ring at exactly the next seq. Only the ring's lapped and first_seq branches
+  lead there: the ring path has no per-event check for it.
 - Sinks use only this public API; a gating sink (the flusher) uses
   ``GatingReader``, which lets the writer past only what it committed.
 """

@@ -281,6 +281,12 @@ def test_replay_across_rotated_files_while_the_flusher_rotates(ring_name, procs,
         child = Child(spawn, ring_name, directory, 0, 30_000, mode="raw")
         publish(session, 20_001, 30_000)  # rotating on, while it replays
         summary = child.done()
+        # From the middle: the rotated files wholly before seq 12,345 are passed over, the rest read.
+        with Reader.attach(ring_name, after_seq=12_345, archive=directory) as reader:
+            middle = []
+            while reader.cursor < 30_000:
+                middle += [r.seq for r in reader.read_raw_many(timeout=TIMEOUT_S)]
+    assert middle == list(range(12_346, 30_001))
     assert len(list(directory.glob("console.*.jsonl"))) >= 20
     assert summary["drops"] == [] and summary["bad"] == 0 and summary["seqs"] == list(range(1, 30_001))
 
