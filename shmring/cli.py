@@ -179,7 +179,7 @@ def cmd_tail(args) -> int:
         # The last N events: with no filter, start N before the latest; with
         # one, read what the ring holds and keep the last N that match.
         s = ring_stats(args.name)
-        oldest = s["oldest_seq"] or s["latest_seq"] + 1
+        oldest = 1 if args.archive else s["oldest_seq"] or s["latest_seq"] + 1  # with an archive: all the history
         filtered = filt is not None or sink.selects
         after = oldest - 1 if filtered else max(oldest - 1, s["latest_seq"] - args.lines)
         backlog_to = s["latest_seq"] if filtered else None

@@ -331,11 +331,17 @@ def test_tail_with_an_archive_prints_the_whole_history(ring_name, procs, tmp_pat
         full = tail("--archive", str(directory), "--from-start")
         after = tail("--archive", str(directory), "--after", "1234", "--category", "page")
         plain = tail("--from-start")
+        last = tail("--archive", str(directory), "-n", "3000")
+        last_page = tail("--archive", str(directory), "-n", "1500", "--category", "page")
     seqs = [int(line.split(b'"seq":')[1].split(b",")[0]) for line in full.stdout.splitlines()]
     assert full.returncode == 0 and full.stderr == b"" and seqs == list(range(1, 5_001))
     seqs = [int(line.split(b'"seq":')[1].split(b",")[0]) for line in after.stdout.splitlines()]
     assert after.returncode == 0 and seqs == [s for s in range(1_235, 5_001) if CATEGORIES[s % 4] == "page"]
     assert b"dropped %d events, seq 1-%d" % (5_000 - CAPACITY, 5_000 - CAPACITY) in plain.stderr  # as before
+    seqs = [int(line.split(b'"seq":')[1].split(b",")[0]) for line in last.stdout.splitlines()]
+    assert last.returncode == 0 and last.stderr == b"" and seqs == list(range(2_001, 5_001))  # more than the ring
+    seqs = [int(line.split(b'"seq":')[1].split(b",")[0]) for line in last_page.stdout.splitlines()]
+    assert seqs == [s for s in range(1, 5_001) if CATEGORIES[s % 4] == "page"][-1_500:]
 
 
 def test_a_continued_session_reads_its_earlier_seqs_from_the_files(ring_name, procs, spawn, tmp_path):  # noqa: F811
