@@ -539,7 +539,13 @@ class Reader:
                 self._publish_progress()
         if step.dropped:
             return ReadResult(dropped=step.dropped, dropped_from=step.dropped_from, dropped_to=step.dropped_to)
-        return self._replay_decoded(step)
+        try:  # _replay_decoded, inline: this is the per-event path of a decoding replay
+            envelope = _decode(step.payload)
+        except msgspec.DecodeError:
+            return self._replay_decoded(step)
+        if envelope.seq != step.seq:
+            return self._replay_decoded(step)
+        return ReadResult(envelope)
 
     def _replay_decoded(self, step: RawRecord) -> ReadResult:
         """A line of the files as the ring's read gives it: decoded, or (not its seq's envelope) a drop of one."""

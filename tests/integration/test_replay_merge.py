@@ -469,3 +469,30 @@ def test_mixing_read_kinds_mid_replay_skips_and_repeats_nothing(ring_name, procs
         with pytest.raises(Exception, match="closed"):
             reader.read_many(timeout=0)
     assert seqs == list(range(1, 6_101))
+
+
+def test_a_line_that_is_not_json_is_a_drop_of_its_seq_for_a_decoding_reader(ring_name, procs, tmp_path):  # noqa: F811
+    directory = tmp_path / "logs"
+    with new_ring(ring_name) as session:
+        start_flusher(procs, ring_name, directory)
+        publish(session, 1, 4_000)
+        wait_flushed(ring_name, 4_000)
+        path = directory / "page.jsonl"
+        data = path.read_bytes()
+        at = data.index(b'"seq":1002,')  # a page event (1002 % 4 == 2), long gone from the ring
+        broken = data[:at] + data[at:].replace(b'"i":', b'"i"x', 1)
+        path.write_bytes(broken)  # same length, head and closing brace intact, not JSON
+        with Reader.attach(ring_name, after_seq=0, archive=directory) as reader:
+            steps = []
+            while reader.cursor < 4_000:
+                steps += reader.read_many(timeout=TIMEOUT_S)
+            assert reader.dropped == 1 and reader.delivered == 3_999
+        with Reader.attach(ring_name, after_seq=0, archive=directory) as reader:
+            one_by_one = []
+            for step in reader:
+                one_by_one.append(step)
+                if reader.cursor >= 4_000:
+                    break
+    assert one_by_one == steps
+    assert [(s.dropped_from, s.dropped_to) for s in steps if s.envelope is None] == [(1_002, 1_002)]
+    assert [s.envelope.seq for s in steps if s.envelope is not None] == [s for s in range(1, 4_001) if s != 1_002]
