@@ -966,7 +966,7 @@ WRITER_READERS = (0, 1, 4, 16)
 REPLAY_EVENTS = 200_000
 REPLAY_CAPACITY = 1024
 REPLAY_CATEGORIES = ("console", "network", "page", "interaction")
-REPLAY_RING_PASSES = 6
+REPLAY_RING_PASSES = 15
 
 
 def _read_all(reader, mode: str, until: int) -> tuple[int, int, float, float]:
