@@ -194,7 +194,8 @@ class Archive:
                         and (source_kinds is None or event.source.kind in source_kinds))
         return self._walk(capture_session_id, after_seq, until_seq, filter, decode_envelope, keep,
                           lambda seq, category, envelope: ReadResult(envelope),
-                          lambda seq, dropped: ReadResult(dropped=dropped, dropped_from=seq - dropped + 1, dropped_to=seq),
+                          lambda seq, dropped: ReadResult(dropped=dropped, dropped_from=seq - dropped + 1,
+                                                          dropped_to=seq),
                           _complete)
 
     def read_raw(self, capture_session_id: str | None = None, *, after_seq: int = 0, until_seq: int | None = None,

@@ -32,6 +32,9 @@ Rules:
   a category filter, any seq up to U the files lack is lost. With one, other
   categories' seqs are invisible: only recorded gaps and this category's torn
   lines are drops, and the seqs not shown are counted as filtered.
+- Each pass over the files ends at its U, and the next one starts right after
+  it, so a loss met in two passes (the ring moved on meanwhile, as it would
+  lap a reader without an archive) comes as two adjacent drops, each exact.
 - The files are opened all at once before they are read (archive.py), so a
   rotation during the replay cannot hide a file; what the flusher appends
   meanwhile is beyond U and is read by the next pass.

@@ -12,7 +12,7 @@ import msgspec
 
 from .schema import Envelope
 
-__all__ = ["ReadResult", "RawRecord"]
+__all__ = ["RawRecord", "ReadResult"]
 
 
 class ReadResult(msgspec.Struct, frozen=True):

@@ -17,11 +17,25 @@ import pytest
 
 from shmring import CaptureSession, Filter, Reader
 from shmring.stats import ring_stats
-from tests.integration.test_cli import DEADLINE_S, SHMRING, procs  # noqa: F401  (procs is a fixture)
+from tests.integration.test_cli import DEADLINE_S, SHMRING, Proc
 from tests.procs import TIMEOUT_S, make_event
 
 CATEGORIES = ("console", "network", "page", "interaction")
 CAPACITY = 1024
+
+
+@pytest.fixture
+def procs():
+    """Start shmring subprocesses (test_cli's Proc); every one still running at teardown is ended by pid."""
+    started = []
+
+    def start(*args, **kwargs) -> Proc:
+        started.append(Proc([*SHMRING, *args], **kwargs))
+        return started[-1]
+
+    yield start
+    for proc in reversed(started):
+        proc.reap()
 
 
 # -- the reader child ----------------------------------------------------------------------------------
@@ -60,19 +74,20 @@ def merge_reader(name, directory, results, ready, resume, after_seq, until_seq, 
                     bad += b'"i":%d,' % seq not in step.payload or step.category != CATEGORIES[seq % 4]
                 else:
                     seq = step.envelope.seq
-                    bad += (msgspec.json.decode(step.envelope.event.data)["i"] != seq or step.envelope.event.category != CATEGORIES[seq % 4]
+                    event = step.envelope.event
+                    bad += (msgspec.json.decode(event.data)["i"] != seq or event.category != CATEGORIES[seq % 4]
                             or step.envelope.capture_session_id != reader.capture_session_id)
                 seqs.append(seq)
             if pause_at is not None and reader.cursor >= pause_at:
                 pause_at = None
                 results.put(("paused", reader.cursor, reader._replaying))
                 resume.wait(TIMEOUT_S)
-    except Exception as exc:  # reported, so the test shows it
+    except Exception as exc:  # noqa: BLE001  (reported, so the test shows it)
         ending = f"{type(exc).__name__}: {exc}"
-    results.put(("done", dict(seqs=seqs, drops=drops, bad=bad, replayed=replayed, ending=ending,
-                              cursor=reader.cursor, start=reader.start_seq, delivered=reader.delivered,
-                              dropped=reader.dropped, filtered=reader.filtered, in_ring=not reader._replaying,
-                              pure=hotpath is None)))
+    results.put(("done", {"seqs": seqs, "drops": drops, "bad": bad, "replayed": replayed, "ending": ending,
+                          "cursor": reader.cursor, "start": reader.start_seq, "delivered": reader.delivered,
+                          "dropped": reader.dropped, "filtered": reader.filtered, "in_ring": not reader._replaying,
+                          "pure": hotpath is None}))
     reader.close()
 
 
@@ -107,7 +122,7 @@ def publish(session, first: int, last: int) -> None:
         assert session.publish(make_event(i, CATEGORIES[i % 4])).seq == i
 
 
-def start_flusher(procs, name, directory, *extra):  # noqa: F811
+def start_flusher(procs, name, directory, *extra):
     proc = procs("flush", name, str(directory), *extra)
     deadline = time.monotonic() + DEADLINE_S
     while not any(e["role"] == "flusher" and e["pid"] == proc.pid for e in ring_stats(name)["readers"]):
@@ -135,7 +150,7 @@ def new_ring(name):
 # -- full history --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode,path", [("many", "compiled"), ("read", "compiled"), ("raw", "compiled"),
                                        ("iter", "compiled"), ("read", "pure"), ("raw", "pure")])
-def test_full_history_then_the_ring_every_seq_once_in_order(ring_name, procs, spawn, tmp_path, monkeypatch,  # noqa: F811
+def test_full_history_then_the_ring_every_seq_once_in_order(ring_name, procs, spawn, tmp_path, monkeypatch,
                                                             mode, path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
@@ -154,7 +169,7 @@ def test_full_history_then_the_ring_every_seq_once_in_order(ring_name, procs, sp
     assert summary["in_ring"]  # it rejoined the ring
 
 
-def test_without_an_archive_the_same_history_is_a_drop(ring_name, procs, tmp_path):  # noqa: F811
+def test_without_an_archive_the_same_history_is_a_drop(ring_name, procs, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
         start_flusher(procs, ring_name, directory)
@@ -168,7 +183,7 @@ def test_without_an_archive_the_same_history_is_a_drop(ring_name, procs, tmp_pat
         assert first.envelope is not None and first.envelope.seq == 1
 
 
-def test_filtered_history_is_exactly_that_category_and_the_rest_is_filtered(ring_name, procs, spawn, tmp_path):  # noqa: F811
+def test_filtered_history_is_exactly_that_category_and_the_rest_is_filtered(ring_name, procs, spawn, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
         start_flusher(procs, ring_name, directory)
@@ -184,7 +199,7 @@ def test_filtered_history_is_exactly_that_category_and_the_rest_is_filtered(ring
         assert summary["delivered"] == len(page) and summary["filtered"] == 55_000 - len(page)
 
 
-def test_a_detail_level_filter_judges_history_as_the_ring_does(ring_name, procs, spawn, tmp_path):  # noqa: F811
+def test_a_detail_level_filter_judges_history_as_the_ring_does(ring_name, procs, spawn, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
         start_flusher(procs, ring_name, directory)
@@ -197,7 +212,7 @@ def test_a_detail_level_filter_judges_history_as_the_ring_does(ring_name, procs,
 
 
 # -- lapped ---------------------------------------------------------------------------------------------
-def test_a_reader_lapped_mid_replay_continues_from_the_files_without_a_drop(ring_name, procs, spawn, tmp_path):  # noqa: F811
+def test_a_reader_lapped_mid_replay_continues_from_the_files_without_a_drop(ring_name, procs, spawn, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
         start_flusher(procs, ring_name, directory)
@@ -211,7 +226,7 @@ def test_a_reader_lapped_mid_replay_continues_from_the_files_without_a_drop(ring
     assert summary["drops"] == [] and summary["bad"] == 0 and summary["seqs"] == list(range(1, 40_001))
 
 
-def test_a_reader_lapped_in_the_ring_falls_back_on_the_files_and_rejoins(ring_name, procs, spawn, tmp_path):  # noqa: F811
+def test_a_reader_lapped_in_the_ring_falls_back_on_the_files_and_rejoins(ring_name, procs, spawn, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
         start_flusher(procs, ring_name, directory)
@@ -230,7 +245,7 @@ def test_a_reader_lapped_in_the_ring_falls_back_on_the_files_and_rejoins(ring_na
 
 
 # -- loss --------------------------------------------------------------------------------------------------
-def test_events_published_before_any_flusher_are_one_exact_drop(ring_name, procs, spawn, tmp_path):  # noqa: F811
+def test_events_published_before_any_flusher_are_one_exact_drop(ring_name, procs, spawn, tmp_path):
     directory = tmp_path / "logs"
     directory.mkdir(mode=0o700)
     with new_ring(ring_name) as session:
@@ -253,7 +268,7 @@ def test_events_published_before_any_flusher_are_one_exact_drop(ring_name, procs
     assert (directory / "_gaps.jsonl").read_text().count('"from_seq":1,') == 1
 
 
-def test_a_torn_line_at_the_end_of_a_file_is_a_drop_of_its_seq(ring_name, procs, spawn, tmp_path):  # noqa: F811
+def test_a_torn_line_at_the_end_of_a_file_is_a_drop_of_its_seq(ring_name, procs, spawn, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
         start_flusher(procs, ring_name, directory, "--max-file-bytes", "20000")
@@ -273,7 +288,7 @@ def test_a_torn_line_at_the_end_of_a_file_is_a_drop_of_its_seq(ring_name, procs,
 
 
 # -- files -------------------------------------------------------------------------------------------------
-def test_replay_across_rotated_files_while_the_flusher_rotates(ring_name, procs, spawn, tmp_path):  # noqa: F811
+def test_replay_across_rotated_files_while_the_flusher_rotates(ring_name, procs, spawn, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
         start_flusher(procs, ring_name, directory, "--max-file-bytes", "20000")
@@ -291,7 +306,7 @@ def test_replay_across_rotated_files_while_the_flusher_rotates(ring_name, procs,
     assert summary["drops"] == [] and summary["bad"] == 0 and summary["seqs"] == list(range(1, 30_001))
 
 
-def test_two_sessions_in_one_directory_stay_apart(ring_name, more_ring_names, procs, spawn, tmp_path):  # noqa: F811
+def test_two_sessions_in_one_directory_stay_apart(ring_name, more_ring_names, procs, spawn, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as first:
         start_flusher(procs, ring_name, directory)
@@ -317,7 +332,7 @@ def test_an_archive_that_is_not_a_directory_is_refused(ring_name, tmp_path):
 
 
 # -- tail --archive -----------------------------------------------------------------------------------------
-def test_tail_with_an_archive_prints_the_whole_history(ring_name, procs, tmp_path):  # noqa: F811
+def test_tail_with_an_archive_prints_the_whole_history(ring_name, procs, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
         start_flusher(procs, ring_name, directory)
@@ -326,7 +341,7 @@ def test_tail_with_an_archive_prints_the_whole_history(ring_name, procs, tmp_pat
 
         def tail(*args):
             return subprocess.run([*SHMRING, "tail", ring_name, "--no-follow", *args], capture_output=True,
-                                  timeout=DEADLINE_S)
+                                  timeout=DEADLINE_S, check=False)
 
         full = tail("--archive", str(directory), "--from-start")
         after = tail("--archive", str(directory), "--after", "1234", "--category", "page")
@@ -344,7 +359,7 @@ def test_tail_with_an_archive_prints_the_whole_history(ring_name, procs, tmp_pat
     assert seqs == [s for s in range(1, 5_001) if CATEGORIES[s % 4] == "page"][-1_500:]
 
 
-def test_a_continued_session_reads_its_earlier_seqs_from_the_files(ring_name, procs, spawn, tmp_path):  # noqa: F811
+def test_a_continued_session_reads_its_earlier_seqs_from_the_files(ring_name, procs, spawn, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as before:
         start_flusher(procs, ring_name, directory)
@@ -394,7 +409,7 @@ def test_a_rotation_between_listing_and_opening_hides_no_file_from_the_replay(ri
         assert drops and len(seqs) < 4_000
 
 
-def test_a_reader_waits_for_a_stalled_flusher_instead_of_reporting_a_drop(ring_name, procs, tmp_path):  # noqa: F811
+def test_a_reader_waits_for_a_stalled_flusher_instead_of_reporting_a_drop(ring_name, procs, tmp_path):
     """The flusher is SIGSTOPped: the writer retires its gate and laps it. The seqs after its last commit are in
     neither the ring nor (yet) the files, and the flusher is alive, so the reader waits; once the flusher moves
     again it records them as a gap, and the reader reports exactly that range, then everything after it."""
@@ -432,7 +447,7 @@ def test_a_reader_waits_for_a_stalled_flusher_instead_of_reporting_a_drop(ring_n
     assert [s.seq for s in steps if not s.dropped] == [*range(1_001, 2_001), *range(lost + 1, 6_001)]
 
 
-def test_an_old_after_seq_resumes_from_the_files(ring_name, procs, tmp_path):  # noqa: F811
+def test_an_old_after_seq_resumes_from_the_files(ring_name, procs, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
         start_flusher(procs, ring_name, directory)
@@ -443,10 +458,11 @@ def test_an_old_after_seq_resumes_from_the_files(ring_name, procs, tmp_path):  #
             while reader.cursor < 5_000:
                 steps += reader.read_many(timeout=TIMEOUT_S)
             assert reader.delivered + reader.filtered == 5_000 - 1_234 and reader.dropped == 0
-    assert [s.envelope.seq for s in steps] == [s for s in range(1_235, 5_001) if CATEGORIES[s % 4] in ("console", "page")]
+    wanted = [s for s in range(1_235, 5_001) if CATEGORIES[s % 4] in ("console", "page")]
+    assert [s.envelope.seq for s in steps] == wanted
 
 
-def test_mixing_read_kinds_mid_replay_skips_and_repeats_nothing(ring_name, procs, tmp_path):  # noqa: F811
+def test_mixing_read_kinds_mid_replay_skips_and_repeats_nothing(ring_name, procs, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
         start_flusher(procs, ring_name, directory)
@@ -471,7 +487,7 @@ def test_mixing_read_kinds_mid_replay_skips_and_repeats_nothing(ring_name, procs
     assert seqs == list(range(1, 6_101))
 
 
-def test_a_line_that_is_not_json_is_a_drop_of_its_seq_for_a_decoding_reader(ring_name, procs, tmp_path):  # noqa: F811
+def test_a_line_that_is_not_json_is_a_drop_of_its_seq_for_a_decoding_reader(ring_name, procs, tmp_path):
     directory = tmp_path / "logs"
     with new_ring(ring_name) as session:
         start_flusher(procs, ring_name, directory)
