@@ -221,8 +221,8 @@ class Archive:
 
         complete=True (replay-merge, history.py): the files are known to hold every seq up to `until_seq`
         that is not lost. Then what is missing after the last event present is a drop too (when every
-        category is read), the files are opened all at once before the first is read (so a rotation meanwhile
-        cannot hide one), and a missing directory or a session without lines is an empty history, not an
+        category is read), the current files are opened before any is read (see _snapshot: so a rotation
+        meanwhile cannot hide one), and a missing directory or a session without lines is an empty history, not an
         error."""
         categories = filter.categories if filter is not None else None
         if not isinstance(after_seq, int) or after_seq < 0:
@@ -326,10 +326,15 @@ class Archive:
                 torn: Callable, held: dict[str, int] | None = None) -> Iterator[list[tuple[int, str, bytes]]]:
         """Batches of (seq, category, value) of the session's lines in one category's files, in file order."""
         plen = len(prefix)
-        for index, name in enumerate(names):
-            if held is not None and after_seq and index < len(names) - 1 and _ends_by(held[name], prefix, after_seq):
-                os.close(held.pop(name))  # a rotated file wholly at or before after_seq: not read at all
-                continue
+        for name in names:
+            if held is not None and name not in held:  # a rotated file of a snapshot: opened now, by its stable name
+                fd = self._open_file(dir_fd, name)
+                if fd is None:
+                    continue
+                if after_seq and _ends_by(fd, prefix, after_seq):
+                    os.close(fd)  # wholly at or before after_seq: not read at all
+                    continue
+                held[name] = fd
             for lines, base, block in self._chunks(dir_fd, name, held):
                 if _all_start_with(block, lines, prefix):  # the common case, at C speed: all whole, all ours
                     batch = [(int(line[plen:line.find(b",", plen)]), category, line) for line in lines]
@@ -370,7 +375,7 @@ class Archive:
         """(lines without their newlines, offset of the first, the bytes they were split from) of file `name`,
         a chunk at a time. A last line
         without its newline is torn: it is listed, and only its head, if whole, is given (its seq is lost).
-        With `held` (a snapshot), the file is the fd held for `name`, never opened again by name."""
+        With `held` (a snapshot), the file is the fd held for `name`, not opened again by name."""
         if held is not None:
             fd = held.pop(name, None)
         else:
@@ -458,23 +463,25 @@ class Archive:
                            "move it out of the directory to read the rest")
 
     def _snapshot(self, dir_fd: int, categories, held: dict[str, int]) -> dict[str, list[str]]:
-        """The chains of `categories` (None: all), every file of them opened into `held` (name -> fd).
+        """The chains of `categories` (None: all), each current file (``<c>.jsonl``) opened into `held`.
 
-        A rotation renames ``<c>.jsonl`` to ``<c>.N.jsonl`` while the flusher runs; a file opened by name
-        after that could miss the renamed one. So all are opened at once, and the listing is taken again:
-        if any name appeared, vanished or now names another file, it is done again.
+        A rotation renames ``<c>.jsonl`` to ``<c>.N.jsonl`` while the flusher runs; a current file opened by
+        name after that could miss the renamed one. So the current files are opened at once, and the listing
+        is taken again: if any name appeared, vanished or now names another file, it is done again. A rotated
+        file keeps its name for good (the flusher only ever renames the current one), so it is opened when
+        its turn comes, and a replay holds one fd per category, however many files were rotated.
         """
         while True:
             chains = self._chains(dir_fd)
             if categories is not None:
                 chains = {c: names for c, names in chains.items() if c in categories}
             try:
-                for names in chains.values():
-                    for name in names:
-                        fd = self._open_file(dir_fd, name)
+                for category, names in chains.items():
+                    if names[-1] == f"{category}.jsonl":
+                        fd = self._open_file(dir_fd, names[-1])
                         if fd is None:
-                            raise FileNotFoundError(name)
-                        held[name] = fd
+                            raise FileNotFoundError(names[-1])
+                        held[names[-1]] = fd
                 again = self._chains(dir_fd)
                 if categories is not None:
                     again = {c: names for c, names in again.items() if c in categories}

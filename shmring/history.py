@@ -35,8 +35,9 @@ Rules:
 - Each pass over the files ends at its U, and the next one starts right after
   it, so a loss met in two passes (the ring moved on meanwhile, as it would
   lap a reader without an archive) comes as two adjacent drops, each exact.
-- The files are opened all at once before they are read (archive.py), so a
-  rotation during the replay cannot hide a file; what the flusher appends
+- Each category's current file is opened before any is read, and the listing
+  checked again (archive.py), so a rotation during the replay cannot hide a
+  file (rotated files keep their names for good); what the flusher appends
   meanwhile is beyond U and is read by the next pass.
 """
 
