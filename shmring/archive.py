@@ -335,7 +335,8 @@ class Archive:
                     os.close(fd)  # wholly at or before after_seq: not read at all
                     continue
                 held[name] = fd
-            for lines, base, block in self._chunks(dir_fd, name, held):
+            for lines, base, block in self._chunks(dir_fd, name, held,
+                                                   (prefix, after_seq) if held is not None and after_seq else None):
                 if _all_start_with(block, lines, prefix):  # the common case, at C speed: all whole, all ours
                     batch = [(int(line[plen:line.find(b",", plen)]), category, line) for line in lines]
                     if batch[0][0] > after_seq and batch[-1][0] < end:
@@ -370,12 +371,14 @@ class Archive:
                 if batch:
                     yield batch
 
-    def _chunks(self, dir_fd: int, name: str, held: dict[str, int] | None = None
-                ) -> Iterator[tuple[list[bytes], int, bytes]]:
+    def _chunks(self, dir_fd: int, name: str, held: dict[str, int] | None = None,
+                skip: tuple[bytes, int] | None = None) -> Iterator[tuple[list[bytes], int, bytes]]:
         """(lines without their newlines, offset of the first, the bytes they were split from) of file `name`,
         a chunk at a time. A last line
         without its newline is torn: it is listed, and only its head, if whole, is given (its seq is lost).
-        With `held` (a snapshot), the file is the fd held for `name`, not opened again by name."""
+        With `held` (a snapshot), the file is the fd held for `name`, not opened again by name. With
+        `skip` (prefix, seq), reading starts at a line found by bisection before which the session has no
+        line after seq (``_line_after``)."""
         if held is not None:
             fd = held.pop(name, None)
         else:
@@ -384,7 +387,9 @@ class Archive:
             return
         with open(fd, "rb", buffering=0, closefd=True) as f:
             rest = b""
-            base = 0  # file offset of rest
+            base = 0 if skip is None else _line_after(fd, *skip)  # file offset of rest
+            if base:
+                f.seek(base)
             while chunk := f.read(CHUNK_BYTES):
                 data = rest + chunk if rest else chunk
                 cut = data.rfind(b"\n") + 1
@@ -544,6 +549,33 @@ class Archive:
                 if 0 < first <= last:
                     out.setdefault(session, []).append((first, last))
         return out
+
+
+def _line_after(fd: int, prefix: bytes, seq: int) -> int:
+    """A line start in the file before which the session (`prefix`) has no line after `seq`, found by bisection
+    (its lines increase along the file): a replay from the middle of a long file reads from near there, not from
+    its start. Lines of other sessions, or longer than the window, only make it stop earlier."""
+    lo, hi = 0, os.fstat(fd).st_size
+    while hi - lo > CHUNK_BYTES:
+        mid = (lo + hi) // 2
+        window = os.pread(fd, 1 << 16, mid)
+        pos = window.find(b"\n") + 1
+        found = None
+        while pos:
+            end = window.find(b"\n", pos)
+            if end < 0:
+                break
+            if window.startswith(prefix, pos):
+                digits = window[pos + len(prefix):window.find(b",", pos + len(prefix), end)]
+                if digits.isdigit():
+                    found = int(digits)
+                break
+            pos = end + 1
+        if found is not None and found <= seq:
+            lo = mid + pos
+        else:
+            hi = mid
+    return lo
 
 
 def _ends_by(fd: int, prefix: bytes, seq: int) -> bool:

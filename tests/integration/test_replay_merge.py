@@ -512,3 +512,26 @@ def test_a_line_that_is_not_json_is_a_drop_of_its_seq_for_a_decoding_reader(ring
     assert one_by_one == steps
     assert [(s.dropped_from, s.dropped_to) for s in steps if s.envelope is None] == [(1_002, 1_002)]
     assert [s.envelope.seq for s in steps if s.envelope is not None] == [s for s in range(1, 4_001) if s != 1_002]
+
+
+def test_a_replay_from_the_middle_of_a_long_file_starts_near_its_seq(ring_name, procs, tmp_path, monkeypatch):
+    """No rotation: one file per category grows for the whole session. A reader resuming from the middle
+    bisects to near its seq instead of reading from the start, and still gets every seq after it exactly."""
+    import shmring.archive as archive_module
+
+    directory = tmp_path / "logs"
+    starts = []
+    line_after = archive_module._line_after
+    monkeypatch.setattr(archive_module, "_line_after", lambda *args: starts.append(line_after(*args)) or starts[-1])
+    with new_ring(ring_name) as session:
+        start_flusher(procs, ring_name, directory)
+        for i in range(1, 20_001):
+            session.publish(make_event(i, "console", pad=300))
+        wait_flushed(ring_name, 20_000)
+        size = (directory / "console.jsonl").stat().st_size
+        with Reader.attach(ring_name, after_seq=12_345, archive=directory) as reader:
+            seqs = []
+            while reader.cursor < 20_000:
+                seqs += [r.envelope.seq for r in reader.read_many(timeout=TIMEOUT_S)]
+    assert seqs == list(range(12_346, 20_001))
+    assert size > 4 << 20 and starts and size * 0.4 < starts[0] < size * 12_345 / 20_000
