@@ -535,3 +535,23 @@ def test_a_replay_from_the_middle_of_a_long_file_starts_near_its_seq(ring_name, 
                 seqs += [r.envelope.seq for r in reader.read_many(timeout=TIMEOUT_S)]
     assert seqs == list(range(12_346, 20_001))
     assert size > 4 << 20 and starts and size * 0.4 < starts[0] < size * 12_345 / 20_000
+
+
+def test_a_category_filter_opens_only_that_categorys_files(ring_name, procs, tmp_path):
+    from shmring import ConfigError
+
+    directory = tmp_path / "logs"
+    with new_ring(ring_name) as session:
+        start_flusher(procs, ring_name, directory)
+        publish(session, 1, 4_000)
+        wait_flushed(ring_name, 4_000)
+        os.rename(directory / "network.jsonl", tmp_path / "network.jsonl")
+        os.symlink(tmp_path / "network.jsonl", directory / "network.jsonl")  # any open of it is refused
+        with Reader.attach(ring_name, after_seq=0, archive=directory, filter=Filter(categories=["page"])) as reader:
+            seqs = []
+            while reader.cursor < 4_000:
+                seqs += [r.envelope.seq for r in reader.read_many(timeout=TIMEOUT_S)]
+        assert seqs == [s for s in range(1, 4_001) if CATEGORIES[s % 4] == "page"]
+        with Reader.attach(ring_name, after_seq=0, archive=directory) as reader:
+            with pytest.raises(ConfigError, match="network.jsonl is not a regular file"):
+                reader.read_many(timeout=TIMEOUT_S)
