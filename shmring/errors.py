@@ -32,6 +32,8 @@ __all__ = [
     "PublishRejected",
     "ServeError",
     "DemoError",
+    "ForwardError",
+    "SinkUnavailable",
 ]
 
 
@@ -168,3 +170,15 @@ class DemoError(ShmringError):
     """``shmring demo`` could not start one of its parts."""
 
     fields = ("path", "status")
+
+
+class ForwardError(ShmringError):
+    """``forward`` cannot go on: a bad sink URL, refused authentication, a key or stream it cannot use."""
+
+    fields = ("name", "url")
+
+
+class SinkUnavailable(ShmringError):
+    """The forwarder's sink is unreachable or stopped answering; the forwarder reconnects with back-off."""
+
+    fields = ("url",)

@@ -83,6 +83,9 @@ class RawRecord(msgspec.Struct, frozen=True):
 class Reader:
     """A cursor over one ring. Create with ``Reader.attach(name)``."""
 
+    _ROLE = ROLE_READER
+    """The role its registry entry shows (a subclass for one kind of sink may name its own)."""
+
     def __init__(self, *, _ring: Mapping, _registry: Registry, _info: RingInfo, _index: int,
                  _semaphore: WakeSemaphore, _cursor: int,
                  _filter: Filter | None, _max_delay_s: float = 0.0):
@@ -145,7 +148,7 @@ class Reader:
         events collect for up to D seconds and takes them in one go, which
         costs far less CPU per event at steady rates.
         """
-        return cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=ROLE_READER,
+        return cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=cls._ROLE,
                          gating=False)
 
     @classmethod

@@ -40,7 +40,8 @@ def imports_of(module: str | pathlib.Path) -> set[str]:
 
 
 def test_os_facing_libraries_stay_in_their_modules():
-    owners = {"posix_ipc": {"segment"}, "psutil": {"liveness"}, "mmap": {"segment"}}
+    owners = {"posix_ipc": {"segment"}, "psutil": {"liveness"}, "mmap": {"segment"}, "redis": {"forward_redis"},
+              "nats": {"forward_nats"}}
     for path in (ROOT / "shmring").rglob("*.py"):  # subpackages (cdp/) too
         used = imports_of(path)
         for library, allowed in owners.items():
@@ -156,7 +157,8 @@ LAYERS = {
     "session": 6, "reader": 6,
     "logdir": 5,
     "archive": 7, "render": 7, "doctor": 7, "flusher": 7, "ingest": 7, "producer": 7, "stats": 7, "cleanup": 7,
-    "cdp": 8,
+    "forward_redis": 7, "forward_nats": 7,
+    "cdp": 8, "forward": 8,
     "serve": 9, "demo": 9,
     "cli": 10, "__main__": 11, "__init__": 11,
 }
