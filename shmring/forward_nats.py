@@ -86,6 +86,7 @@ class NatsSink:
         self._nc = None
         self._lost: str | None = None
         self._auth_error: str | None = None
+        self._last_error: str | None = None
         self._inbox = ""
         self._stream_seq = 0
         self._session = b""
@@ -124,13 +125,16 @@ class NatsSink:
             if refused:
                 raise ForwardError(f"NATS at {self.url} refused the credentials ({refused}); check the user, "
                                    "password or token in the URL", url=self.url) from None
-            raise SinkUnavailable(f"NATS at {self.url} is unreachable: {_text(exc)}", url=self.url) from None
+            reason = self._last_error or _text(exc)
+            raise SinkUnavailable(f"NATS at {self.url} is unreachable: {reason}", url=self.url) from None
 
     async def _open(self, capture_session_id: str) -> int:
         self._lost = None
         self._auth_error = None
+        self._last_error = None
 
         async def on_error(exc):
+            self._last_error = _text(exc)
             if "authorization" in str(exc).lower() or "authentication" in str(exc).lower():
                 self._auth_error = str(exc)
 
@@ -139,8 +143,8 @@ class NatsSink:
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_exception(ConnectionError(self._lost))
 
-        self._nc = nc = await nats.connect(self._connect_url, allow_reconnect=False, max_reconnect_attempts=0,
-                                           connect_timeout=CONNECT_TIMEOUT_S, error_cb=on_error,
+        self._nc = nc = await nats.connect(self._connect_url, allow_reconnect=False, max_reconnect_attempts=1,
+                                           reconnect_time_wait=0, connect_timeout=CONNECT_TIMEOUT_S, error_cb=on_error,
                                            disconnected_cb=on_gone, closed_cb=on_gone,
                                            pending_size=64 * 1024 * 1024)
         self._max_payload = nc.max_payload
@@ -208,6 +212,17 @@ class NatsSink:
         if self._loop is None:
             return
         self.close_connection()
+
+        async def cancel_the_rest():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self._run(cancel_the_rest(), REQUEST_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - what is left dies with the loop
+            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():

@@ -57,13 +57,14 @@ class RedisSink:
     def __init__(self, url: str, *, key: str, maxlen: int | None = None, shown_url: str | None = None):
         shown = url if shown_url is None else shown_url
         try:
-            self._client = redis.Redis.from_url(url, single_connection_client=True, socket_timeout=SOCKET_TIMEOUT_S,
-                                                socket_connect_timeout=SOCKET_TIMEOUT_S)
+            redis.ConnectionPool.from_url(url)  # checks the URL without connecting
         except ValueError as exc:
             raise ForwardError(f"bad Redis URL {shown!r}: {exc}; use redis://HOST:PORT/DB", url=shown) from None
         if not key:
             raise ForwardError("the Redis stream key must not be empty", url=shown)
         self.url = shown
+        self._connect_url = url
+        self._client = None
         self.key = key
         self.description = f"{self.url} stream {key}"
         self._key = key.encode()
@@ -82,8 +83,12 @@ class RedisSink:
         """Connect and find where the key stands for this session: the last seq it holds (0: none)."""
         self._session = capture_session_id
         self._session_part = _bulk(b"capture_session_id") + _bulk(capture_session_id.encode())
-        client = self._client
         try:
+            if self._client is None:  # a single-connection client connects as it is made
+                self._client = redis.Redis.from_url(self._connect_url, single_connection_client=True, protocol=2,
+                                                    socket_timeout=SOCKET_TIMEOUT_S,
+                                                    socket_connect_timeout=SOCKET_TIMEOUT_S)
+            client = self._client
             client.ping()
             try:
                 info = client.xinfo_stream(self.key)
@@ -141,12 +146,14 @@ class RedisSink:
             return ForwardError(f"Redis key {self.key!r} at {self.url} holds another type, not a stream; choose "
                                 "another --stream", url=self.url)
         if any(word in text for word in ("WRONGPASS", "NOAUTH", "invalid password", "Authentication", "NOPERM",
-                                         "invalid username")):
+                                         "invalid username", "authenticated")):
             return ForwardError(f"Redis at {self.url} refused the credentials: {text}; check the password in the "
                                 "URL (redis://:PASSWORD@HOST:PORT/DB)", url=self.url)
         return ForwardError(f"Redis at {self.url} refused: {text}", url=self.url)
 
     def _disconnect(self) -> None:
+        if self._client is None:
+            return
         try:
             self._client.connection.disconnect()
         except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped either way
@@ -156,6 +163,8 @@ class RedisSink:
         """Nothing to do between batches (Redis keeps an idle connection)."""
 
     def close(self) -> None:
+        if self._client is None:
+            return
         try:
             self._client.close()
         except Exception:  # noqa: BLE001 - closing a dead connection
