@@ -17,6 +17,15 @@ import pytest
 DEADLINE_S = 30
 
 
+def _binary(name: str) -> str | None:
+    """Debian puts nats-server in /usr/sbin, which a CI's PATH may lack."""
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)),
+                                      None)
+
+
+REDIS_SERVER, NATS_SERVER = _binary("redis-server"), _binary("nats-server")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -65,13 +74,13 @@ class Server:
 
     def start(self) -> "Server":
         if self.kind == "redis":
-            args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
+            args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
                     "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
                     "--loglevel", "warning"]
             if self.password:
                 args += ["--requirepass", self.password]
         else:
-            args = ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.directory]
+            args = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.directory]
             if self.password:
                 args += ["--user", "shm", "--pass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -175,7 +184,7 @@ def held(server: Server, ring: str) -> list[tuple]:
 def sink_server(tmp_path):
     """Factory: start a sink server of a kind ("redis" or "nats"); every one is stopped at teardown."""
     started = []
-    if not shutil.which("redis-server") or not shutil.which("nats-server"):
+    if not REDIS_SERVER or not NATS_SERVER:
         pytest.skip("needs Debian's redis-server and nats-server (.ci/run installs them)")
 
     def start(kind: str, password: str | None = None) -> Server:
