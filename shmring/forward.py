@@ -29,8 +29,8 @@ from .stats import redact_url, ring_stats
 __all__ = ["Forwarder", "open_sink", "redact_url"]
 
 BATCH_MAX = 2048
-MAX_DELAY_S = 0.01
-"""The forwarder's latency budget: what came in the last 10 ms is forwarded in one batch."""
+MAX_DELAY_S = 0.02
+"""The forwarder's latency budget: what came in the last 20 ms is forwarded in one batch."""
 STOP_CHECK_S = 0.5
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0

@@ -2,11 +2,12 @@
 
 Rules:
 - The only module that imports nats (nats-py). Its client runs on an event
-  loop in a thread of its own; the forwarder hands it whole batches.
+  loop of its own in the forwarder's thread: the loop runs while a batch is
+  published and, when the ring is idle, for a moment every half second (so
+  the server's pings are answered). No thread hand-offs per batch.
 - An event is a message on the subject whose body is the envelope JSON
   exactly as in the ring, with the headers ``Nats-Msg-Id:
-  <capture_session_id>:<seq>``, ``Shmring-Seq`` and ``Shmring-Session`` (and
-  ``Nats-Expected-Stream``, so nothing lands in another stream). A gap is a
+  <capture_session_id>:<seq>``, ``Shmring-Seq`` and ``Shmring-Session``. A gap is a
   message at the last lost seq with a ``Shmring-Dropped`` header and the body
   ``{"dropped":N,"from_seq":A,"to_seq":B}``.
 - Publishes are asynchronous; acks are awaited per batch. A batch is written
@@ -22,7 +23,6 @@ Rules:
 """
 
 import asyncio
-import threading
 
 import msgspec
 import nats
@@ -38,6 +38,7 @@ CONNECT_TIMEOUT_S = 5.0
 ACK_TIMEOUT_S = 10.0
 """A batch whose acks take longer than this: the server is stopped or stuck; reconnect."""
 REQUEST_TIMEOUT_S = 5.0
+IDLE_TURN_S = 0.01
 CHUNK = 256
 """Without a slow path, every CHUNK-th message of a batch (and its last) asks for an ack."""
 
@@ -81,8 +82,7 @@ class NatsSink:
         self.stream = stream
         self.subject = subject
         self.description = f"{self.url} stream {stream} subject {subject}"
-        self._loop: asyncio.AbstractEventLoop | None = None  # and its thread: made by the first open
-        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # made by the first open
         self._nc = None
         self._lost: str | None = None
         self._auth_error: str | None = None
@@ -96,12 +96,7 @@ class NatsSink:
         self._max_payload = 1 << 20
 
     def _run(self, coro, timeout: float):
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise asyncio.TimeoutError from None
+        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
     # -- connection ------------------------------------------------------------
     def open(self, capture_session_id: str) -> int:
@@ -112,8 +107,6 @@ class NatsSink:
         self._session = capture_session_id.encode()
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, name="nats-sink", daemon=True)
-            self._thread.start()
         self.close_connection()
         try:
             return self._run(self._open(capture_session_id), CONNECT_TIMEOUT_S + 4 * REQUEST_TIMEOUT_S)
@@ -198,7 +191,12 @@ class NatsSink:
                 self._waiter.set_result(None)
 
     def idle(self) -> None:
-        """Nothing to do: the client's own task answers the server's pings."""
+        """Between batches: let the client answer the server's pings and notice a closed connection."""
+        if self._nc is not None:
+            try:
+                self._run(asyncio.sleep(IDLE_TURN_S), REQUEST_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - a broken connection is found by the next write
+                pass
 
     def close_connection(self) -> None:
         nc, self._nc = self._nc, None
@@ -213,27 +211,21 @@ class NatsSink:
             return
         self.close_connection()
 
-        async def cancel_the_rest():
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
+        pending = asyncio.all_tasks(self._loop)  # the client's own tasks: ended before the loop closes
+        for task in pending:
+            task.cancel()
         try:
-            self._run(cancel_the_rest(), REQUEST_TIMEOUT_S)
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         except Exception:  # noqa: BLE001 - what is left dies with the loop
             pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
+        self._loop.close()
+        self._loop = None
 
     # -- writing -----------------------------------------------------------------
     def _frames(self, records, replies: bool) -> tuple[bytes, list[int]]:
         session = self._session
         subject = self.subject.encode()
         inbox = self._inbox.encode()
-        stream = self.stream.encode()
         parts = []
         seqs = []
         last = len(records) - 1
@@ -241,13 +233,12 @@ class NatsSink:
             seq = record.seq
             seqs.append(seq)
             if record.dropped:
-                hdr = (b"NATS/1.0\r\nNats-Msg-Id: %s:%d\r\nNats-Expected-Stream: %s\r\nShmring-Seq: %d\r\n"
-                       b"Shmring-Session: %s\r\nShmring-Dropped: %d\r\n\r\n"
-                       % (session, seq, stream, seq, session, record.dropped))
+                hdr = (b"NATS/1.0\r\nNats-Msg-Id: %s:%d\r\nShmring-Seq: %d\r\nShmring-Session: %s\r\n"
+                       b"Shmring-Dropped: %d\r\n\r\n" % (session, seq, seq, session, record.dropped))
                 body = b'{"dropped":%d,"from_seq":%d,"to_seq":%d}' % (record.dropped, record.dropped_from, seq)
             else:
-                hdr = (b"NATS/1.0\r\nNats-Msg-Id: %s:%d\r\nNats-Expected-Stream: %s\r\nShmring-Seq: %d\r\n"
-                       b"Shmring-Session: %s\r\n\r\n" % (session, seq, stream, seq, session))
+                hdr = (b"NATS/1.0\r\nNats-Msg-Id: %s:%d\r\nShmring-Seq: %d\r\nShmring-Session: %s\r\n\r\n"
+                       % (session, seq, seq, session))
                 body = record.payload
             size = len(hdr) + len(body)
             if size > self._max_payload:

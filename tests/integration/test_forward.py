@@ -183,7 +183,8 @@ def test_long_outage_without_archive_is_one_exact_gap(ring_name, procs, sink_ser
         wait_held(server, ring_name, 500)
         server.signal(signal.SIGSTOP)
         try:
-            for i in range(500, 6000):  # over five rings' worth while the sink is stopped
+            stall(session, proc)
+            for i in range(600, 6000):  # over five rings' worth while the sink is stopped
                 session.publish(event(i))
         finally:
             server.signal(signal.SIGCONT)
@@ -197,6 +198,13 @@ def test_long_outage_without_archive_is_one_exact_gap(ring_name, procs, sink_ser
     events = [e[0] for e in entries if e[2][0] != "gap"]
     assert events == [s for s in range(1, 6101) if not first <= s <= last], "everything else exactly once"
     assert [e[0] for e in entries] == sorted(e[0] for e in entries)
+
+
+def stall(session, proc) -> None:
+    """With the sink stopped: publish until the forwarder holds a batch it cannot write, and says so."""
+    for i in range(500, 600):
+        session.publish(event(i))
+    proc.wait_for_err("went away")  # its socket timed out: it is stuck until the sink returns
 
 
 HAS_REPLAY_MERGE = "archive" in inspect.signature(Reader.attach).parameters
@@ -219,7 +227,8 @@ def test_long_outage_with_archive_loses_nothing(kind, ring_name, procs, sink_ser
         wait_held(server, ring_name, 500)
         server.signal(signal.SIGSTOP)
         try:
-            for i in range(500, 6000):
+            stall(session, proc)
+            for i in range(600, 6000):
                 session.publish(event(i))
         finally:
             server.signal(signal.SIGCONT)
