@@ -16,6 +16,7 @@ from .errors import (
     PublishRejected,
     ReaderClosed,
     RegistryFull,
+    ResumeError,
     RingBusy,
     RingClosed,
     RingNotFound,
@@ -59,6 +60,7 @@ __all__ = [
     "FlushError",
     "ProducerError",
     "ServeError",
+    "ResumeError",
 ]
 
 __version__ = "0.1.0"

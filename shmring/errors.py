@@ -31,7 +31,13 @@ __all__ = [
     "ProducerError",
     "PublishRejected",
     "ServeError",
+    "ResumeError",
     "DemoError",
+    "CdpError",
+    "MalformedCdp",
+    "BrowserError",
+    "ProducerNotRunning",
+    "ControlError",
     "ForwardError",
     "SinkUnavailable",
 ]
@@ -166,6 +172,25 @@ class ServeError(ShmringError):
     fields = ("name", "path")
 
 
+class ResumeError(ServeError):
+    """``serve --resume`` cannot continue the session safely (a dead writer's ring it must not drain, or
+    a flusher still draining it); nothing was changed."""
+
+    fields = ("pid", "capture_session_id")
+
+
+class ProducerNotRunning(ShmringError):
+    """No producer to configure: no ``serve NAME --cdp`` runs, or its producer is between restarts."""
+
+    fields = ("name", "producer")
+
+
+class ControlError(ShmringError):
+    """A producer's control channel failed: no answer in time, or an answer that is not the protocol."""
+
+    fields = ("name", "path")
+
+
 class DemoError(ShmringError):
     """``shmring demo`` could not start one of its parts."""
 
@@ -182,3 +207,17 @@ class SinkUnavailable(ShmringError):
     """The forwarder's sink is unreachable or stopped answering; the forwarder reconnects with back-off."""
 
     fields = ("url",)
+
+
+class CdpError(ShmringError):
+    """A Chrome DevTools Protocol command failed (the browser answered with an error, or the call broke)."""
+
+
+class MalformedCdp(ShmringError, ValueError):
+    """A CDP message the mapper cannot read (the capture loop reports and skips it)."""
+
+
+class BrowserError(ShmringError):
+    """A Chromium the project launched could not start or open its debugging port."""
+
+    fields = ("port", "status")
