@@ -37,6 +37,10 @@ BACKOFF_MAX_S = 5.0
 SCHEMES = {"redis": "redis", "rediss": "redis", "unix": "redis", "nats": "nats", "tls": "nats"}
 
 
+REPLAY_MERGE = "archive" in inspect.signature(Reader.attach).parameters
+"""Whether this shmring's Reader can merge a flusher's files (issue 13); without it --archive is refused."""
+
+
 class _ForwardReader(Reader):
     _ROLE = ROLE_FORWARDER
 
@@ -90,7 +94,7 @@ class Forwarder:
             self.reader.close()
             self.reader = None
         kwargs = {} if self.archive is None else {"archive": self.archive}
-        if kwargs and "archive" not in inspect.signature(Reader.attach).parameters:
+        if kwargs and not REPLAY_MERGE:
             raise ForwardError("this shmring's Reader has no replay-merge (archive=) yet; forward without --archive",
                                name=self.name)
         try:

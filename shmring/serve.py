@@ -34,7 +34,7 @@ import msgspec
 
 from .control import ControlServer
 from .errors import ConfigError, ControlError, ProducerNotRunning, RingNotFound, ServeError
-from .forward import open_sink
+from .forward import REPLAY_MERGE, open_sink
 from .logdir import prepare_log_directory
 from .ingest import (
     DEFAULT_MAX_BUFFERED_BYTES,
@@ -143,8 +143,9 @@ class ForwarderChild:
     STOP_TIMEOUT_S = 10.0
 
     def __init__(self, name: str, url: str, archive: str | None, log):
+        self.name = name
         self.command = [sys.executable, "-m", "shmring", "forward", name, "--to", url]
-        if archive is not None:
+        if archive is not None and REPLAY_MERGE:
             self.command += ["--archive", archive]
         self.log = log
         self.restarts = 0
@@ -166,6 +167,21 @@ class ForwarderChild:
                 return
             self.restarts += 1
             self.proc = subprocess.Popen(self.command, start_new_session=True)
+
+    ATTACH_TIMEOUT_S = 10.0
+
+    def closing(self) -> None:
+        """Before the ring's close: let the current forwarder attach (bounded), so it still gets the ring's events;
+        from now on it is not restarted."""
+        deadline = time.monotonic() + self.ATTACH_TIMEOUT_S
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if any(r["pid"] == self.proc.pid and r["role"] == "forwarder" for r in ring_stats(self.name)["readers"]):
+                    break
+            except RingNotFound:
+                break
+            time.sleep(0.01)
+        self._closing.set()
 
     def stop(self) -> int | None:
         """After the ring is closed: let it forward the rest, then SIGTERM (it writes its batch), then SIGKILL."""
@@ -395,6 +411,8 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     finally:
         if flusher_attached:
             supervisor.wait_attached()  # a flusher being restarted must attach before close, or it finds no ring
+        for forwarder in forwarders:
+            forwarder.closing()
         complete = session.close()  # bounded: a stalled flusher's gate is retired after gate_stall_s
         flusher_status = supervisor.stop() if supervisor is not None else None
         for forwarder in forwarders:

@@ -331,3 +331,25 @@ def test_event_type_is_read_from_the_envelope_bytes():
                                                          ts=5, data={"type": "not this"})))
         assert event_type(bytes(payload)).decode() == kind
     assert RawRecord  # the record type the sinks take
+
+
+def test_serve_resume_and_a_fresh_session_into_one_redis_key(ring_name, procs, sink_server, tmp_path):
+    from shmring import Producer
+
+    server = sink_server("redis")
+    logs, sock = str(tmp_path / "logs"), str(tmp_path / "s.sock")
+    sessions = []
+    for extra in ((), ("--resume",), ()):
+        serve = procs("serve", ring_name, "--socket", sock, "--log-dir", logs, "--forward", server.url, *extra)
+        sessions.append(serve.wait_for_err("serving ring").split("capture session ")[1].split(",")[0])
+        with Producer.connect(sock) as producer:
+            producer.publish_many([{"type": "console.log", "category": CATEGORIES[i % 4], "source": {"kind": "cdp"},
+                                    "data": {"i": i}} for i in range(100)])
+        serve.signal(signal.SIGTERM)
+        assert serve.wait() == 0  # the ring's close lets its forwarder take the rest, then it ends
+    assert sessions[0] == sessions[1] != sessions[2]
+    entries = server.redis_entries(f"shmring:{ring_name}")
+    ids = [tuple(map(int, entry_id.decode().split("-"))) for entry_id, _ in entries]
+    assert ids == sorted(set(ids)), "strictly increasing IDs"
+    found = [(e[1], e[0]) for e in held(server, ring_name)]
+    assert found == [(sessions[0], s) for s in range(1, 201)] + [(sessions[2], s) for s in range(1, 101)]
