@@ -245,7 +245,8 @@ def test_long_outage_with_archive_loses_nothing(kind, ring_name, procs, sink_ser
 def test_two_sessions_into_one_redis_key_keep_ids_increasing(ring_name, procs, sink_server):
     server = sink_server("redis")
     sessions = []
-    for first_seq, session_id in ((1, "session-a"), (101, "session-a"), (1, None)):  # a, a resumed, a fresh one
+    # a; a resumed; a fresh one; a once more, after the fresh one (its last entry is found below it)
+    for first_seq, session_id in ((1, "session-a"), (101, "session-a"), (1, None), (201, "session-a")):
         with CaptureSession.create(ring_name, capture_session_id=session_id, first_seq=first_seq) as session:
             sessions.append(session.capture_session_id)
             proc, _ = start_forwarder(procs, ring_name, server)
@@ -258,9 +259,11 @@ def test_two_sessions_into_one_redis_key_keep_ids_increasing(ring_name, procs, s
     ids = [tuple(map(int, entry_id.decode().split("-"))) for entry_id, _ in entries]
     assert ids == sorted(set(ids)), "strictly increasing IDs"
     found = [(e[1], e[0]) for e in held(server, ring_name) if e[2][0] != "gap"]
-    assert found == ([("session-a", s) for s in range(1, 201)] + [(sessions[2], s) for s in range(1, 101)])
+    assert found == ([("session-a", s) for s in range(1, 201)] + [(sessions[2], s) for s in range(1, 101)]
+                     + [("session-a", s) for s in range(201, 301)])
     epochs = [ms for ms, _ in ids]
-    assert epochs[0] == epochs[199] < epochs[200], "a resumed session continues its epoch; a new one gets a higher"
+    assert epochs[0] == epochs[199] < epochs[200] == epochs[299] < epochs[300] == epochs[399], \
+        "a resumed session on top continues its epoch; any other run gets a higher one"
 
 
 def wait_until_top(server, name, session_id, seq):
@@ -353,3 +356,28 @@ def test_serve_resume_and_a_fresh_session_into_one_redis_key(ring_name, procs, s
     assert ids == sorted(set(ids)), "strictly increasing IDs"
     found = [(e[1], e[0]) for e in held(server, ring_name)]
     assert found == [(sessions[0], s) for s in range(1, 201)] + [(sessions[2], s) for s in range(1, 101)]
+
+
+def test_maxlen_trims_approximately(ring_name, procs, sink_server):
+    server = sink_server("redis")
+    with CaptureSession.create(ring_name, capacity=65536) as session:
+        start_forwarder(procs, ring_name, server, "--maxlen", "1000")
+        for i in range(5000):
+            session.publish(event(i))
+        wait_held(server, ring_name, 5000)
+    assert 1000 <= server.redis().xlen(f"shmring:{ring_name}") < 5000
+
+
+def test_another_writer_above_this_session_stops_the_forwarder(ring_name, procs, sink_server):
+    server = sink_server("redis")
+    with CaptureSession.create(ring_name, capacity=65536) as session:
+        proc, _ = start_forwarder(procs, ring_name, server)
+        for i in range(100):
+            session.publish(event(i))
+        wait_held(server, ring_name, 100)
+        server.redis().xadd(f"shmring:{ring_name}", {"other": "writer"}, id=f"{(1 << 63)}-1")
+        for i in range(100, 200):
+            session.publish(event(i))
+        assert proc.wait() == 1
+    line = [line for line in proc.err if line.startswith("shmring")]
+    assert len(line) == 1 and "another session or forwarder writes into it" in line[0], proc.err
