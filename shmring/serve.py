@@ -176,7 +176,8 @@ class ForwarderChild:
         deadline = time.monotonic() + self.ATTACH_TIMEOUT_S
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                if any(r["pid"] == self.proc.pid and r["role"] == "forwarder" for r in ring_stats(self.name)["readers"]):
+                readers = ring_stats(self.name)["readers"]
+                if any(r["pid"] == self.proc.pid and r["role"] == "forwarder" for r in readers):
                     break
             except RingNotFound:
                 break

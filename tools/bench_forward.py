@@ -185,7 +185,8 @@ def main() -> None:
             shutil.rmtree(directory, ignore_errors=True)
         rates = [r["rate"] for r in runs]
         print(f"{kind}: ~{runs[0]['size']}-byte envelopes, {args.events} events, medians of {args.runs}")
-        print(f"  forwarded   {statistics.median(rates):>10,.0f} events/s  (runs {', '.join(f'{r:,.0f}' for r in rates)})"
+        runs_text = ", ".join(f"{r:,.0f}" for r in rates)
+        print(f"  forwarded   {statistics.median(rates):>10,.0f} events/s  (runs {runs_text})"
               f"  target >= {targets[kind]:,}: {'pass' if statistics.median(rates) >= targets[kind] else 'FAIL'}")
         print(f"  CPU/event   forwarder {statistics.median(r['fwd_us'] for r in runs):.2f} us, "
               f"{kind}-server {statistics.median(r['server_us'] for r in runs):.2f} us")

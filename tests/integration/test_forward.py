@@ -124,7 +124,7 @@ def test_forwarder_sigkill_ten_times(kind, ring_name, procs, sink_server):
             for _ in range(10):
                 proc = procs("forward", ring_name, "--to", server.url)
                 pid = forwarder_pid(ring_name, pid)["pid"]
-                time.sleep(rng.uniform(0.05, 0.4))  # a random point of its work, not a synchronisation
+                time.sleep(rng.uniform(0.05, 0.25))  # a random point of its work, not a synchronisation
                 proc.popen.kill()
                 proc.wait()
         finally:
