@@ -63,6 +63,9 @@ MAX_DELAY_S_LIMIT = 10.0
 class Reader:
     """A cursor over one ring. Create with ``Reader.attach(name)``."""
 
+    _ROLE = ROLE_READER
+    """The role its registry entry shows (a subclass for one kind of sink may name its own)."""
+
     def __init__(self, *, _ring: Mapping, _registry: Registry, _info: RingInfo, _index: int,
                  _semaphore: WakeSemaphore, _cursor: int,
                  _filter: Filter | None, _max_delay_s: float = 0.0):
@@ -135,7 +138,7 @@ class Reader:
         events collect for up to D seconds and takes them in one go, which
         costs far less CPU per event at steady rates.
         """
-        return cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=ROLE_READER,
+        return cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=cls._ROLE,
                          gating=False, archive=archive)
 
     @classmethod
