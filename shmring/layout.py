@@ -150,11 +150,13 @@ ENTRY_FREE = 0
 ENTRY_ACTIVE = 1
 ROLE_READER = 1
 ROLE_FLUSHER = 2
-ROLE_MEMBER = 3
+ROLE_FORWARDER = 3
+ROLE_MEMBER = 4
 """A consumer group's member (never gating itself)."""
-ROLE_GROUP = 4
+ROLE_GROUP = 5
 """A gating group's gate: its cursor is the group's acknowledged floor, its pid a live member's (0: none)."""
-ROLE_NAMES = {ROLE_READER: "reader", ROLE_FLUSHER: "flusher", ROLE_MEMBER: "member", ROLE_GROUP: "group"}
+ROLE_NAMES = {ROLE_READER: "reader", ROLE_FLUSHER: "flusher", ROLE_FORWARDER: "forwarder", ROLE_MEMBER: "member",
+              ROLE_GROUP: "group"}
 
 # -- enum codes stored in slots --------------------------------------------
 SOURCE_KINDS = ("cdp", "kernel_api", "extension", "local_process")
