@@ -131,7 +131,7 @@ def test_killed_members_lose_nothing_and_mark_every_duplicate(ring_name, tmp_pat
             path = str(tmp_path / f"m{len(paths)}")
             paths.append(path)
             joined = ctx.Event()
-            live.append(start(member, ring_name, "workers", path, joined, True, 0, 20e-6))
+            live.append(start(member, ring_name, "workers", path, joined, True, 0, 40e-6))
             assert joined.wait(TIMEOUT_S)
 
         for _ in range(3):
@@ -141,7 +141,7 @@ def test_killed_members_lose_nothing_and_mark_every_duplicate(ring_name, tmp_pat
         killed = 0
         deadline = time.monotonic() + TIMEOUT_S
         while killed < kills and time.monotonic() < deadline:
-            time.sleep(rng.uniform(0.02, 0.1))
+            time.sleep(rng.uniform(0.01, 0.06))
             victim = live.pop(rng.randrange(len(live)))
             os.kill(victim.pid, signal.SIGKILL)
             victim.join(10)
