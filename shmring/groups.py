@@ -488,13 +488,15 @@ class GroupMember:
                 done.append(s)
         return runs, (counts[_ACKED], counts[_FILTERED], counts[_DROPPED]), done
 
-    def _sync(self, claim: int) -> bool:
-        """Record acknowledgements (and claim if asked; a drop found is owed). True for a new claim."""
+    def _sync(self, claim: int) -> bool | None:
+        """Record acknowledgements (and claim if asked; a drop found is owed). True for a new claim.
+
+        None: no claim, as this member holds MAX_RUNS ranges of unacknowledged events already.
+        """
         runs, deltas, done = self._cover()
-        if claim and len(runs) >= MAX_RUNS:
-            raise ConfigError(f"this member of group {self._group_name!r} holds {len(runs)} separate ranges of "
-                              "unacknowledged events, the most it may; acknowledge them (reader.ack()) before "
-                              "reading more", name=self.name)
+        full = claim and len(runs) >= MAX_RUNS
+        if full:
+            claim = 0
         now = time.monotonic()
         reap = bool(claim) and now - self._last_reap >= REAP_EVERY_S
         if reap:
@@ -520,6 +522,8 @@ class GroupMember:
             self._claim_redelivered = claimed[2]
         elif claim and not reap:
             self._last_reap = 0.0  # nothing fresh: look at the others' liveness on the next try
+        if full:
+            return None
         if drop is not None:
             self._cursor = drop[1]
             self._dropped += drop[1] - drop[0] + 1
@@ -626,6 +630,12 @@ class GroupMember:
                 got = self._sync(self._claim_max)
                 if self._drops_due:
                     return self._pay_drop()
+                if got is None:  # too much unacknowledged to claim more
+                    if timeout == 0:
+                        return None  # a batch (read_many) ends here; the caller acknowledges, then reads on
+                    raise ConfigError(f"this member of group {self._group_name!r} holds {MAX_RUNS} separate ranges "
+                                      "of unacknowledged events, the most it may; acknowledge them (reader.ack()) "
+                                      "before reading more", name=self.name)
                 if not got and not self._await(self._hint, deadline):
                     return None
                 continue

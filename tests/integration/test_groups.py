@@ -469,3 +469,23 @@ def test_a_claim_lapped_whole_and_the_loss_after_it_are_one_drop(ring_name):
     seqs = [r.envelope.seq for r in results if r.envelope]
     assert first.envelope.seq == 1 and results[0].dropped
     assert drops == [(2, seqs[0] - 1)] and seqs == list(range(seqs[0], 1001))  # one drop: its claim and beyond
+
+
+def test_a_member_holding_too_many_unacknowledged_ranges_must_ack_first(ring_name):
+    with CaptureSession.create(ring_name, capacity=1024) as session:
+        with Reader.attach(ring_name, group="pair", after_seq=0) as a, Reader.attach(ring_name, group="pair") as b:
+            taken = []
+            for i in range(16):  # the two alternate, so each of a's events is a range of its own
+                session.publish(_event(2 * i + 1))
+                session.publish(_event(2 * i + 2))
+                taken.append(a.read(timeout=1).envelope.seq)
+                b.read(timeout=1)
+                b.ack()
+            session.publish(_event(33))
+            with pytest.raises(ConfigError, match="holds 16 separate ranges of unacknowledged events"):
+                a.read(timeout=1)
+            assert a.read_many(10, timeout=0) == []  # nor does a batch start
+            a.ack()
+            more = [r.envelope.seq for r in a.read_many(100, timeout=1)]
+            a.ack()
+    assert taken == list(range(1, 33, 2)) and more == [33]
