@@ -156,8 +156,9 @@ LAYERS = {
     "session": 6, "reader": 6,
     "logdir": 5,
     "archive": 7, "render": 7, "doctor": 7, "flusher": 7, "ingest": 7, "producer": 7, "stats": 7, "cleanup": 7,
-    "cdp": 8,
-    "serve": 9, "demo": 9,
+    "aio": 7,
+    "cdp": 8, "sse": 8, "edge": 8,
+    "serve": 9, "demo": 9, "httpd": 9,
     "cli": 10, "__main__": 11, "__init__": 11,
 }
 
