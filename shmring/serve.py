@@ -15,12 +15,17 @@ Rules:
 """
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
+import msgspec
+
+from .edge import EdgeConfig, EdgeSupervisor
 from .errors import ConfigError, RingNotFound, ServeError
 from .logdir import prepare_log_directory
 from .ingest import (
@@ -167,15 +172,22 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
           fsync: str = "batch", group_readable: bool = False, log=lambda msg: None, on_ready=lambda session: None,
           cdp_url: str | None = None, cdp_detail_level: str = "standard", cdp_console_hook: bool | None = None,
           max_connections: int = DEFAULT_MAX_CONNECTIONS, max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
-          **create_kwargs) -> dict:
+          http: EdgeConfig | None = None, **create_kwargs) -> dict:
     """Run until `stop` is set; return counts. Raises ShmringError on set-up failures.
 
     cdp_url: also run ``shmring capture-cdp`` against that browser, publishing
     through `socket_path` (required then). group_readable: the flusher's
     directory and files are created 0750/0640 instead of 0700/0600.
     max_connections, max_buffered_bytes: the ingest socket's limits (see ingest).
+    http: also run the HTTP edge (see edge); without `socket_path` it gets a private ingest socket.
     """
     validate_ring_name(name)
+    private_dir = None
+    if http is not None and socket_path is None:
+        private_dir = tempfile.mkdtemp(prefix="shmring-edge-")  # 0700: the edge's own way in
+        socket_path = f"{private_dir}/ingest.sock"
+    if http is not None:
+        http = msgspec.structs.replace(http, socket_path=socket_path, log_dir=log_dir)
     if cdp_url is not None and socket_path is None:
         raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket", name=name)
     if socket_path is not None:
@@ -185,6 +197,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
         prepare_log_directory(log_dir, group_readable=group_readable)  # refuses one another user controls
     session = CaptureSession.create(name, **create_kwargs)
     supervisor = None
+    edge = None
     server = None
     flusher_attached = False
     try:
@@ -204,7 +217,14 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
                 from .cdp import capture_command
 
                 command = capture_command(name, cdp_url, socket_path, cdp_detail_level, cdp_console_hook)
-            asyncio.run(_ingest_until(server, stop, lambda: on_ready(session), command, log))
+            def ready():
+                nonlocal edge
+                if http is not None:
+                    edge = EdgeSupervisor(http, log=log)
+                    edge.start()
+                on_ready(session)
+
+            asyncio.run(_ingest_until(server, stop, ready, command, log))
         else:
             on_ready(session)
             stop.wait()
@@ -212,6 +232,10 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
         if flusher_attached:
             supervisor.wait_attached()  # a flusher being restarted must attach before close, or it finds no ring
         complete = session.close()  # bounded: a stalled flusher's gate is retired after gate_stall_s
+        if edge is not None:
+            edge.stop()  # after the close: its streams have sent their end frame
+        if private_dir is not None:
+            shutil.rmtree(private_dir, ignore_errors=True)
         flusher_status = supervisor.stop() if supervisor is not None else None
         if supervisor is not None and (not complete or flusher_status != 0):
             log(f"the flusher did not finish (exit status {flusher_status}): events up to seq {session.last_seq} "
