@@ -238,6 +238,7 @@ class _Waker:
         self._reader = reader  # a registered reader; its thread only watches its ring and its semaphore
         self._users = 0
         self._stopping = False
+        self._reader_closed = False
         self.ended = False
         self.progress: dict[int, tuple[int, int, int, int]] = {}
         self._next_token = 0
@@ -273,7 +274,9 @@ class _Waker:
             if _Waker._wakers.get(self._key) is self:
                 del _Waker._wakers[self._key]
         self._wanted.set()
-        self._reader._semaphore.post()  # out of its block now, not at the next liveness check
+        with self._state:
+            if not self._reader_closed:
+                self._reader._semaphore.post()  # out of its block now, not at the next liveness check
 
     async def wait(self, loop, reader: Reader, deadline: float | None) -> None:
         """Until the ring may have moved (or `deadline`); the caller looks at the ring again after."""
@@ -328,10 +331,12 @@ class _Waker:
                     self._wanted.clear()  # before the wake: a reader that waits after it sets it again
                     self._wake_all()
         finally:
-            try:
-                reader.close()
-            except Exception:
-                pass
+            with self._state:
+                self._reader_closed = True
+                try:
+                    reader.close()
+                except Exception:
+                    pass
 
     def _end(self) -> None:
         self.ended = True
