@@ -170,6 +170,11 @@ class AsyncReader:
 _attach_parameters = None
 
 
+def archive_supported() -> bool:
+    """Whether this shmring's Reader replays history from a flusher's directory (``archive=``)."""
+    return "archive" in _reader_attach_parameters()
+
+
 def _reader_attach_parameters() -> frozenset:
     global _attach_parameters
     if _attach_parameters is None:

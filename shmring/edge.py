@@ -74,11 +74,10 @@ def _read_token(path: str) -> str:
         with open(path, "rb") as f:
             raw = f.read(4097)
     except OSError as exc:
-        raise ConfigError(f"cannot read --http-token-file {path}: {exc.strerror or exc}", path=path) from None
+        raise ConfigError(f"cannot read --http-token-file {path}: {exc.strerror or exc}") from None
     token = raw.decode("utf-8", "replace").strip()
     if not token or len(raw) > 4096 or any(c.isspace() for c in token) or not token.isprintable():
-        raise ConfigError(f"--http-token-file {path} must hold one token (printable, no spaces, at most 4 KiB)",
-                          path=path)
+        raise ConfigError(f"--http-token-file {path} must hold one token (printable, no spaces, at most 4 KiB)")
     return token
 
 

@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .aio import AsyncReader
+from .aio import AsyncReader, archive_supported
 from .edge import EdgeConfig
 from .errors import ConfigError, RingNotFound, ShmringError
 from .header import open_ring_info
@@ -231,6 +231,7 @@ def create_app(config: EdgeConfig) -> Starlette:
     ingest = _Ingest(config.socket_path)
     clients = 0
     name = config.name
+    archive = config.log_dir if archive_supported() else None  # replay-merge: history beyond the ring
 
     def client_count() -> int:
         return clients
@@ -250,7 +251,7 @@ def create_app(config: EdgeConfig) -> Starlette:
             start = stream_start(request.headers.get("last-event-id"), request.query_params.multi_items(),
                                  ring["latest_seq"])
             reader = await AsyncReader.attach(name, after_seq=start.after_seq, filter=start.filter,
-                                              archive=config.log_dir, max_delay_s=STREAM_MAX_DELAY_S)
+                                              archive=archive, max_delay_s=STREAM_MAX_DELAY_S)
         except RingNotFound as exc:
             return _error(503, str(exc))
         except ConfigError as exc:
