@@ -1,5 +1,7 @@
-/* The reader's fast path: take one whole record and decode it. ring.py's
-   RingReaderCore.take_ready plus reader.py's _decode_checked, step for step. */
+/* The reader's fast paths: take one whole record and decode it (ring.py's
+   RingReaderCore.take_ready plus reader.py's _decode_checked, step for step),
+   and take a run of whole records undecoded (RingReaderCore.take_ready_run,
+   building the RawRecords reader.py's read_raw_many would build). */
 
 #include "hotpath.h"
 
@@ -115,6 +117,121 @@ static PyObject *Taker_take_decoded(Taker *self, PyObject *arg) {
     return envelope;
 }
 
+/* The category name of a slot's 32-byte field: names[field] (reader.py's cache), filled on a miss with
+   field.rstrip(b"\0").decode("ascii", "replace"). Returns a new reference. */
+static PyObject *category_name(PyObject *names, const char *field) {
+    PyObject *key = PyBytes_FromStringAndSize(field, CATEGORY_BYTES);
+    if (key == NULL) return NULL;
+    PyObject *name = PyDict_GetItemWithError(names, key);
+    if (name != NULL) {
+        Py_DECREF(key);
+        return Py_NewRef(name);
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    Py_ssize_t n = CATEGORY_BYTES;
+    while (n > 0 && field[n - 1] == '\0') n--;
+    name = PyUnicode_DecodeASCII(field, n, "replace");
+    if (name == NULL || PyDict_SetItem(names, key, name) < 0) Py_CLEAR(name);
+    Py_DECREF(key);
+    return name;
+}
+
+/* take_raw_run(seq, limit, record_type, names): RawRecords of the whole events from seq on, up to limit,
+   stopping at the first that isn't whole. As ring.py's take_ready_run: copy every payload, one fence, then
+   re-check each slot's stamp and the data area's low mark; keep the prefix that passes. */
+static PyObject *Taker_take_raw_run(Taker *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "take_raw_run(seq, limit, record_type, names)");
+        return NULL;
+    }
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[0]);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    PyObject *record_type = args[2], *names = args[3];
+    if (!PyDict_Check(names)) {
+        PyErr_SetString(PyExc_TypeError, "names must be a dict");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL || !self->have_view || limit <= 0) return out;
+    const char *ring = (const char *)self->view.buf;
+    PyObject **payloads = PyMem_Malloc(sizeof(PyObject *) * limit);
+    const char **slots = PyMem_Malloc(sizeof(char *) * limit);
+    uint64_t *positions = PyMem_Malloc(sizeof(uint64_t) * limit);
+    char *categories = PyMem_Malloc((size_t)CATEGORY_BYTES * limit);
+    Py_ssize_t copied = 0;
+    if (payloads == NULL || slots == NULL || positions == NULL || categories == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (unsigned long long s = seq; copied < limit; s++) {
+        const char *slot = ring + self->header_bytes + (long long)(s & self->mask) * self->slot_bytes;
+        if (__atomic_load_n((const uint64_t *)(slot + SLOT_STAMP), __ATOMIC_ACQUIRE) != 2 * (uint64_t)s) break;
+        uint64_t pos = load_u64(slot + SLOT_POS);
+        uint32_t length;
+        memcpy(&length, slot + SLOT_LEN, 4);
+        uint64_t off = pos % (uint64_t)self->data_bytes;
+        if (off + length > (uint64_t)self->data_bytes) break; /* not a whole record: the slow path judges */
+        PyObject *payload = PyBytes_FromStringAndSize(ring + self->data_base + off, (Py_ssize_t)length);
+        if (payload == NULL) goto fail;
+        payloads[copied] = payload;
+        memcpy(categories + (size_t)CATEGORY_BYTES * copied, slot + SLOT_CATEGORY, CATEGORY_BYTES);
+        slots[copied] = slot;
+        positions[copied] = pos;
+        copied++;
+    }
+    if (copied == 0) goto done;
+    full_fence(); /* every copy is done before the re-checks */
+    uint64_t low = load_u64(ring + self->hdr_data_low);
+    const char *last_field = NULL;
+    PyObject *last_name = NULL;
+    for (Py_ssize_t i = 0; i < copied; i++) {
+        unsigned long long s = seq + (unsigned long long)i;
+        if (low > positions[i] || load_u64(slots[i] + SLOT_STAMP) != 2 * (uint64_t)s) break;
+        const char *field = categories + (size_t)CATEGORY_BYTES * i; /* copied before the fence, checked after */
+        if (last_field == NULL || memcmp(field, last_field, CATEGORY_BYTES) != 0) {
+            Py_XDECREF(last_name);
+            last_name = category_name(names, field);
+            if (last_name == NULL) goto fail;
+            last_field = field;
+        }
+        PyObject *seq_obj = PyLong_FromUnsignedLongLong(s);
+        if (seq_obj == NULL) {
+            Py_DECREF(last_name);
+            goto fail;
+        }
+        PyObject *call_args[3] = {seq_obj, last_name, payloads[i]};
+        PyObject *record = PyObject_Vectorcall(record_type, call_args, 3, NULL);
+        Py_DECREF(seq_obj);
+        if (record == NULL || PyList_Append(out, record) < 0) {
+            Py_XDECREF(record);
+            Py_DECREF(last_name);
+            goto fail;
+        }
+        Py_DECREF(record);
+    }
+    Py_XDECREF(last_name);
+done:
+    for (Py_ssize_t i = 0; i < copied; i++) Py_DECREF(payloads[i]);
+    PyMem_Free(payloads);
+    PyMem_Free(slots);
+    PyMem_Free(positions);
+    PyMem_Free(categories);
+    return out;
+fail:
+    for (Py_ssize_t i = 0; i < copied; i++) Py_DECREF(payloads[i]);
+    PyMem_Free(payloads);
+    PyMem_Free(slots);
+    PyMem_Free(positions);
+    PyMem_Free(categories);
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyObject *Taker_release(Taker *self, PyObject *Py_UNUSED(unused)) {
     release_view(self);
     Py_RETURN_NONE;
@@ -124,6 +241,9 @@ static PyMethodDef Taker_methods[] = {
     {"take_decoded", (PyCFunction)Taker_take_decoded, METH_O,
      "take_decoded(seq) -> Envelope | None | False: the envelope if seq is whole now; None if it is not (or "
      "was overwritten while copied); False if its bytes are not seq's envelope."},
+    {"take_raw_run", (PyCFunction)(void (*)(void))Taker_take_raw_run, METH_FASTCALL,
+     "take_raw_run(seq, limit, record_type, names) -> list: record_type(seq, category, payload) for each whole "
+     "event from seq on, up to limit, stopping at the first that is not whole."},
     {"release", (PyCFunction)Taker_release, METH_NOARGS, "Release the view of the ring (before it is unmapped)."},
     {NULL}};
 

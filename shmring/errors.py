@@ -32,6 +32,9 @@ __all__ = [
     "PublishRejected",
     "ServeError",
     "DemoError",
+    "CdpError",
+    "MalformedCdp",
+    "BrowserError",
 ]
 
 
@@ -168,3 +171,17 @@ class DemoError(ShmringError):
     """``shmring demo`` could not start one of its parts."""
 
     fields = ("path", "status")
+
+
+class CdpError(ShmringError):
+    """A Chrome DevTools Protocol command failed (the browser answered with an error, or the call broke)."""
+
+
+class MalformedCdp(ShmringError, ValueError):
+    """A CDP message the mapper cannot read (the capture loop reports and skips it)."""
+
+
+class BrowserError(ShmringError):
+    """A Chromium the project launched could not start or open its debugging port."""
+
+    fields = ("port", "status")

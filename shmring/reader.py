@@ -106,8 +106,10 @@ class Reader:
                               "(SHMRING_PURE_PYTHON=1 chooses it without a warning)", RuntimeWarning)
         if self._taker is not None:
             self._take_decoded = self._taker.take_decoded
+            self._take_raw_run = self._taker.take_raw_run
         else:
             self._take_decoded = _python_take_decoded(self._core.take_ready)
+            self._take_raw_run = _python_take_raw_run(self._core.take_ready_run)
         self._fast = _filter is None  # cleared at the end of the stream
         self._start = _cursor
         self._cursor = _cursor
@@ -315,13 +317,10 @@ class Reader:
                     seq, payload, fields = taken
                     records.append(RawRecord(seq, names.get(fields[8]) or self._category_name(fields[8]), payload))
                     if self._fast and len(records) < max_events:
-                        run = self._core.take_ready_run(seq + 1, max_events - len(records))
+                        run = self._take_raw_run(seq + 1, max_events - len(records), RawRecord, names)
                         if run:
-                            for payload, category in run:
-                                seq += 1
-                                records.append(RawRecord(seq, names.get(category) or self._category_name(category),
-                                                         payload))
-                            self._cursor = seq
+                            records += run
+                            self._cursor = seq + len(run)
                             self._delivered += len(run)
                             self._unpublished += len(run)
                 if len(records) >= max_events or (taken := self._take(0)) is None:
@@ -428,7 +427,9 @@ class Reader:
             self._spin(seq, wait_s)
         elif action == DOZE:
             self._publish_progress()
-            time.sleep(wait_s)
+            # On the semaphore, with no wait flag raised: publishes post nothing, but
+            # a writer held back by this gating reader posts to hurry it (and close wakes it).
+            self._semaphore.wait(wait_s)
         else:
             self._block(seq, wait_s)
         return True
@@ -617,6 +618,22 @@ def _python_take_decoded(take_ready):
         return False if envelope is None else envelope
 
     return take_decoded
+
+
+def _python_take_raw_run(take_ready_run):
+    """``_hotpath.RecordTaker.take_raw_run`` without the accelerator: RawRecords of a run of whole events."""
+
+    def take_raw_run(seq: int, limit: int, record_type, names: dict[bytes, str]) -> list:
+        records = []
+        for payload, field in take_ready_run(seq, limit):
+            name = names.get(field)
+            if name is None:
+                name = names[field] = field.rstrip(b"\0").decode("ascii", "replace")
+            records.append(record_type(seq, name, payload))
+            seq += 1
+        return records
+
+    return take_raw_run
 
 
 def _reject_all(kind, detail, category) -> bool:

@@ -25,6 +25,7 @@ import time
 import uuid
 import warnings
 import weakref
+from collections.abc import Callable
 
 import msgspec
 
@@ -123,8 +124,9 @@ class _Gates:
     MAX_POLL_S = 0.05
 
     def __init__(self, registry: Registry, core: RingWriterCore, capacity: int, grace_s: float,
-                 stall_s: float | None):
+                 stall_s: float | None, hurry: Callable[[int], None]):
         self.registry = registry
+        self.hurry = hurry
         self.core = core
         self.capacity = capacity
         self.grace_s = grace_s
@@ -210,11 +212,21 @@ class _Gates:
             else:
                 poll_s = self.POLL_S
             if previous is None or taken != previous[1]:
+                if previous is None:
+                    self._hurry(cursors, taken)
                 previous = (now, taken)
             elif self.stall_s is not None and now - previous[0] >= self.stall_s:
                 self._retire_stalled(cursors, taken)
                 continue
+            else:
+                self._hurry(cursors, taken)  # it did not move: it may be dozing out its latency budget
             time.sleep(poll_s)
+
+    def _hurry(self, cursors: list[tuple[int, int]], taken: int) -> None:
+        """Wake the gates that hold the writer at `taken` from a doze: a full ring is worth more than their budget."""
+        for cursor, index in cursors:
+            if cursor == taken:
+                self.hurry(index)
 
     def wait_until_taken(self, last_seq: int, timeout_s: float | None) -> bool:
         """At close: until every honoured gate has taken `last_seq`; False if `timeout_s` passed first.
@@ -407,7 +419,7 @@ class CaptureSession:
             res.core.last_seq = first_seq - 1
             res.core.publish_head(first_seq - 1)
             res.gates = _Gates(res.registry, res.core, capacity, float(flusher_grace_s),
-                               None if gate_stall_s is None else float(gate_stall_s))
+                               None if gate_stall_s is None else float(gate_stall_s), res.wake)
             mark_attachable(buf)  # last: the ring is now attachable
         except BaseException:
             res.close()

@@ -93,18 +93,16 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import msgspec
+import psutil
 
-import msgspec  # noqa: E402
-import psutil  # noqa: E402
-
-from shmring import CaptureSession, Envelope, Event, Reader, RingClosed, Source  # noqa: E402
-from shmring.flusher import Flusher  # noqa: E402
+from common import (CAPTURE_SESSION_ID, BenchError, Stamp, choose_pad, cpu_snapshot, foreign_pct, make_data,
+                    make_event, process_cpu_ns)
+from shmring import CaptureSession, Envelope, Event, Reader, RingClosed
+from shmring.flusher import Flusher
 
 CAPACITY = 65536
 DATA_BYTES = 64 * 1024 * 1024
-TARGET_ENVELOPE_BYTES = 300
-CAPTURE_SESSION_ID = "0b9d2c1e-5f7a-4c3b-9e8d-7a6b5c4d3e2f"
 READY_TIMEOUT_S = 30.0
 """How long a child may take to start and attach (spawn imports everything)."""
 STALL_TIMEOUT_S = 10.0
@@ -124,46 +122,6 @@ def ring_name() -> str:
     global _seq_counter
     _seq_counter += 1
     return f"bench-{os.getpid()}-{_seq_counter}"
-
-
-# --------------------------------------------------------------------------
-# The event
-# --------------------------------------------------------------------------
-
-class Stamp(msgspec.Struct):
-    """The part of the event's data the latency reader looks at."""
-
-    t: int
-
-
-def make_data(stamp_ns: int, pad: str) -> msgspec.Raw:
-    return msgspec.Raw(b'{"level":"log","args":["%s"],"t":%d}' % (pad.encode(), stamp_ns))
-
-
-def make_event(pad: str, stamp_ns: int | None = None) -> Event:
-    return Event(
-        type="console.log",
-        category="console",
-        source=Source(kind="cdp", event="Runtime.consoleAPICalled"),
-        url="http://localhost/",
-        data=make_data(time.monotonic_ns() if stamp_ns is None else stamp_ns, pad),
-    )
-
-
-def envelope_size(pad: str) -> int:
-    """The encoded size of the envelope publish makes of make_event(pad)."""
-    with CaptureSession.create(ring_name(), capture_session_id=CAPTURE_SESSION_ID, capacity=16,
-                               data_bytes=1024 * 1024) as s:
-        env = s.publish(make_event(pad))
-        env = msgspec.structs.replace(env, seq=123456)  # a 6-digit seq, as in a busy stream
-        return len(msgspec.json.encode(env))
-
-
-def choose_pad() -> tuple[str, int]:
-    """Pad the console message so the encoded envelope is ~TARGET_ENVELOPE_BYTES."""
-    filler = "ok: user clicked checkout; cart=" + "x" * TARGET_ENVELOPE_BYTES
-    pad = filler[: max(2, TARGET_ENVELOPE_BYTES - envelope_size(""))]
-    return pad, envelope_size(pad)
 
 
 # --------------------------------------------------------------------------
@@ -423,10 +381,6 @@ def flusher_main(name: str, directory: str, idx: int, results) -> None:
 # Parent-side helpers
 # --------------------------------------------------------------------------
 
-class BenchError(RuntimeError):
-    pass
-
-
 def spawn(ctx, target, args_list: list[tuple]) -> list:
     procs = []
     for args in args_list:
@@ -498,26 +452,6 @@ def schedstat_ns(pid: int) -> int | None:
             return int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def process_cpu_ns(pid: int) -> int | None:
-    """CPU time of every thread of process `pid` in ns (/proc/PID/task/*/schedstat), or None.
-
-    /proc/PID/schedstat alone counts only the main thread; a child also runs
-    multiprocessing's queue feeder thread.
-    """
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    total = 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that just ended
-    return total
 
 
 def new_session(name: str) -> CaptureSession:
@@ -1007,20 +941,6 @@ def measure_flusher_paced(ctx, event: Event, rate: int, duration: float) -> dict
 # One run, many runs, the report
 # --------------------------------------------------------------------------
 
-def _cpu_snapshot() -> tuple[float, float, float, float]:
-    """(wall, machine busy CPU s, steal s, CPU s of this process and its reaped children)."""
-    t = psutil.cpu_times()
-    busy = t.user + t.nice + t.system + t.irq + t.softirq
-    own = sum(ru.ru_utime + ru.ru_stime for ru in (resource.getrusage(resource.RUSAGE_SELF),
-                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
-    return time.monotonic(), busy, getattr(t, "steal", 0.0), own
-
-
-def _foreign_pct(a, b, ncpu: int) -> float:
-    """% of all cores busy with processes other than ours between snapshots a and b."""
-    return max(0.0, 100.0 * ((b[1] - a[1]) - (b[3] - a[3])) / ((b[0] - a[0]) * ncpu))
-
-
 MODES = {"0": 0.0, "2ms": 0.002}
 """The latency budgets measured in 7-11: max_delay_s=0 (wake for every event) and 0.002."""
 WRITER_READERS = (0, 1, 4, 16)
@@ -1090,22 +1010,22 @@ def select_steps(steps: list[tuple[str, object]], only: str | None) -> list[tupl
 def one_run(steps: list[tuple[str, object]]) -> dict:
     r = {}
     ncpu = os.cpu_count() or 1
-    start = before = _cpu_snapshot()
+    start = before = cpu_snapshot()
     for key, fn in steps:
         load = os.getloadavg()[0]
         r[key] = fn()
-        after = _cpu_snapshot()
-        r[key]["foreign_cpu_pct"] = _foreign_pct(before, after, ncpu)
+        after = cpu_snapshot()
+        r[key]["foreign_cpu_pct"] = foreign_pct(before, after)
         r[key]["loadavg_1m_at_start"] = load
         print(f"    {key:<20} {after[0] - before[0]:5.1f} s   other processes' CPU "
               f"{r[key]['foreign_cpu_pct']:4.1f}% of the machine, load {load:.2f}", file=sys.stderr)
         before = after
-    end = _cpu_snapshot()
+    end = cpu_snapshot()
     if "fanout_shm_2" in r and "fanout_mpq_2" in r:
         r["ratio_shm_over_mpq_2"] = r["fanout_shm_2"]["reader_rate_mean"] / r["fanout_mpq_2"]["reader_rate_mean"]
     # Interference: CPU the machine spent on processes other than ours, and
     # time the hypervisor stole, as % of all cores over the run.
-    r["foreign_cpu_pct"] = _foreign_pct(start, end, ncpu)
+    r["foreign_cpu_pct"] = foreign_pct(start, end)
     r["steal_pct"] = 100.0 * (end[2] - start[2]) / ((end[0] - start[0]) * ncpu)
     return r
 

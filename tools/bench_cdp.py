@@ -46,8 +46,6 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 import psutil
 
 from shmring import ConfigError, Filter, Reader

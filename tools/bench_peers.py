@@ -77,13 +77,13 @@ import tempfile
 import time
 import traceback
 
+import msgspec
+
+from common import (CAPTURE_SESSION_ID, BenchError, Stamp, choose_pad, cpu_snapshot, foreign_pct, make_data,
+                    make_event, stamped)
+from shmring import CaptureSession, Envelope, Reader, RingClosed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import msgspec  # noqa: E402
-
-from bench import CAPTURE_SESSION_ID, TARGET_ENVELOPE_BYTES, Stamp, make_data, make_event  # noqa: E402
-from shmring import CaptureSession, Envelope, Event, Reader, RingClosed  # noqa: E402
 
 TRANSPORTS = ("shmring", "mp.Queue", "faster-fifo", "zmq", "iceoryx2", "redis")
 READER_COUNTS = (1, 2, 4)
@@ -107,27 +107,6 @@ def unique(prefix: str) -> str:
     global _counter
     _counter += 1
     return f"{prefix}-{os.getpid()}-{_counter}"
-
-
-# =============================================================================
-# The event: tools/bench.py's (make_event, make_data, Stamp)
-# =============================================================================
-
-def stamped_for_peers(event: Event) -> Event:
-    """The event as publish would stamp it (ts, detail level), for transports that skip publish."""
-    return msgspec.structs.replace(event, ts=time.time_ns() // 1000, detail_level="standard")
-
-
-def choose_pad() -> tuple[str, int]:
-    """Pad the console message so the encoded envelope (with a 6-digit seq) is ~300 bytes."""
-    encode = msgspec.json.Encoder(order="deterministic").encode
-
-    def size(pad):
-        return len(encode(Envelope(CAPTURE_SESSION_ID, 123456, stamped_for_peers(make_event(pad)))))
-
-    filler = "ok: user clicked checkout; cart=" + "x" * TARGET_ENVELOPE_BYTES
-    pad = filler[: max(2, TARGET_ENVELOPE_BYTES - size(""))]
-    return pad, size(pad)
 
 
 # =============================================================================
@@ -382,10 +361,6 @@ def worker_main(idx: int, conn, mpq, ffq) -> None:
 # The writer side (this process)
 # =============================================================================
 
-class BenchError(RuntimeError):
-    pass
-
-
 class Pool:
     """Four reader processes, each with its own mp.Queue and faster-fifo queue, reused for every run."""
 
@@ -499,7 +474,7 @@ class Bench:
         self.args = args
         self.pad = pad
         self.event = make_event(pad)
-        self.peer_event = stamped_for_peers(self.event)
+        self.peer_event = stamped(self.event)
         self.encode = msgspec.json.Encoder(order="deterministic").encode
         self.pool = None
         self.redis_proc = None
@@ -1005,24 +980,6 @@ def verdict(table: dict) -> str:
 # main
 # =============================================================================
 
-def _cpu_snapshot() -> tuple[float, float, float]:
-    """(wall s, machine busy CPU s, CPU s of this process and its reaped children)."""
-    import resource
-
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    ticks = os.sysconf("SC_CLK_TCK")
-    busy = (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / ticks  # user nice system irq softirq
-    own = sum(ru.ru_utime + ru.ru_stime for ru in (resource.getrusage(resource.RUSAGE_SELF),
-                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
-    return time.monotonic(), busy, own
-
-
-def _foreign_pct(a, b) -> float:
-    """% of all cores busy with processes other than ours between two snapshots."""
-    return max(0.0, 100.0 * ((b[1] - a[1]) - (b[2] - a[2])) / ((b[0] - a[0]) * (os.cpu_count() or 1)))
-
-
 def _iox_leftovers() -> set[str]:
     """iceoryx2's machine-wide files (its global management segment, its /tmp/iceoryx2 folders)."""
     found = {os.path.join("/dev/shm", e) for e in os.listdir("/dev/shm") if e.startswith("iox2_")}
@@ -1120,7 +1077,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     t_start = time.monotonic()
-    cpu_start = _cpu_snapshot()
+    cpu_start = cpu_snapshot()
     iox_before = _iox_leftovers()
     transports, notes = available(wanted)
     pad, env_bytes = choose_pad()
@@ -1165,7 +1122,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.stop_redis()
         bench.iox_node = None
         _remove_iox_leftovers(iox_before)
-    noise = _foreign_pct(cpu_start, _cpu_snapshot())
+    noise = foreign_pct(cpu_start, cpu_snapshot())
     notes.append(f"other processes on the machine used {noise:.0f}% of its CPU during the run "
                  "(the figures are only as steady as that allows)")
     for t in transports:

@@ -69,45 +69,17 @@ import threading
 import time
 import zlib
 
+import msgspec
+
+from stress_checks import (CATEGORIES, KIND_FILTERS, READER_CHECKS, READER_KINDS, TYPES, Data, check_flusher_files,
+                           check_reader, check_writer, gap_explained, seqs_of_categories_in)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import msgspec  # noqa: E402 (after the sys.path line)
-
-# Category of seq s is CATEGORIES[s % 3]; both sides know it, so a misplaced
-# or misdelivered event is caught.
-CATEGORIES = ("page", "console", "network")
-TYPES = {"page": "page.load", "console": "console.log", "network": "network.response"}
-READER_KINDS = ("fast", "slow", "filtered", "filtered-slow")
-KIND_FILTERS = {"fast": None, "slow": None, "filtered": ["network"], "filtered-slow": ["console", "page"]}
 STALL_S = 30.0
 """A reader that sees nothing for this long reports a stall (a violation)."""
 GO_TIMEOUT_S = 60.0
 BURST_SLOTS = 4
 """A burst publishes this many ring capacities flat out."""
-READER_CHECKS = (("events", "events"), ("corrupt", "corrupt"), ("out_of_order", "order_violations"),
-                 ("bad_steps", "step_violations"), ("off_filter", "filter_violations"))
-"""(report name, reader result key) of what each reader checked, summed over its instances."""
-
-
-def seqs_of_categories_in(first_excl: int, last_incl: int, categories) -> int:
-    """How many seqs s in (first_excl, last_incl] have CATEGORIES[s % 3] in `categories`."""
-
-    def upto(n: int, r: int) -> int:  # count of s in 1..n with s % 3 == r
-        return (n + (3 - r) % 3) // 3 if n > 0 else 0
-
-    return sum(upto(last_incl, r) - upto(first_excl, r) for r, c in enumerate(CATEGORIES) if c in categories)
-
-
-class Data(msgspec.Struct):
-    i: int
-    body: str
-    crc: int
-
-
-def _lines_of(path: str):
-    with open(path, "rb") as f:
-        yield from f
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -748,6 +720,7 @@ class Stress:
 
     # -- verification ---------------------------------------------------------------------
     def verify(self) -> None:
+        """Run tools/stress_checks.py's checks on the writer's, every reader's and the flusher's results."""
         w = self.writer
         try:
             with open(w.cfg["result"]) as f:
@@ -756,163 +729,36 @@ class Stress:
             self.violation(f"writer: no result: {exc}")
             return
         last = w.result["last_seq"]
-        session = w.result["capture_session_id"]
-        if w.result["seq_mismatch"]:
-            self.violation(f"writer: publish returned {w.result['seq_mismatch']} unexpected seqs")
-        if w.result["published"] != last:
-            self.violation(f"writer: published {w.result['published']} but its last seq is {last}")
+        for p in check_writer(w.result):
+            self.violation(f"writer: {p}")
         for child in self.children:
-            if child.role == "reader":
+            if child.role == "reader" and not child.killed:
                 self.verify_reader(child, last)
-        self.verify_flusher(last, session)
 
-    def verify_reader(self, child: Child, last: int) -> None:
-        if child.killed:
-            return
-        try:
-            with open(child.cfg["result"]) as f:
-                r = child.result = json.load(f)
-        except (OSError, ValueError) as exc:
-            self.violation(f"{child.slot} pid {child.pid}: no result ({exc}): {child.stderr_tail()}")
-            return
-        who = f"{child.slot} ({r['kind']}) pid {child.pid}"
-        problems = []
-        if r["ending"] != "closed":
-            problems.append(f"ended with {r['ending']}, not RingClosed")
-        if r["cursor"] != last:
-            problems.append(f"final cursor {r['cursor']} != last seq {last}")
-        accounted = r["delivered"] + r["dropped"] + r["filtered"]
-        if accounted != last - r["start"]:
-            problems.append(f"delivered {r['delivered']} + dropped {r['dropped']} + filtered {r['filtered']} = "
-                            f"{accounted} != published after its start {last} - {r['start']} = {last - r['start']}")
-        if (r["events"], r["dropped_seen"]) != (r["delivered"], r["dropped"]):
-            problems.append(f"saw {r['events']} events and {r['dropped_seen']} dropped, the Reader counts "
-                            f"{r['delivered']} and {r['dropped']}")
-        if r["after_seq"] is not None and r["start"] != r["after_seq"]:
-            problems.append(f"attached after seq {r['after_seq']} but starts at {r['start']}")
-        categories = KIND_FILTERS[r["kind"]]
-        if categories is None and r["filtered"]:
-            problems.append(f"unfiltered, yet {r['filtered']} filtered")
-        if categories is not None:
-            if r["filtered"] > seqs_of_categories_in(r["start"], last, set(CATEGORIES) - set(categories)):
-                problems.append(f"{r['filtered']} filtered: more than the range holds")
-            if r["delivered"] > seqs_of_categories_in(r["start"], last, set(categories)):
-                problems.append(f"{r['delivered']} delivered: more than the range holds of its categories")
-        for key in ("corrupt", "order_violations", "step_violations", "filter_violations"):
-            if r[key]:
-                problems.append(f"{r[key]} {key.replace('_', ' ')}")
-        if child.rc != 0:
-            problems.append(f"exit status {child.rc}: {child.stderr_tail()}")
-        for p in problems:
-            self.violation(f"{who}: {p}" + (f" (e.g. {r['examples']})" if r["examples"] else ""))
+        def explained(lo: int, hi: int) -> bool:
+            return gap_explained(lo, hi, self.outages, self.args.capacity, self.args.grace)
 
-    def verify_flusher(self, last: int, session: str) -> None:
-        decode = msgspec.json.Decoder(FlushedLine).decode
-        crc32 = zlib.crc32
-        seen = bytearray(last + 1)  # 0 missing, 1 in a file, 2 in a gap
-        self.flush_summary = summary = {"files": {}, "lines": 0, "gaps": [], "gap_events": 0, "corrupt": 0,
-                                        "out_of_order": 0, "duplicates": 0, "missing": 0}
-        problems = []
-        try:
-            entries = sorted(os.listdir(self.log_dir))
-        except FileNotFoundError:
-            entries = []
-        for entry in entries:
-            if entry.startswith("_") or not entry.endswith(".jsonl"):
-                continue
-            category = entry.split(".")[0]
-            prev = 0
-            bad = dup = unordered = 0
-            n = 0
-            for line in _lines_of(os.path.join(self.log_dir, entry)):
-                n += 1
-                if not line.endswith(b"\n"):
-                    problems.append(f"{entry} ends in a partial line")
-                try:
-                    rec = decode(line)
-                except msgspec.DecodeError as exc:
-                    bad += 1
-                    if bad <= 3:
-                        problems.append(f"{entry} line {n}: not a valid envelope ({exc}): {line[:80]!r}")
-                    continue
-                s = rec.seq
-                d = rec.event.data
-                if (rec.capture_session_id != session or not 1 <= s <= last or rec.event.category != category
-                        or CATEGORIES[s % 3] != category or d.i != s
-                        or crc32(d.body.encode(), s & 0xFFFFFFFF) != d.crc):
-                    bad += 1
-                    if bad <= 3:
-                        problems.append(f"{entry} line {n}: wrong session, seq, category or checksum: {line[:80]!r}")
-                    continue
-                if s <= prev:
-                    unordered += 1
-                prev = s
-                if seen[s]:
-                    dup += 1
-                    if dup <= 3:
-                        problems.append(f"seq {s} is in the files more than once (again in {entry})")
-                seen[s] = 1
-            summary["files"][entry] = n
-            summary["lines"] += n
-            summary["corrupt"] += bad
-            summary["out_of_order"] += unordered
-            summary["duplicates"] += dup
-            if bad > 3:
-                problems.append(f"{entry}: {bad} bad lines in all")
-            if dup > 3:
-                problems.append(f"{entry}: {dup} duplicate seqs in all")
-            if unordered:
-                problems.append(f"{entry}: seqs not strictly increasing {unordered} times")
-        gaps_path = os.path.join(self.log_dir, "_gaps.jsonl")
-        if os.path.exists(gaps_path):
-            with open(gaps_path, "rb") as f:
-                for n, line in enumerate(f.read().splitlines(), 1):
-                    try:
-                        g = json.loads(line)
-                        lo, hi = g["from_seq"], g["to_seq"]
-                        ok = (g["capture_session_id"] == session and 1 <= lo <= hi <= last
-                              and g["dropped"] == hi - lo + 1)
-                    except (ValueError, KeyError, TypeError):
-                        ok = False
-                    if not ok:
-                        problems.append(f"_gaps.jsonl line {n} is not a valid gap record of this session: {line!r}")
-                        continue
-                    summary["gaps"].append((lo, hi))
-                    summary["gap_events"] += hi - lo + 1
-                    overlap = sum(1 for s in range(lo, hi + 1) if seen[s])
-                    if overlap:
-                        problems.append(f"gap {lo}-{hi} overlaps {overlap} seqs already in the files or gaps")
-                    seen[lo: hi + 1] = b"\x02" * (hi - lo + 1)
-                    if not self.gap_explained(lo, hi):
-                        problems.append(f"gap {lo}-{hi} ({hi - lo + 1} events) is not in any flusher outage "
-                                        f"longer than the grace period ({self.args.grace} s): lost while gated")
-        missing = summary["missing"] = seen.count(0) - 1
-        if missing:
-            first = seen.index(0, 1)
-            problems.append(f"{missing} seqs neither in the files nor in _gaps.jsonl (the first: {first})")
-        try:
-            with open(os.path.join(self.log_dir, "_checkpoint.json")) as f:
-                cp = json.load(f)
-            if cp.get("seq") != last or cp.get("capture_session_id") != session:
-                problems.append(f"the checkpoint ends at seq {cp.get('seq')}, not {last}")
-        except (OSError, ValueError) as exc:
-            problems.append(f"no checkpoint: {exc}")
+        self.flush_summary, problems = check_flusher_files(self.log_dir, last, w.result["capture_session_id"],
+                                                           explained)
         final = self.flusher
         if final is not None and not final.killed and final.rc != 0:
             problems.append(f"the last flusher (pid {final.pid}) exited with {final.rc}: {final.stderr_tail()}")
         for p in problems:
             self.violation(f"flusher: {p}")
 
-    def gap_explained(self, lo: int, hi: int) -> bool:
-        """A gap may only come from an outage longer than the grace period."""
-        cap = self.args.capacity
-        for o in self.outages:
-            if o["attached_at"] is None or o["seq_at_kill"] is None:
-                continue
-            if (o["outage_s"] >= self.args.grace - 0.1 and lo > o["seq_at_kill"] - cap
-                    and hi <= o["seq_at_attach"] + cap):
-                return True
-        return False
+    def verify_reader(self, child: Child, last: int) -> None:
+        try:
+            with open(child.cfg["result"]) as f:
+                r = child.result = json.load(f)
+        except (OSError, ValueError) as exc:
+            self.violation(f"{child.slot} pid {child.pid}: no result ({exc}): {child.stderr_tail()}")
+            return
+        problems = check_reader(r, last)
+        if child.rc != 0:
+            problems.append(f"exit status {child.rc}: {child.stderr_tail()}")
+        for p in problems:
+            self.violation(f"{child.slot} ({r['kind']}) pid {child.pid}: {p}"
+                           + (f" (e.g. {r['examples']})" if r["examples"] else ""))
 
     # -- report -------------------------------------------------------------------------------
     def report(self, rc: int, elapsed: float) -> dict:
@@ -965,17 +811,6 @@ class Stress:
                 "reader_instances": [dict(slot=c.slot, pid=c.pid, killed=c.killed, rc=c.rc, cpu_s=c.cpu_s,
                                           peak_rss_mb=c.peak_rss / 2**20, result=c.result)
                                      for c in self.children if c.role == "reader"]}
-
-
-class FlushedEvent(msgspec.Struct):
-    category: str
-    data: Data
-
-
-class FlushedLine(msgspec.Struct):
-    capture_session_id: str
-    seq: int
-    event: FlushedEvent
 
 
 def print_report(rep: dict, out) -> None:

@@ -41,8 +41,9 @@ from .mapper import CdpMapper, encode_for_ingest
 
 # Not in __all__, but imported from the single module before the split: still importable from here.
 # New code imports them from their own module.
-from .connection import CdpError, _Connection  # noqa: F401
-from .mapper import MAX_REQUESTS_PER_TARGET, MalformedCdp  # noqa: F401
+from ..errors import CdpError, MalformedCdp  # noqa: F401
+from .connection import _Connection  # noqa: F401
+from .mapper import MAX_REQUESTS_PER_TARGET  # noqa: F401
 from .scripts import BINDING, CONSOLE_BINDING, CONSOLE_HOOK_BATCH, console_hook_script  # noqa: F401
 from .text import remote_object_text, snake  # noqa: F401
 

@@ -28,8 +28,8 @@ import tempfile
 import threading
 import time
 
-from ..errors import ConfigError, ShmringError
-from .connection import CdpError, resolve_browser_ws
+from ..errors import BrowserError, CdpError, ConfigError
+from .connection import resolve_browser_ws
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ENV = "SHMRING_CHROMIUM"
@@ -105,13 +105,15 @@ def wait_for_devtools(port: int, *, timeout_s: float = 20.0, proc: subprocess.Po
     last = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise ShmringError(f"Chromium exited with status {proc.returncode} while starting")
+            raise BrowserError(f"Chromium exited with status {proc.returncode} while starting", port=port,
+                               status=proc.returncode)
         try:
             return resolve_browser_ws(f"http://127.0.0.1:{port}", timeout_s=1.0)
         except OSError as exc:
             last = exc
             time.sleep(0.05)
-    raise ShmringError(f"Chromium did not open its debugging port {port} within {timeout_s:.0f} s ({last})")
+    raise BrowserError(f"Chromium did not open its debugging port {port} within {timeout_s:.0f} s ({last})",
+                       port=port)
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> int | None:

@@ -34,8 +34,9 @@ import contextlib
 import sys
 import threading
 
-from .connection import CdpError, _Connection, _http_base, resolve_browser_ws
-from .mapper import CdpMapper, MalformedCdp
+from ..errors import CdpError, MalformedCdp
+from .connection import _Connection, _http_base, resolve_browser_ws
+from .mapper import CdpMapper
 from .publisher import _Publisher
 from .scripts import BINDING, CONSOLE_BINDING, INTERACTION_SCRIPT, WORLD, console_hook_script
 

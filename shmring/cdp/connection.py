@@ -18,16 +18,12 @@ import urllib.request
 
 import msgspec
 
-from ..errors import ConfigError, ShmringError
+from ..errors import CdpError, ConfigError
 
 COMMAND_TIMEOUT_S = 10.0
 
 _decode_json = msgspec.json.decode
 _encode_json = msgspec.json.Encoder().encode
-
-
-class CdpError(ShmringError):
-    """A CDP command failed."""
 
 
 def _http_base(url: str) -> str:

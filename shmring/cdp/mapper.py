@@ -31,7 +31,7 @@ import time
 
 import msgspec
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MalformedCdp
 from ..layout import DETAIL_LEVELS, MAX_RECORD_BYTES
 from .scripts import BINDING, CONSOLE_BINDING, CONSOLE_HOOK_BATCH
 from .text import format_stack, remote_object_text, snake
@@ -87,10 +87,6 @@ _CONSOLE_LEVELS = {"log": "log", "info": "info", "warning": "warn", "error": "er
                    "assert": "error"}
 _HOOK_LEVELS = frozenset({"log", "info", "warn", "error", "debug"})
 _NETWORK_CATEGORY = "network"
-
-
-class MalformedCdp(ValueError):
-    """A CDP message the mapper cannot read."""
 
 
 class CdpMapper:

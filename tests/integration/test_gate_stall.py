@@ -133,3 +133,34 @@ def assert_each_seq_once(directory, last):
     gap_seqs = [s for g in gaps for s in range(g["from_seq"], g["to_seq"] + 1)]
     assert sorted(seqs + gap_seqs) == list(range(1, last + 1))
     return gap_seqs
+
+
+def test_a_writer_held_back_hurries_a_gate_out_of_its_latency_budget(ring_name):
+    """A gate dozing out a long budget is woken by the writer it holds back, so the budget costs no throughput."""
+    import threading
+
+    from shmring.reader import GatingReader
+
+    budget_s = 5.0
+    events = 10 * 64
+    with CaptureSession.create(ring_name, **SMALL) as session:
+        gate = GatingReader.attach(ring_name, after_seq=0, max_delay_s=budget_s)
+        taken = []
+
+        def sink():
+            while len(taken) < events:
+                records = gate.read_raw_many(64, timeout=TIMEOUT_S)
+                assert records, "the gate got nothing"
+                taken.extend(r.seq for r in records)
+                gate.commit()
+
+        thread = threading.Thread(target=sink, daemon=True)
+        thread.start()
+        try:
+            took = timed_publish(session, events)
+        finally:
+            thread.join(TIMEOUT_S)
+            gate.close()
+        # Ten ring-fulls: without the hurry each would wait out a doze of budget_s.
+        assert took < budget_s, took
+        assert taken == list(range(1, events + 1))

@@ -107,10 +107,6 @@ def test_only_segment_names_dev_shm():
             assert not [s for s in strings if re.search(r"/dev/shm(/|$)", s)], f"{path.stem} builds /dev/shm paths"
 
 
-CDP_ERRORS_TO_MOVE = {"shmring.cdp.connection.CdpError", "shmring.cdp.mapper.MalformedCdp"}
-"""Left in cdp.py while it becomes a package; they move to errors.py then (and leave this set)."""
-
-
 def test_every_error_class_lives_in_errors():
     import importlib
     import inspect
@@ -127,19 +123,13 @@ def test_every_error_class_lives_in_errors():
             continue  # the compiled accelerator: its exceptions never leave shmring
         for name, obj in vars(module).items():
             if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name:
-                if info.name != "shmring.errors" and f"{info.name}.{name}" not in CDP_ERRORS_TO_MOVE:
+                if info.name != "shmring.errors":
                     strays.append(f"{info.name}.{name}")
     assert not strays, f"error classes outside shmring/errors.py: {strays}"
 
 
-BARE_RAISES_TO_NAME = {"shmring/cdp/browser.py"}
-"""Modules that still raise a bare ShmringError: cdp/browser.py's browser errors are to get their class."""
-
-
 def test_no_bare_shmring_error_is_raised():
     for path in sorted((ROOT / "shmring").rglob("*.py")):
-        if str(path.relative_to(ROOT)) in BARE_RAISES_TO_NAME:
-            continue
         bare = [n.lineno for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Raise)
                 and isinstance(n.exc, ast.Call) and getattr(n.exc.func, "id", None) == "ShmringError"]
         assert not bare, f"{path.relative_to(ROOT)} raises a bare ShmringError at lines {bare}: give the case a class"
@@ -187,3 +177,17 @@ def test_every_module_has_a_layer_and_imports_only_downwards():
         for imported in package_imports(path):
             assert LAYERS[imported] < LAYERS[module] or module == imported == "cdp", (
                 f"{path.relative_to(ROOT)} (layer {LAYERS[module]}) imports {imported} (layer {LAYERS[imported]})")
+
+
+def test_tools_import_shmring_and_each_other_without_path_edits():
+    scripts = sorted((ROOT / "tools").glob("*.py"))
+    assert scripts
+    for path in scripts:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and ast.unparse(node.value) == "sys":
+                raise AssertionError(f"tools/{path.name} edits or reads sys.path; import shmring from the package")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0].startswith("bench") for n in names), (
+                    f"tools/{path.name} imports a benchmark script; shared code belongs in tools/common.py")

@@ -106,3 +106,58 @@ def test_records_never_wrap_the_data_area(size):
         status, payload, fields = reader.poll(seq)
         assert status == READY and payload == payloads[seq]
         assert fields[1] % DATA_BYTES + size <= DATA_BYTES  # a record sits in one piece
+
+
+def _takers(buf):
+    """take_raw_run on the pure path, and on the compiled one when it is built."""
+    import msgspec
+
+    from shmring.layout import ACCELERATOR_LAYOUT
+    from shmring.reader import _python_take_raw_run
+    from shmring.ring import accelerator
+    from shmring.schema import Envelope, decode_envelope
+
+    takers = {"pure": _python_take_raw_run(RingReaderCore(buf, CAPACITY, DATA_BYTES).take_ready_run)}
+    hotpath = accelerator()
+    if hotpath is not None:
+        takers["compiled"] = hotpath.RecordTaker(
+            ring=buf, capacity=CAPACITY, data_bytes=DATA_BYTES, layout=ACCELERATOR_LAYOUT, decode=decode_envelope,
+            decode_error=msgspec.DecodeError, envelope_type=Envelope).take_raw_run
+    return takers
+
+
+def test_a_raw_run_is_the_whole_records_from_seq_with_their_category_names():
+    from shmring.reader import RawRecord
+
+    buf, writer, _ = new_ring()
+    for seq, category in enumerate(["console", "network", "network", "page", "page"], 1):
+        put(writer, seq, b"record %d" % seq, category=category)
+    buf[slot_offset_of(4) + 32: slot_offset_of(4) + 34] = b"\xff\xfe"  # a category field no writer makes
+    for path, take in _takers(buf).items():
+        names: dict[bytes, str] = {}
+        run = take(2, 10, RawRecord, names)
+        assert [(r.seq, r.category, bytes(r.payload)) for r in run] == [
+            (2, "network", b"record 2"), (3, "network", b"record 3"), (4, "\ufffd\ufffdge", b"record 4"),
+            (5, "page", b"record 5")], path
+        assert names[category_field("network")] == "network"
+        assert [r.seq for r in take(1, 2, RawRecord, names)] == [1, 2]
+        assert take(6, 10, RawRecord, names) == [] and take(1, 0, RawRecord, names) == []
+
+
+def test_a_raw_run_stops_before_a_lapped_or_half_written_slot():
+    from shmring.reader import RawRecord
+
+    buf, writer, _ = new_ring()
+    for seq in range(1, CAPACITY + 3):
+        put(writer, seq, b"x%d" % seq)
+    # Slot of CAPACITY + 3 stamped odd, as the first store of a publish does.
+    buf[slot_offset_of(CAPACITY + 3): slot_offset_of(CAPACITY + 3) + 8] = U64.pack(2 * (CAPACITY + 3) + 1)
+    for path, take in _takers(buf).items():
+        assert take(1, 10, RawRecord, {}) == [], path  # seq 1's slot holds CAPACITY + 1 now
+        assert [r.seq for r in take(CAPACITY, 10, RawRecord, {})] == [CAPACITY, CAPACITY + 1, CAPACITY + 2], path
+
+
+def slot_offset_of(seq):
+    from shmring.layout import slot_offset
+
+    return slot_offset(CAPACITY - 1, seq)
