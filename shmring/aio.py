@@ -28,6 +28,7 @@ Rules:
 
 import asyncio
 import inspect
+import os
 import threading
 import time
 
@@ -56,7 +57,7 @@ class AsyncReader:
 
     @classmethod
     async def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None,
-                     archive=None, max_delay_s: float = 0.0) -> "AsyncReader":
+                     archive: "str | os.PathLike | None" = None, max_delay_s: float = 0.0) -> "AsyncReader":
         """Attach to ring `name`; the arguments are ``Reader.attach``'s (archive: a flusher's directory)."""
         loop = asyncio.get_running_loop()
         kwargs = dict(after_seq=after_seq, filter=filter, max_delay_s=max_delay_s)
@@ -73,18 +74,52 @@ class AsyncReader:
             raise
         return cls(_reader=reader, _waker=waker, _token=token)
 
-    # -- the reader's own properties --------------------------------------------
-    name = property(lambda self: self._reader.name)
-    capture_session_id = property(lambda self: self._reader.capture_session_id)
-    capacity = property(lambda self: self._reader.capacity)
-    first_seq = property(lambda self: self._reader.first_seq)
-    filter = property(lambda self: self._reader.filter)
-    max_delay_s = property(lambda self: self._reader.max_delay_s)
-    cursor = property(lambda self: self._reader.cursor, doc="The seq of the last event consumed, dropped or filtered.")
-    start_seq = property(lambda self: self._reader.start_seq)
-    delivered = property(lambda self: self._reader.delivered)
-    dropped = property(lambda self: self._reader.dropped)
-    filtered = property(lambda self: self._reader.filtered)
+    # -- the reader's own properties (Reader's) ---------------------------------
+    @property
+    def name(self) -> str:
+        return self._reader.name
+
+    @property
+    def capture_session_id(self) -> str:
+        return self._reader.capture_session_id
+
+    @property
+    def capacity(self) -> int:
+        return self._reader.capacity
+
+    @property
+    def first_seq(self) -> int:
+        return self._reader.first_seq
+
+    @property
+    def filter(self) -> Filter | None:
+        return self._reader.filter
+
+    @property
+    def max_delay_s(self) -> float:
+        return self._reader.max_delay_s
+
+    @property
+    def cursor(self) -> int:
+        """The seq of the last event consumed, dropped or filtered out."""
+        return self._reader.cursor
+
+    @property
+    def start_seq(self) -> int:
+        """The cursor at attach."""
+        return self._reader.start_seq
+
+    @property
+    def delivered(self) -> int:
+        return self._reader.delivered
+
+    @property
+    def dropped(self) -> int:
+        return self._reader.dropped
+
+    @property
+    def filtered(self) -> int:
+        return self._reader.filtered
 
     # -- reading ---------------------------------------------------------------
     async def read(self, timeout: float | None = None) -> ReadResult | None:
