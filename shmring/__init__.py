@@ -17,6 +17,7 @@ from .errors import (
     PublishRejected,
     ReaderClosed,
     RegistryFull,
+    ResumeError,
     RingBusy,
     RingClosed,
     RingNotFound,
@@ -61,6 +62,7 @@ __all__ = [
     "FlushError",
     "ProducerError",
     "ServeError",
+    "ResumeError",
 ]
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The ``shmring`` command: serve, publish, tail, replay, stat, ls, gc, flush, doctor, demo.
+"""The ``shmring`` command: serve, capture-cdp, producer, publish, tail, replay, stat, ls, gc, flush, doctor, demo.
 
 Rules:
 - The only module that prints or exits.
@@ -58,6 +58,8 @@ def cmd_serve(args) -> int:
     def ready(session):
         parts = [f"serving ring {session.name!r}", f"capture session {session.capture_session_id}",
                  f"capacity {session.capacity}"]
+        if session.first_seq > 1:
+            parts.append(f"first seq {session.first_seq}")
         if args.socket:
             parts.append(f"socket {args.socket}")
         if args.log_dir:
@@ -71,12 +73,14 @@ def cmd_serve(args) -> int:
         group_readable=args.group_readable, log=_err,
         on_ready=ready, cdp_url=args.cdp, cdp_detail_level=args.cdp_detail_level,
         cdp_console_hook=False if args.cdp_console_via_inspector else None,
+        cdp_categories=args.cdp_categories, cdp_enabled=not args.cdp_disabled,
         capacity=args.capacity, data_bytes=args.data_bytes,
         max_connections=args.max_connections, max_buffered_bytes=args.max_buffered_bytes,
         flusher_grace_s=args.flusher_grace_s, gate_stall_s=args.gate_stall_s, capture_session_id=args.session_id,
-        http=http,
+        resume=args.resume, http=http,
     )
     _err(f"ring {args.name!r} closed after {result['published']} events"
+         + (f" (last seq {result['last_seq']})" if result["last_seq"] != result["published"] else "")
          + (f"; flusher exit status {result['flusher_status']}" if args.log_dir else ""))
     return 1 if args.log_dir and result["flusher_status"] != 0 else 0  # the logs may be incomplete
 
@@ -90,10 +94,30 @@ def cmd_edge(args) -> int:
 
 def cmd_capture_cdp(args) -> int:
     from .cdp import capture
+    from .producer_config import CATEGORIES, ProducerConfig
 
     stop = _stop_on_signals()
-    capture(args.cdp, args.socket, stop=stop, detail_level=args.detail_level, name=args.name, log=_err,
-            console_hook=args.console_hook)
+    config = ProducerConfig(not args.disabled, CATEGORIES if args.categories is None else args.categories,
+                            args.detail_level)
+    capture(args.cdp, args.socket, stop=stop, name=args.name, log=_err, console_hook=args.console_hook,
+            config=config, control_fd=args.control_fd)
+    return 0
+
+
+def cmd_producer(args) -> int:
+    from .control import get_config, set_config
+    from .producer_config import parse_categories
+
+    patch = {k: v for k, v in (("enabled", args.enable), ("detail_level", args.detail_level)) if v is not None}
+    if args.categories is not None:
+        patch["categories"] = list(parse_categories(args.categories))
+    if not patch:
+        print(json.dumps(get_config(args.name, args.producer).to_dict()))
+        return 0
+    change = set_config(args.name, patch, args.producer)
+    for failed in change.failed:
+        _err(f"target {failed['target_id']} ({failed['url'] or 'no url'}) did not take the change: {failed['error']}")
+    print(json.dumps(change.new.to_dict()))
     return 0
 
 
@@ -349,17 +373,24 @@ def _stat_table(s: dict) -> str:
                          f"{r['lag']:>10} {r['delivered']:>12} {r['dropped']:>10} {r['filtered']:>10}")
     else:
         lines.append("no readers attached")
+    for h in s.get("archive", ()):
+        lines.append(f"history {h['capture_session_id']}  seqs {h['first_seq']}-{h['last_seq']}  events {h['events']}  "
+                     f"recorded lost {h['gaps']}" + ("  (this ring's session)" if h["this_ring"] else ""))
     return "\n".join(lines)
 
 
 def cmd_stat(args) -> int:
+    from .archive import Archive
     from .stats import ring_stats
 
     stop = _stop_on_signals()
+    history = None if args.archive is None else [msgspec.to_builtins(h) for h in Archive(args.archive).sessions()]
     last = None
     while True:
         try:
             s = ring_stats(args.name, sample_s=0.25, accelerator=True)
+            if history is not None:
+                s["archive"] = [dict(h, this_ring=h["capture_session_id"] == s["capture_session_id"]) for h in history]
         except RingNotFound:
             if last is None:
                 raise
@@ -508,6 +539,18 @@ def _ring_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _categories(text: str) -> tuple[str, ...]:
+    from .producer_config import parse_categories
+
+    try:
+        return parse_categories(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+CATEGORIES_HELP = "capture only these categories, comma-separated (console, network, page, interaction); default: all"
+
+
 def _format(text: str) -> str:
     from .render import parse_format
 
@@ -572,11 +615,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fsync", choices=FSYNC_POLICIES, default="batch", help=FSYNC_HELP)
     s.add_argument("--group-readable", action="store_true", help=GROUP_READABLE_HELP)
     s.add_argument("--session-id", metavar="ID", help="capture session id (default: a new uuid4)")
-    s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (needs --socket); default: none")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the newest capture session in --log-dir (its id, seqs after its last), first "
+                        "draining a dead writer's ring of it into DIR; a new session if DIR holds none")
+    s.add_argument("--cdp", metavar="URL", help="also capture the Chromium at URL (through --socket, else a private "
+                                                "socket next to the ring); default: none")
     s.add_argument("--cdp-detail-level", choices=DETAIL_LEVELS, default="standard",
                    help="the --cdp producer's detail level (see capture-cdp --detail-level)")
     s.add_argument("--cdp-console-via-inspector", action="store_true",
                    help="capture console calls through Runtime.consoleAPICalled (see capture-cdp)")
+    s.add_argument("--cdp-categories", type=_categories, metavar="C,...", help=f"the --cdp producer: {CATEGORIES_HELP}")
+    s.add_argument("--cdp-disabled", action="store_true",
+                   help="start the --cdp producer disabled (connected, capturing nothing) until `shmring producer NAME "
+                        "cdp --enable`")
     s.add_argument("--max-connections", type=_positive_int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                    help="producers served at once on --socket; one more gets an error reply and is closed")
     s.add_argument("--max-buffered-bytes", type=_positive_int, default=DEFAULT_MAX_BUFFERED_BYTES, metavar="N",
@@ -607,7 +658,23 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--console-via-inspector", dest="console_hook", action="store_const", const=False,
                          help="console calls through Runtime.consoleAPICalled (the default at raw): they still "
                               "reach DevTools, but Chromium's inspector slows a console-heavy page 2-3x")
+    s.add_argument("--categories", type=_categories, metavar="C,...", help=CATEGORIES_HELP)
+    s.add_argument("--disabled", action="store_true", help="start disabled: follow the targets, capture nothing")
+    s.add_argument("--control-fd", type=_positive_int, metavar="FD",
+                   help="a connected socket on which config changes arrive (serve --cdp passes it); default: none")
     s.set_defaults(func=cmd_capture_cdp)
+
+    s = sub.add_parser("producer", help="show or change the config of the producer `serve NAME --cdp` runs")
+    s.add_argument("name", type=_ring_name, help=NAME_HELP)
+    s.add_argument("producer", choices=("cdp",), help="which producer")
+    on = s.add_mutually_exclusive_group()
+    on.add_argument("--enable", dest="enable", action="store_const", const=True, help="capture again")
+    on.add_argument("--disable", dest="enable", action="store_const", const=False,
+                    help="capture nothing; the browser connection and its targets are kept")
+    s.add_argument("--categories", metavar="C,...", help=CATEGORIES_HELP.replace("; default: all", ""))
+    s.add_argument("--detail-level", metavar="L",
+                   help="minimal, standard, verbose (headers, stacks) or raw (CDP params)")
+    s.set_defaults(func=cmd_producer)
 
     s = sub.add_parser("publish", help="send JSON Event lines from stdin to a serve socket")
     s.add_argument("--socket", metavar="PATH", required=True, help="the socket of `shmring serve NAME --socket PATH`")
@@ -661,6 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object (a line per refresh with --watch)")
     s.add_argument("--watch", action="store_true",
                    help="refresh every second; exit 0 once the ring is closed")
+    s.add_argument("--archive", metavar="DIR",
+                   help="also list the capture sessions in this flusher directory (read once), oldest first")
     s.set_defaults(func=cmd_stat)
 
     s = sub.add_parser("ls", help="list the rings on this machine")

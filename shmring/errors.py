@@ -31,10 +31,13 @@ __all__ = [
     "ProducerError",
     "PublishRejected",
     "ServeError",
+    "ResumeError",
     "DemoError",
     "CdpError",
     "MalformedCdp",
     "BrowserError",
+    "ProducerNotRunning",
+    "ControlError",
 ]
 
 
@@ -163,6 +166,25 @@ class PublishRejected(ShmringError):
 
 class ServeError(ShmringError):
     """``serve`` could not start one of its parts (the flusher did not attach)."""
+
+    fields = ("name", "path")
+
+
+class ResumeError(ServeError):
+    """``serve --resume`` cannot continue the session safely (a dead writer's ring it must not drain, or
+    a flusher still draining it); nothing was changed."""
+
+    fields = ("pid", "capture_session_id")
+
+
+class ProducerNotRunning(ShmringError):
+    """No producer to configure: no ``serve NAME --cdp`` runs, or its producer is between restarts."""
+
+    fields = ("name", "producer")
+
+
+class ControlError(ShmringError):
+    """A producer's control channel failed: no answer in time, or an answer that is not the protocol."""
 
     fields = ("name", "path")
 

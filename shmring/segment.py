@@ -6,6 +6,11 @@ Rules:
   Names may not contain ``+``, so no ring's objects collide with another's.
 - ``close`` releases this process's handle; ``unlink`` removes the name once.
   Both are idempotent.
+- A ring's control socket (``serve --cdp``'s producer control) is
+  ``/dev/shm/shmring.NAME+control``, so a command needs only the ring's name
+  to find it, and ``serve --cdp`` without ``--socket`` takes its ingest
+  socket at ``/dev/shm/shmring.NAME+ingest``; a name too long for a socket
+  path gets a hashed one.
 - Every ``/dev/shm`` path is built here: other modules ask ``ring_exists``,
   ``ring_age_s`` and ``orphaned_ring_names`` rather than look for files.
 - File descriptors are closed as soon as they are not needed, except the
@@ -15,6 +20,7 @@ Rules:
 
 import contextlib
 import errno
+import hashlib
 import fcntl
 import mmap
 import os
@@ -46,6 +52,8 @@ __all__ = [
     "ring_age_s",
     "orphaned_ring_names",
     "unlink_orphan",
+    "control_socket_path",
+    "default_ingest_socket_path",
 ]
 
 _RING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -240,9 +248,12 @@ class WakeSemaphore:
 
 
 def unlink_ring_objects(name: str) -> None:
-    """Remove every name a ring may own. Open handles stay valid until closed."""
+    """Remove every name a ring may own (its control socket too). Open handles stay valid until closed."""
     unlink_segment(ring_shm_name(name))
     unlink_registry_objects(name)
+    for path in (control_socket_path(name), default_ingest_socket_path(name)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def unlink_registry_objects(name: str) -> None:
@@ -309,3 +320,25 @@ def unlink_orphan(name: str) -> bool:
             continue
         removed = True
     return removed
+
+
+_SOCKET_PATH_MAX = 107
+"""sun_path holds 108 bytes, the terminating NUL included."""
+
+
+def _socket_path(name: str, role: str) -> str:
+    path = os.path.join(_SHM_DIR, f"{_PREFIX}{name}+{role}")
+    if len(path.encode()) <= _SOCKET_PATH_MAX:
+        return path
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return os.path.join(_SHM_DIR, f"{_PREFIX}{name[:48]}+{role}.{digest}")
+
+
+def control_socket_path(name: str) -> str:
+    """Where ``serve NAME`` listens for producer control (see ``shmring.control``)."""
+    return _socket_path(name, "control")
+
+
+def default_ingest_socket_path(name: str) -> str:
+    """The ingest socket of ``serve NAME --cdp`` when no ``--socket`` is given."""
+    return _socket_path(name, "ingest")

@@ -11,22 +11,30 @@ Rules:
 - The flusher runs as ``python -m shmring flush`` in its own session
   (process group), so a Ctrl-C aimed at the terminal's group cannot kill it
   before it drains. It is restarted if it dies, until the ring is closed.
+- With ``resume``, the newest capture session in the log directory is
+  continued (see resume.py): a dead writer's ring of it is drained into the
+  directory before the new ring replaces it, and seqs go on after the last
+  one any earlier writer assigned. With no session there, a new one starts.
+- With ``--cdp``, serve owns the producer's config and the ring's control
+  socket (``shmring.control``); the producer child gets changes over a
+  private socket pair and is restarted with the config last applied.
 - Nothing here prints: progress goes to the ``log`` callback.
 """
 
 import asyncio
-import shutil
+import contextlib
 import signal
+import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import msgspec
 
 from .edge import EdgeConfig, EdgeSupervisor
-from .errors import ConfigError, RingNotFound, ServeError
+from .control import ControlServer
+from .errors import ConfigError, ControlError, ProducerNotRunning, RingNotFound, ServeError
 from .logdir import prepare_log_directory
 from .ingest import (
     DEFAULT_MAX_BUFFERED_BYTES,
@@ -35,7 +43,9 @@ from .ingest import (
     prepare_socket_path,
     validate_ingest_limits,
 )
-from .segment import ring_exists, validate_ring_name
+from .producer_config import CATEGORIES, ProducerConfig
+from .resume import prepare_resume, resuming
+from .segment import control_socket_path, default_ingest_socket_path, ring_exists, validate_ring_name
 from .session import CaptureSession
 from .stats import ring_stats
 
@@ -127,19 +137,46 @@ class FlusherSupervisor:
 
 
 class CaptureChild:
-    """``shmring capture-cdp`` as a child of serve, in its own session; restarted if it dies."""
+    """``shmring capture-cdp`` as a child of serve, in its own session; restarted if it dies.
+
+    serve keeps the producer's config (``config``): a change requested on the
+    control socket is validated here, sent to the child over a private socket
+    pair, and recorded once the child has applied it; a restarted child starts
+    with the config last applied.
+    """
 
     STOP_TIMEOUT_S = 15.0
+    REPLY_TIMEOUT_S = 8.0
+    """How long the child may take to apply a change to every target (each has ``APPLY_TIMEOUT_S``)."""
 
-    def __init__(self, command: list[str], log):
-        self.command = command
+    def __init__(self, command_for, config: ProducerConfig, log, name: str):
+        self.command_for = command_for  # config, control fd -> argv
+        self.config = config
         self.log = log
-        self.proc = subprocess.Popen(command, start_new_session=True)
+        self.name = name
+        self._lock = asyncio.Lock()
+        self._link: socket.socket | None = None
+        self._streams = None
+        self._next_id = 0
+        self._spawn()
+
+    def _spawn(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+        elif self._link is not None:
+            self._link.close()
+        self._streams = None
+        self._link, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(self.command_for(self.config, child_end.fileno()), start_new_session=True,
+                                         pass_fds=(child_end.fileno(),))
+        finally:
+            child_end.close()
 
     def keep_alive(self) -> None:
         if self.proc.poll() is not None:
             self.log(f"capture-cdp (pid {self.proc.pid}) exited with status {self.proc.returncode}; restarting it")
-            self.proc = subprocess.Popen(self.command, start_new_session=True)
+            self._spawn()
 
     def stop(self) -> None:
         """SIGTERM, then wait while it drains what it holds into the (still open) socket."""
@@ -151,51 +188,132 @@ class CaptureChild:
                 self.proc.kill()
                 self.proc.wait()
 
+    def close_link(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+        elif self._link is not None:
+            self._link.close()
 
-async def _ingest_until(server: IngestServer, stop: threading.Event, ready, capture_command=None, log=None) -> None:
+    async def _ask(self, request: dict) -> dict:
+        """One request to the running child, one reply (ProducerNotRunning if it is not running)."""
+        if self.proc.poll() is not None:
+            raise ProducerNotRunning(f"the CDP producer of ring {self.name!r} is not running just now (serve is "
+                                     "restarting it); try again in a second", name=self.name, producer="cdp")
+        if self._streams is None:
+            self._streams = await asyncio.open_unix_connection(sock=self._link)
+        reader, writer = self._streams
+        self._next_id += 1
+        request = dict(request, id=self._next_id)
+        try:
+            writer.write(msgspec.json.encode(request) + b"\n")
+            await writer.drain()
+            async with asyncio.timeout(self.REPLY_TIMEOUT_S):
+                while True:  # a late answer to a request that timed out is skipped
+                    line = await reader.readline()
+                    if not line or msgspec.json.decode(line, type=dict).get("id") == request["id"]:
+                        break
+        except TimeoutError:
+            raise ControlError(f"the CDP producer of ring {self.name!r} did not answer within "
+                               f"{self.REPLY_TIMEOUT_S:g} s", name=self.name) from None
+        except (ConnectionError, OSError):
+            line = b""
+        if not line:
+            raise ProducerNotRunning(f"the CDP producer of ring {self.name!r} stopped while it was asked; serve "
+                                     "restarts it: try again in a second", name=self.name, producer="cdp")
+        reply = msgspec.json.decode(line, type=dict)
+        if "error" in reply:
+            raise ControlError(str(reply["error"]), name=self.name)
+        return reply
+
+    async def handle(self, request: dict) -> dict:
+        """A control-socket request (see ``shmring.control``) for the cdp producer."""
+        async with self._lock:  # one change at a time, in arrival order
+            if request["op"] == "get":
+                return {"config": self.config.to_dict()}
+            if request["op"] == "stats":
+                return await self._ask({"op": "stats"})
+            config = request.get("config")
+            new = ProducerConfig.from_dict(config) if request.get("replace") else self.config.patched(config)
+            reply = await self._ask({"op": "set", "config": new.to_dict()})
+            self.config = ProducerConfig.from_dict(reply["new"])
+            return reply
+
+
+async def _ingest_until(server: IngestServer, stop: threading.Event, ready, capture_factory=None, name=None) -> None:
     await server.start()
-    capture = CaptureChild(capture_command, log) if capture_command else None
-    ready()
+    capture = control = None
     try:
+        if capture_factory is not None:
+            capture = capture_factory()
+            prepare_socket_path(control_socket_path(name))
+            control = ControlServer(name, capture.handle)
+            await control.start()
+        ready()
         while not stop.is_set():
             await asyncio.sleep(0.05)
             if capture is not None and not stop.is_set():
                 capture.keep_alive()
     finally:
+        if control is not None:
+            await control.stop()
         if capture is not None:
             # Ingest keeps serving while the producer drains.
             await asyncio.get_running_loop().run_in_executor(None, capture.stop)
+            capture.close_link()
         await server.stop()
 
 
 def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, log_dir: str | None = None,
           fsync: str = "batch", group_readable: bool = False, log=lambda msg: None, on_ready=lambda session: None,
           cdp_url: str | None = None, cdp_detail_level: str = "standard", cdp_console_hook: bool | None = None,
-          max_connections: int = DEFAULT_MAX_CONNECTIONS, max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
-          http: EdgeConfig | None = None, **create_kwargs) -> dict:
+          cdp_categories=None, cdp_enabled: bool = True, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+          max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES, resume: bool = False, http: EdgeConfig | None = None,
+          **create_kwargs) -> dict:
     """Run until `stop` is set; return counts. Raises ShmringError on set-up failures.
 
     cdp_url: also run ``shmring capture-cdp`` against that browser, publishing
-    through `socket_path` (required then). group_readable: the flusher's
+    through `socket_path` (without one, a private socket next to the ring), with the initial config
+    `cdp_enabled`, `cdp_categories` (default: all) and `cdp_detail_level`;
+    ``shmring.control`` changes it at run time through the ring's control
+    socket. group_readable: the flusher's
     directory and files are created 0750/0640 instead of 0700/0600.
     max_connections, max_buffered_bytes: the ingest socket's limits (see ingest).
-    http: also run the HTTP edge (see edge); without `socket_path` it gets a private ingest socket.
+    http: also run the HTTP edge (see edge), publishing through `socket_path` (without one, the private
+    socket next to the ring).
+    resume: continue the newest capture session in `log_dir` (required then)
+    instead of starting a new one; see the module rules.
     """
     validate_ring_name(name)
-    private_dir = None
-    if http is not None and socket_path is None:
-        private_dir = tempfile.mkdtemp(prefix="shmring-edge-")  # 0700: the edge's own way in
-        socket_path = f"{private_dir}/ingest.sock"
+    if resume and log_dir is None:
+        raise ConfigError("--resume needs --log-dir: it continues the newest capture session in that directory",
+                          name=name)
+    if resume and (create_kwargs.get("capture_session_id") is not None or "first_seq" in create_kwargs):
+        raise ConfigError("--resume continues the log directory's capture session; do not give a session id "
+                          "with it", name=name)
+    cdp_config = ProducerConfig(cdp_enabled, CATEGORIES if cdp_categories is None else cdp_categories,
+                                cdp_detail_level)
+    if cdp_url is None and (cdp_categories is not None or not cdp_enabled):
+        raise ConfigError("--cdp-categories and --cdp-disabled configure the --cdp producer: give --cdp URL too",
+                          name=name)
     if http is not None:
+        socket_path = socket_path or default_ingest_socket_path(name)
         http = msgspec.structs.replace(http, socket_path=socket_path, log_dir=log_dir)
     if cdp_url is not None and socket_path is None:
-        raise ConfigError("--cdp needs --socket: the CDP producer publishes through the ingest socket", name=name)
+        socket_path = default_ingest_socket_path(name)  # the producer publishes through an ingest socket
     if socket_path is not None:
         validate_ingest_limits(max_connections, max_buffered_bytes)  # fail before the ring exists
         prepare_socket_path(socket_path)
     if log_dir is not None:
         prepare_log_directory(log_dir, group_readable=group_readable)  # refuses one another user controls
-    session = CaptureSession.create(name, **create_kwargs)
+    with resuming(log_dir) if resume else contextlib.nullcontext():  # until the new ring exists
+        if resume:
+            plan = prepare_resume(name, log_dir, fsync=fsync, group_readable=group_readable, log=log)
+            if plan is None:
+                log(f"no capture session in {log_dir} to resume; starting a new one")
+            else:
+                create_kwargs.update(capture_session_id=plan.capture_session_id, first_seq=plan.first_seq)
+                log(f"resuming capture session {plan.capture_session_id} of {log_dir} at seq {plan.first_seq}")
+        session = CaptureSession.create(name, **create_kwargs)
     supervisor = None
     edge = None
     server = None
@@ -212,11 +330,17 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
         if socket_path is not None:
             server = IngestServer(socket_path, session.publish, max_connections=max_connections,
                                   max_buffered_bytes=max_buffered_bytes)
-            command = None
+            factory = None
             if cdp_url is not None:
                 from .cdp import capture_command
 
-                command = capture_command(name, cdp_url, socket_path, cdp_detail_level, cdp_console_hook)
+                def command_for(config, fd):
+                    return capture_command(name, cdp_url, socket_path, console_hook=cdp_console_hook, config=config,
+                                           control_fd=fd)
+
+                def factory():
+                    return CaptureChild(command_for, cdp_config, log, name)
+
             def ready():
                 nonlocal edge
                 if http is not None:
@@ -224,7 +348,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
                     edge.start()
                 on_ready(session)
 
-            asyncio.run(_ingest_until(server, stop, ready, command, log))
+            asyncio.run(_ingest_until(server, stop, ready, factory, name))
         else:
             on_ready(session)
             stop.wait()
@@ -234,15 +358,14 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
         complete = session.close()  # bounded: a stalled flusher's gate is retired after gate_stall_s
         if edge is not None:
             edge.stop()  # after the close: its streams have sent their end frame
-        if private_dir is not None:
-            shutil.rmtree(private_dir, ignore_errors=True)
         flusher_status = supervisor.stop() if supervisor is not None else None
         if supervisor is not None and (not complete or flusher_status != 0):
             log(f"the flusher did not finish (exit status {flusher_status}): events up to seq {session.last_seq} "
                 f"after its last checkpoint may be missing from {log_dir}")
     return dict(
         capture_session_id=session.capture_session_id,
-        published=session.last_seq,
+        published=session.last_seq - session.first_seq + 1,
+        last_seq=session.last_seq,
         accepted=server.accepted if server else 0,
         rejected=server.rejected if server else 0,
         flusher_status=flusher_status,

@@ -11,8 +11,21 @@ Rules:
 - Events go out through the publisher thread (``publisher.py``); the asyncio
   loop never blocks on the socket. If the socket stays down and the backlog
   grows past ``BACKLOG_HIGH_WATER``, the oldest are dropped and counted.
-- The detail level is the producer's own setting; readers filter on their
-  side; nothing here is reconfigured by a subscriber.
+- What is captured is the producer's own config (``ProducerConfig``:
+  enabled, categories, detail level); readers filter on their side and
+  nothing here is reconfigured by a subscriber. The config changes at run
+  time only through the control channel (``control_fd``, serve's end of a
+  socket pair; see ``set_config``): the change is applied to the mapper at
+  once (events of a category turned off stop there), published as one
+  ``system.producer_config`` event with the old and the new config, then
+  sent to every followed target at once (``domains.py``: ``Network.disable``
+  and the like), each within ``APPLY_TIMEOUT_S``. A target set up or being
+  set up while it changes is brought to the new config when its set-up ends.
+  A target that cannot apply it (a crashed tab) is reported, the others are
+  changed; the browser connection is kept throughout.
+- The CDP messages received are counted per domain (``stats()["received"]``),
+  so what the browser still sends after a domain is disabled can be seen.
+- The control channel closing means serve is gone: the producer stops.
 - Browser gone: one line through ``log`` when the connection is lost (not one
   per retry), reconnection with back-off capped at ``max_backoff_s``, a fresh
   websocket URL resolved each time, so a restarted browser on the same port
@@ -31,16 +44,22 @@ complete, as is everything after. ``BrowserControl.open_tab`` opens
 import asyncio
 import collections
 import contextlib
+import socket
 import sys
 import threading
 
+import msgspec
+
 from ..errors import CdpError, MalformedCdp
+from ..producer_config import ProducerConfig
 from .connection import _Connection, _http_base, resolve_browser_ws
+from .domains import change_commands, console_hook_stacks, hook_script_params, hook_stacks_expression, setup_commands
 from .mapper import CdpMapper
 from .publisher import _Publisher
-from .scripts import BINDING, CONSOLE_BINDING, INTERACTION_SCRIPT, WORLD, console_hook_script
 
 BACKLOG_HIGH_WATER = 50_000
+APPLY_TIMEOUT_S = 3.0
+"""How long one target may take to answer the commands of a config change (a hung one is then reported)."""
 
 
 class CdpCapture:
@@ -51,17 +70,23 @@ class CdpCapture:
     """
 
     def __init__(self, cdp_url: str, socket_path: str, *, detail_level: str = "standard", log=lambda msg: None,
-                 max_backoff_s: float = 3.0, name: str | None = None, console_hook: bool | None = None):
+                 max_backoff_s: float = 3.0, name: str | None = None, console_hook: bool | None = None,
+                 config: ProducerConfig | None = None, control_fd: int | None = None):
         _http_base(cdp_url)  # reject a bad URL now
         self.cdp_url = cdp_url
+        self.config = ProducerConfig(detail_level=detail_level) if config is None else config
         # By default console calls go through the in-page hook; at detail level
         # raw (the untouched CDP params) through Runtime.consoleAPICalled.
-        self.console_hook = detail_level != "raw" if console_hook is None else bool(console_hook)
+        # Chosen at start: a later config change keeps it.
+        self.console_hook = self.config.detail_level != "raw" if console_hook is None else bool(console_hook)
         self.socket_path = socket_path
         self.name = name
         self.log = log
         self.max_backoff_s = max_backoff_s
-        self.mapper = CdpMapper(detail_level)
+        self.mapper = CdpMapper(self.config.detail_level)
+        self.mapper.configure(self.config)
+        self.control_fd = control_fd
+        self.received = collections.Counter()  # CDP events received, per domain (Network, Runtime, Page, ...)
         self.connected = threading.Event()
         self.counts = collections.Counter(published=0, rejected=0, truncated=0, lost=0, malformed=0,
                                           connections=0, disconnects=0, targets_attached=0, events=0,
@@ -72,13 +97,19 @@ class CdpCapture:
         self._malformed_logged = 0
         self._dropping = False
         self._following: set[str] = set()  # target ids whose set-up is complete
+        self._applied: dict[str, ProducerConfig] = {}  # session id -> the config its domains are set for
+        self._locks: dict[str, asyncio.Lock] = {}  # session id -> held while its domains change
+        self._hook_scripts: dict[str, str] = {}  # session id -> identifier of its console hook script
+        self._crashed: set[str] = set()  # session ids whose renderer crashed: they answer nothing
+        self._stop: threading.Event | None = None
 
     def stats(self) -> dict:
         out = dict(self.counts)
         out.update(sessions=len(self.mapper.sessions), pages=len(self.mapper.pages),
                    requests_in_flight=sum(len(t.requests) for t in list(self.mapper.sessions.values())),
                    setup_tasks=len(self._tasks), following=len(self._following),
-                   backlog=self._publisher.backlog(), connected=self.connected.is_set())
+                   backlog=self._publisher.backlog(), connected=self.connected.is_set(),
+                   received=dict(self.received), config=self.config.to_dict(), targets=sorted(self._following))
         return out
 
     def is_following(self, target_id: str) -> bool:
@@ -86,6 +117,7 @@ class CdpCapture:
         return target_id in self._following
 
     def run(self, stop: threading.Event) -> dict:
+        self._stop = stop
         self._publisher.start()
         try:
             asyncio.run(self._main(stop))
@@ -109,6 +141,7 @@ class CdpCapture:
                      + (f" [{n} skipped so far]" if n > 5 else ""))
 
     async def _on_message(self, method: str, params: dict, session_id: str | None) -> None:
+        self.received[method.partition(".")[0]] += 1
         try:
             events = self.mapper.map(method, params, session_id)
         except MalformedCdp as exc:
@@ -120,8 +153,15 @@ class CdpCapture:
         self._emit(events)
         if method == "Target.detachedFromTarget":
             self._following.discard(params.get("targetId"))
+            self._forget_session(params.get("sessionId"))
             if self._conn is not None and isinstance(params.get("sessionId"), str):
                 self._conn.abandon_session(params["sessionId"])
+        elif method == "Inspector.targetCrashed" and session_id is not None:
+            self._crashed.add(session_id)  # it answers no command until it is reloaded
+            if self._conn is not None:
+                self._conn.abandon_session(session_id)
+        elif method == "Inspector.targetReloadedAfterCrash" and session_id is not None:
+            self._crashed.discard(session_id)
         elif method == "Target.attachedToTarget":
             task = asyncio.create_task(self._set_up(params, session_id))
             self._tasks.add(task)
@@ -144,6 +184,24 @@ class CdpCapture:
             return
         self._dropping = False
 
+    def _forget_session(self, session_id) -> None:
+        self._applied.pop(session_id, None)
+        self._locks.pop(session_id, None)
+        self._hook_scripts.pop(session_id, None)
+        self._crashed.discard(session_id)
+
+    async def _send_all(self, conn, commands, session_id, timeout=None) -> list:
+        """Send `commands` in order on one session; their results (or exceptions), in the same order."""
+        kwargs = {} if timeout is None else {"timeout": timeout}
+        replies = []
+        try:
+            for m, p in commands:
+                replies.append(await conn.request(m, p, session_id, **kwargs))
+        except BaseException:
+            conn.discard(replies)
+            raise
+        return await asyncio.gather(*replies, return_exceptions=True)
+
     async def _set_up(self, params: dict, parent_session: str | None) -> None:
         conn = self._conn
         session_id = params.get("sessionId")
@@ -152,34 +210,17 @@ class CdpCapture:
         try:
             if followed:
                 self.counts["targets_attached"] += 1
-                commands = [
-                    ("Runtime.enable", {}),
-                    # Console stack traces cost the page on every console call; only verbose reports them.
-                    ("Runtime.setMaxCallStackSizeToCapture", {"size": 200 if self.mapper.verbose else 0}),
-                    ("Network.enable", {}),
-                    ("Page.enable", {}),
-                    ("Page.setLifecycleEventsEnabled", {"enabled": True}),
-                    ("Runtime.addBinding", {"name": BINDING, "executionContextName": WORLD}),
-                    ("Page.addScriptToEvaluateOnNewDocument",
-                     {"source": INTERACTION_SCRIPT, "worldName": WORLD, "runImmediately": True}),
-                    ("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True,
-                                              "filter": [{"type": "iframe", "exclude": False}]}),
-                ]
-                if self.console_hook:  # before the target resumes: its first console call is hooked
-                    commands[-1:-1] = [
-                        ("Runtime.addBinding", {"name": CONSOLE_BINDING}),
-                        ("Page.addScriptToEvaluateOnNewDocument", {"source": console_hook_script(self.mapper.verbose),
-                                                                   "runImmediately": True}),
-                    ]
-                # Sent in order, answered in any order; all before the target is resumed.
-                replies = []
-                try:
-                    for m, p in commands:
-                        replies.append(await conn.request(m, p, session_id))
-                except BaseException:
-                    conn.discard(replies)
-                    raise
-                results = await asyncio.gather(*replies, return_exceptions=True)
+                lock = self._locks.setdefault(session_id, asyncio.Lock())
+                async with lock:
+                    config = self.config
+                    commands = setup_commands(config, console_hook=self.console_hook)
+                    # Sent in order, answered in any order; all before the target is resumed.
+                    results = await self._send_all(conn, commands, session_id)
+                    for (m, p), r in zip(commands, results):
+                        if m == "Page.addScriptToEvaluateOnNewDocument" and "worldName" not in p \
+                                and isinstance(r, dict) and r.get("identifier"):
+                            self._hook_scripts[session_id] = r["identifier"]
+                    self._applied[session_id] = config
                 failed = [(m, r) for (m, _), r in zip(commands, results) if isinstance(r, BaseException)]
                 if failed and session_id in self.mapper.sessions:
                     self.counts["setup_failures"] += 1
@@ -191,6 +232,10 @@ class CdpCapture:
             await conn.send("Runtime.runIfWaitingForDebugger", {}, session_id)
             if followed and session_id in self.mapper.sessions:
                 self._following.add(info.get("targetId"))
+                if self.config != self._applied.get(session_id):  # changed during the set-up
+                    error = await self._reconcile(session_id)
+                    if error:
+                        self.log(f"capture-cdp: target {info.get('targetId')} could not apply the new config: {error}")
             if not followed:
                 await conn.send("Target.detachFromTarget", {"sessionId": session_id}, parent_session)
         except (TimeoutError, CdpError, ConnectionError, OSError):
@@ -200,6 +245,119 @@ class CdpCapture:
 
             if not isinstance(exc, websockets.ConnectionClosed):
                 self.log(f"capture-cdp: setting up target {info.get('targetId')} failed: {type(exc).__name__}: {exc}")
+
+    # -- config changes ------------------------------------------------------
+
+    async def _reconcile(self, session_id: str) -> str | None:
+        """Bring one target's domains to the current config; None when done, else why it could not."""
+        lock = self._locks.get(session_id)
+        if lock is None:
+            return None  # not followed (any more)
+        async with lock:
+            old, new = self._applied.get(session_id), self.config
+            if old is None or old == new:
+                return None  # its set-up has not begun (it will use the new config) or it is there already
+            if session_id in self._crashed:
+                return "the tab crashed"
+            conn = self._conn
+            if conn is None:
+                return "the browser connection is down"
+            commands = change_commands(old, new, console_hook=self.console_hook)
+            stacks = console_hook_stacks(old, new, console_hook=self.console_hook)
+            target = self.mapper.sessions.get(session_id)
+            if stacks is not None:
+                # Documents made from now on get the hook with the new setting, those open switch theirs.
+                commands.append(("Page.addScriptToEvaluateOnNewDocument", hook_script_params(new)))
+                if session_id in self._hook_scripts:
+                    commands.append(("Page.removeScriptToEvaluateOnNewDocument",
+                                     {"identifier": self._hook_scripts[session_id]}))
+                for context in sorted(target.main_worlds) if target is not None else ():
+                    commands.append(("Runtime.evaluate", {"expression": hook_stacks_expression(stacks),
+                                                          "contextId": context}))
+            self._applied[session_id] = new
+            try:
+                results = await self._send_all(conn, commands, session_id, timeout=APPLY_TIMEOUT_S)
+            except (ConnectionError, OSError) as exc:
+                return f"the browser connection failed ({exc})"
+            for (m, p), r in zip(commands, results):
+                if m == "Page.addScriptToEvaluateOnNewDocument" and isinstance(r, dict) and r.get("identifier"):
+                    self._hook_scripts[session_id] = r["identifier"]
+            if session_id in self._crashed:
+                return "the tab crashed"
+            for (m, _), r in zip(commands, results):
+                # A document that went away meanwhile takes its execution context with it: not a failure.
+                if isinstance(r, BaseException) and m != "Runtime.evaluate":
+                    return f"{m} failed ({r})"
+            return None
+
+    async def _reconcile_within(self, session_id: str) -> str | None:
+        try:
+            return await asyncio.wait_for(self._reconcile(session_id), APPLY_TIMEOUT_S + 1)
+        except TimeoutError:
+            return f"it did not answer within {APPLY_TIMEOUT_S + 1:g} s"
+
+    async def set_config(self, new: ProducerConfig) -> dict:
+        """Apply `new` now (in the capture's loop): the mapper, the event, every target. The reply dict.
+
+        The reply has ``old``, ``new``, ``changed`` and ``failed`` (a dict per
+        target that could not apply it: ``target_id``, ``url``, ``error``).
+        """
+        old = self.config
+        reply = {"old": old.to_dict(), "new": new.to_dict(), "changed": new != old, "failed": []}
+        if new == old:
+            return reply
+        self.config = new
+        self.mapper.configure(new)
+        self._emit([self.mapper.system_event("system.producer_config",
+                                             {"producer": "cdp", "old": old.to_dict(), "new": new.to_dict()})])
+        # A target still being set up is not waited for: the end of its set-up brings it to the new config.
+        sessions = [sid for sid in self._applied if sid in self.mapper.sessions]
+        results = await asyncio.gather(*(self._reconcile_within(sid) for sid in sessions), return_exceptions=True)
+        for sid, result in zip(sessions, results):
+            if result is None:
+                continue
+            target = self.mapper.sessions.get(sid)
+            failure = {"target_id": target.target_id if target else "", "url": target.url if target else "",
+                       "error": str(result) if not isinstance(result, BaseException)
+                       else f"{type(result).__name__}: {result}"}
+            reply["failed"].append(failure)
+            self.log(f"capture-cdp: target {failure['target_id']} ({failure['url']}) could not apply the new config: "
+                     f"{failure['error']}")
+        return reply
+
+    async def _control(self, fd: int, stopping: asyncio.Event) -> None:
+        """Serve's control channel: one JSON request per line (set, get, stats), one reply line each."""
+        encode, decode = msgspec.json.Encoder().encode, msgspec.json.Decoder(dict).decode
+        sock = socket.socket(fileno=fd)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                request = None
+                try:
+                    request = decode(line)
+                    if request.get("op") == "set":
+                        reply = await self.set_config(ProducerConfig.from_dict(request.get("config")))
+                    elif request.get("op") == "stats":
+                        reply = {"stats": self.stats()}
+                    else:
+                        reply = {"config": self.config.to_dict()}
+                except Exception as exc:  # noqa: BLE001 - a bad request gets an error reply
+                    reply = {"error": f"{type(exc).__name__}: {exc}", "kind": "control"}
+                if isinstance(request, dict) and "id" in request:
+                    reply["id"] = request["id"]
+                writer.write(encode(reply) + b"\n")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+        if not stopping.is_set():
+            self.log("capture-cdp: serve closed the control channel; stopping")
+            if self._stop is not None:
+                self._stop.set()
 
     async def _main(self, stop: threading.Event) -> None:
         from websockets.asyncio.client import connect
@@ -215,6 +373,7 @@ class CdpCapture:
                 await conn.ws.close()
 
         watcher = asyncio.create_task(watch())
+        control = None if self.control_fd is None else asyncio.create_task(self._control(self.control_fd, stopping))
         loop = asyncio.get_running_loop()
         backoff = 0.1
         reported_down = False
@@ -253,9 +412,11 @@ class CdpCapture:
                 await _wait(stopping, backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, control):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _follow(self, ws, ws_url: str, stopping: asyncio.Event) -> str:
         conn = _Connection(ws, self._on_message, self._malformed)
@@ -276,7 +437,7 @@ class CdpCapture:
                      + (f" into ring {self.name}" if self.name else ""))
             self._emit([self.mapper.system_event("system.cdp_connected", {
                 "browser": product, "protocol_version": version.get("protocolVersion", ""),
-                "websocket_url": ws_url, "detail_level": self.mapper.detail})])
+                "websocket_url": ws_url, "detail_level": self.mapper.detail, "config": self.config.to_dict()})])
             pages_only = {"filter": [{"type": "page", "exclude": False}]}
             auto_attach = {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True}
             try:
@@ -301,6 +462,8 @@ class CdpCapture:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             self._conn = None
             self._following.clear()
+            for session_id in list(self._locks):
+                self._forget_session(session_id)
             if self.connected.is_set():
                 self.connected.clear()
                 self.counts["disconnects"] += 1
@@ -316,7 +479,8 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
 
 def capture(cdp_url: str, socket_path: str, *, stop: threading.Event, detail_level: str = "standard",
             log=lambda msg: None, name: str | None = None, max_backoff_s: float = 3.0,
-            console_hook: bool | None = None) -> dict:
+            console_hook: bool | None = None, config: ProducerConfig | None = None,
+            control_fd: int | None = None) -> dict:
     """Capture the browser at `cdp_url` into serve's ingest socket until `stop` is set; return counts.
 
     `cdp_url`: ``http://127.0.0.1:PORT`` or the browser's ``ws://…/devtools/browser/…`` URL.
@@ -326,14 +490,25 @@ def capture(cdp_url: str, socket_path: str, *, stop: threading.Event, detail_lev
     `console_hook`: console calls through the in-page hook (True) or through
     ``Runtime.consoleAPICalled`` (False); None: the hook, except at detail
     level raw. See the module docstring.
+    `config`: what to capture (default: everything at `detail_level`).
+    `control_fd`: a connected socket's fd on which serve sends config changes.
     """
     return CdpCapture(cdp_url, socket_path, detail_level=detail_level, log=log, name=name,
-                      max_backoff_s=max_backoff_s, console_hook=console_hook).run(stop)
+                      max_backoff_s=max_backoff_s, console_hook=console_hook, config=config,
+                      control_fd=control_fd).run(stop)
 
 
 def capture_command(name: str, cdp_url: str, socket_path: str, detail_level: str = "standard",
-                    console_hook: bool | None = None) -> list[str]:
-    """The argv of a ``shmring capture-cdp`` child process (for ``serve --cdp``)."""
+                    console_hook: bool | None = None, *, config: ProducerConfig | None = None,
+                    control_fd: int | None = None) -> list[str]:
+    """The argv of a ``shmring capture-cdp`` child process (for ``serve --cdp``); `config` wins over `detail_level`."""
     flag = {None: [], True: ["--console-hook"], False: ["--console-via-inspector"]}[console_hook]
-    return [sys.executable, "-m", "shmring", "capture-cdp", name, "--cdp", cdp_url, "--socket", socket_path,
-            "--detail-level", detail_level, *flag]
+    command = [sys.executable, "-m", "shmring", "capture-cdp", name, "--cdp", cdp_url, "--socket", socket_path]
+    if config is None:
+        return [*command, "--detail-level", detail_level, *flag]
+    command += ["--detail-level", config.detail_level, "--categories", ",".join(config.categories), *flag]
+    if not config.enabled:
+        command.append("--disabled")
+    if control_fd is not None:
+        command += ["--control-fd", str(control_fd)]
+    return command

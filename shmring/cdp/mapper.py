@@ -15,6 +15,10 @@ Rules:
 - The detail level is the producer's own setting, stamped on every event:
   ``minimal`` < ``standard`` < ``verbose`` (adds headers and stack traces)
   < ``raw`` (``data`` is the untouched CDP params).
+- ``configure`` applies a producer config at once: events of a category that
+  is off (all of them while the producer is disabled) are dropped after the
+  state they carry (frames, requests, contexts) is kept, so attribution stays
+  right when the category is back. System events are never dropped.
 - On attaching to a page that is already open, ``Runtime.enable`` replays
   its earlier console messages (Chromium 156); they keep their original
   ``ts`` and carry ``data.replayed: true``.
@@ -33,6 +37,7 @@ import msgspec
 
 from ..errors import ConfigError, MalformedCdp
 from ..layout import DETAIL_LEVELS, MAX_RECORD_BYTES
+from ..producer_config import CATEGORIES
 from .scripts import BINDING, CONSOLE_BINDING, CONSOLE_HOOK_BATCH
 from .text import format_stack, remote_object_text, snake
 
@@ -59,6 +64,7 @@ class _Target:
         "contexts",
         "frames",
         "main_frame",
+        "main_worlds",
         "requests",
         "session_id",
         "target_id",
@@ -74,6 +80,7 @@ class _Target:
         self.url = url
         self.main_frame = target_id  # a page target's main frame has the target's id
         self.contexts: dict[int, str] = {}  # execution context id -> frame id
+        self.main_worlds: set[int] = set()  # the execution contexts that are a document's main world
         self.frames: dict[str, str] = {}  # frame id -> document url
         self.requests: dict[str, tuple] = {}  # request id -> (url, method, document url, frame id, start ts)
 
@@ -99,12 +106,9 @@ class CdpMapper:
     """
 
     def __init__(self, detail_level: str = "standard", *, now_us=_now_us):
-        if detail_level not in DETAIL_LEVELS:
-            raise ConfigError(f"invalid detail level {detail_level!r}: use one of {', '.join(DETAIL_LEVELS)}")
-        self.detail = detail_level
-        self.raw = detail_level == "raw"
-        self.verbose = detail_level in ("verbose", "raw")
-        self.minimal = detail_level == "minimal"
+        self._set_detail(detail_level)
+        self.active = frozenset(CATEGORIES)  # the categories whose events are kept
+        self._gated = False
         self.now_us = now_us
         self.sessions: dict[str, _Target] = {}
         self.pages: dict[str, str] = {}  # page target id -> last known url
@@ -134,6 +138,20 @@ class CdpMapper:
             "Target.detachedFromTarget": self._detached,
         }
 
+    def _set_detail(self, detail_level: str) -> None:
+        if detail_level not in DETAIL_LEVELS:
+            raise ConfigError(f"invalid detail level {detail_level!r}: use one of {', '.join(DETAIL_LEVELS)}")
+        self.detail = detail_level
+        self.raw = detail_level == "raw"
+        self.verbose = detail_level in ("verbose", "raw")
+        self.minimal = detail_level == "minimal"
+
+    def configure(self, config) -> None:
+        """Apply a ``ProducerConfig``: its detail level, and only its active categories from now on."""
+        self._set_detail(config.detail_level)
+        self.active = config.active()
+        self._gated = self.active != frozenset(CATEGORIES)
+
     # -- entry points --------------------------------------------------------
 
     def map(self, method: str, params: dict, session_id: str | None = None) -> list[dict]:
@@ -148,7 +166,10 @@ class CdpMapper:
             if target is None:
                 return []  # a session we do not follow (or already detached)
         try:
-            return handler(method, params, target)
+            events = handler(method, params, target)
+            if self._gated and events:
+                events = [e for e in events if e["category"] in self.active]
+            return events
         except MalformedCdp:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever a message makes a mapping raise, it is that message's fault
@@ -216,14 +237,18 @@ class CdpMapper:
         frame_id = (context.get("auxData") or {}).get("frameId")
         if frame_id and type(frame_id) is str:
             target.contexts[int(context["id"])] = frame_id
+            if (context.get("auxData") or {}).get("isDefault") is True:
+                target.main_worlds.add(int(context["id"]))
         return []
 
     def _context_destroyed(self, method, params, target):
         target.contexts.pop(params.get("executionContextId"), None)
+        target.main_worlds.discard(params.get("executionContextId"))
         return []
 
     def _contexts_cleared(self, method, params, target):
         target.contexts.clear()
+        target.main_worlds.clear()
         return []
 
     def _console(self, method, params, target):

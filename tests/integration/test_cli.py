@@ -918,6 +918,7 @@ def test_every_command_refuses_a_bad_ring_name_alike(name, tmp_path):
         "serve": ["--socket", str(tmp_path / "x.sock")],
         "flush": [str(tmp_path / "logs")],
         "capture-cdp": ["--cdp", "http://127.0.0.1:9", "--socket", str(tmp_path / "x.sock")],
+        "producer": ["cdp"],
     }
     for command, extra in commands.items():
         result = run(command, name, *extra)

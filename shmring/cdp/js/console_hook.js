@@ -8,9 +8,12 @@
   // Everything the hook uses is taken now, before page code can replace it,
   // and a hooked call never throws into the page.
   const G = globalThis, O = Object, A = Array, S = String;
+  // A document made while console capture is off (no binding) keeps its native console. The producer
+  // removes the binding to stop the calls (they then go nowhere) and adds it back to resume them.
   const emit = G[binding];
   if (typeof emit !== "function" || G.__shmringConsoleHooked) return;
-  O.defineProperty(G, "__shmringConsoleHooked", {value: true});  // not enumerable
+  // Not enumerable; truthy (installed), and called with a boolean it turns stacks on or off (detail level).
+  O.defineProperty(G, "__shmringConsoleHooked", {value: (on) => { withStack = on === true; }});
   try { delete G[binding]; } catch (e) {}
   const stringify = JSON.stringify, keysOf = O.keys, describeKey = O.getOwnPropertyDescriptor;
   const isArray = A.isArray, isView = ArrayBuffer.isView, brand = O.prototype.toString;

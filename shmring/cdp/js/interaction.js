@@ -1,10 +1,12 @@
 // The interaction script: in the isolated world of every document, before page scripts, it reports
 // clicks, keys and scrolls (targets as short selectors, never text or values) through the binding
 // named `binding`. One function expression: shmring/cdp/scripts.py calls it with its settings.
+// The binding is looked up at each report: the producer removes it while interaction capture is off
+// (then nothing is sent) and adds it back when it is on again.
 ({binding}) => {
-  const emit = globalThis[binding];
-  if (typeof emit !== "function" || globalThis.__shmringInstalled) return;
+  if (globalThis.__shmringInstalled) return;
   globalThis.__shmringInstalled = true;
+  const emit = (text) => { const f = globalThis[binding]; if (typeof f === "function") f(text); };
   const now = () => performance.timeOrigin + performance.now();
   const describe = (el) => {
     if (el === document || el === window) return "document";
