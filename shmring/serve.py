@@ -356,9 +356,9 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
         if flusher_attached:
             supervisor.wait_attached()  # a flusher being restarted must attach before close, or it finds no ring
         complete = session.close()  # bounded: a stalled flusher's gate is retired after gate_stall_s
-        if edge is not None:
-            edge.stop()  # after the close: its streams have sent their end frame
         flusher_status = supervisor.stop() if supervisor is not None else None
+        if edge is not None:
+            edge.stop()  # after the close (its streams send their end frame) and the flusher's end
         if supervisor is not None and (not complete or flusher_status != 0):
             log(f"the flusher did not finish (exit status {flusher_status}): events up to seq {session.last_seq} "
                 f"after its last checkpoint may be missing from {log_dir}")

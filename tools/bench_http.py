@@ -100,7 +100,7 @@ def publish_paced(socket_path: str, rate: int, seconds: float) -> int:
     return sent
 
 
-_IDS = re.compile(rb"(?:^|\n)id: (\d+)\n")
+_IDS = re.compile(rb"\nid: (\d+)")  # (an alternation with ^ here costs 40x: a scan per position)
 
 
 # -- SSE clients (asyncio, raw sockets: the client must not be the bottleneck) -----------------------------
@@ -129,7 +129,7 @@ async def sse_client(port: int, path: str, stats: dict, *, stop: asyncio.Event, 
             whole, buffer = buffer[:cut], buffer[cut:]
             # Only the frames' ids are read (at C speed), and the writer's ts of the last event of each read:
             # a Python parse of every frame would make the clients, not the edge, what is measured.
-            ids = _IDS.findall(whole)
+            ids = _IDS.findall(b"\n" + whole)  # every frame's id line follows a newline
             if ids:
                 first, final = int(ids[0]), int(ids[-1])
                 if (last is not None and first != last + 1) or final - first + 1 != len(ids):

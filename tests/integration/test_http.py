@@ -376,6 +376,10 @@ def test_capture_session_metrics_and_healthz(ring_name, edge):
         assert metric in text, metric
     assert "shmring_flusher_checkpoint_seq" in text
     assert httpx.get(f"{srv.base}/healthz").status_code == 200
+    srv.signal(signal.SIGTERM)  # the stream gets its end frame; the flusher ends first, cleanly
+    stream.wait(lambda f: any(x.get("event") == "end" for x in f), "the end frame")
+    assert srv.wait() == 0, srv.err
+    assert not any("restarting" in line for line in srv.err), srv.err
     stream.close()
 
 

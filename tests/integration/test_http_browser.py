@@ -89,3 +89,28 @@ def test_the_viewer_shows_published_events_and_reconnects_across_an_edge_restart
         if os.environ.get("SHMRING_VIEWER_SCREENSHOT"):
             with open(os.environ["SHMRING_VIEWER_SCREENSHOT"], "wb") as f:
                 f.write(shot)
+
+
+def test_the_viewer_keeps_contiguous_seqs_across_a_serve_resume_restart(ring_name, serve):
+    from shmring.cdp.browser import find_free_port
+
+    port = find_free_port()
+    base = f"http://127.0.0.1:{port}"
+    first = serve(ring_name, "--capacity", "1024", "--http", f"127.0.0.1:{port}", log_dir=True)
+    publish(base, *(ev(i) for i in range(1, 11)))
+    with Chromium() as browser, BrowserControl(browser.cdp_url) as control:
+        session = control.attach(control.open_tab(f"{base}/"))
+        wait_js(control, session, SEQS, lambda v: v == list(range(1, 11)), "seqs 1-10")
+        first.signal(__import__("signal").SIGTERM)
+        assert first.wait() == 0, first.err  # the page got its end frame; its EventSource now retries by itself
+        wait_js(control, session, "document.getElementById('state').textContent",
+                lambda v: v == "reconnecting", "reconnecting")
+        again = serve(ring_name, "--capacity", "1024", "--http", f"127.0.0.1:{port}", "--resume", log_dir=True)
+        assert again.session_id == first.session_id
+        assert publish(base, *(ev(i) for i in range(11, 21))) == list(range(11, 21))
+        seqs = wait_js(control, session, SEQS, lambda v: v[-1:] == [20], "seq 20 after the restart")
+        assert seqs == list(range(1, 21))  # contiguous across the restart: the reconnect sent Last-Event-ID 10
+        assert control.evaluate(session, "document.getElementById('session').textContent") == first.session_id
+        assert control.evaluate(session, "document.getElementById('state').textContent") == "connected"
+        shot = base64.b64decode(control.call("Page.captureScreenshot", {"format": "png"}, session)["data"])
+        assert shot[:8] == b"\x89PNG\r\n\x1a\n"
