@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from shmring import Reader
+from shmring.aio import archive_supported
 from shmring.cdp.browser import find_free_port
 from shmring.stats import ring_stats
 from tests.integration.test_cli import DEADLINE_S, SMALL, assert_one_line_error, ev, procs, run, serve  # noqa: F401
@@ -228,6 +229,24 @@ def test_resume_with_last_event_id_gets_the_rest_exactly_once(ring_name, edge):
     again = Frames(f"{srv.base}/events/stream", headers={"Last-Event-ID": str(last)})
     rest = again.wait_events(300 - last)
     assert [int(f["id"]) for f in got] + [int(f["id"]) for f in rest] == list(range(1, 301))
+    again.close()
+
+
+@pytest.mark.skipif(not archive_supported(), reason="needs replay-merge (Reader.attach(archive=), issue 13)")
+def test_resume_from_the_files_after_the_ring_has_lapped_exactly_once(ring_name, edge):
+    srv = edge(ring_name, log_dir=True)  # a ring of 1024 with a flusher
+    publish(srv.base, *(ev(i) for i in range(1, 501)))
+    first = Frames(f"{srv.base}/events/stream", params={"from": "start"})
+    got = first.wait_events(300)
+    first.close()
+    last = int(got[-1]["id"])
+    for start in range(500, 5000, 500):  # the ring laps several times while the client is away
+        publish(srv.base, *(ev(i) for i in range(start + 1, start + 501)))
+    assert ring_stats(ring_name)["oldest_seq"] > last + 1
+    again = Frames(f"{srv.base}/events/stream", headers={"Last-Event-ID": str(last)})
+    again.wait(lambda f: any(x.get("id") == "5000" for x in f), "seq 5000")
+    assert not any(f.get("event") == "dropped" for f in again.frames)
+    assert [int(f["id"]) for f in got] + [int(f["id"]) for f in again.events()] == list(range(1, 5001))
     again.close()
 
 
