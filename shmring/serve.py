@@ -18,6 +18,9 @@ Rules:
 - With ``--cdp``, serve owns the producer's config and the ring's control
   socket (``shmring.control``); the producer child gets changes over a
   private socket pair and is restarted with the config last applied.
+- With ``http``, the HTTP edge (edge.py) starts once ingest listens and
+  before serve reports ready; it stops last, after the ring's close and the
+  flusher's end, so its streams send their ``end`` frame first.
 - Nothing here prints: progress goes to the ``log`` callback.
 """
 
