@@ -51,7 +51,8 @@ import msgspec
 
 from .errors import ConfigError
 from .filters import Filter
-from .reader import RawRecord, ReadResult
+from .logdir import CHECKPOINT_FILE
+from .results import RawRecord, ReadResult
 from .schema import CATEGORY_PATTERN, decode_envelope
 
 __all__ = ["Archive", "ArchiveSession"]
@@ -180,7 +181,7 @@ class Archive:
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, capture_session_id: str | None = None, *, after_seq: int = 0, until_seq: int | None = None,
-             filter: Filter | None = None) -> Iterator[ReadResult]:
+             filter: Filter | None = None, _complete: bool = False) -> Iterator[ReadResult]:
         """The events of one session (the newest when None) after `after_seq` (up to `until_seq`), decoded;
         a drop is ``ReadResult(dropped=N, dropped_from=A, dropped_to=B)``, one per contiguous range lost."""
         keep = None
@@ -193,10 +194,12 @@ class Archive:
                         and (source_kinds is None or event.source.kind in source_kinds))
         return self._walk(capture_session_id, after_seq, until_seq, filter, decode_envelope, keep,
                           lambda seq, category, envelope: ReadResult(envelope),
-                          lambda seq, dropped: ReadResult(dropped=dropped, dropped_from=seq - dropped + 1, dropped_to=seq))
+                          lambda seq, dropped: ReadResult(dropped=dropped, dropped_from=seq - dropped + 1,
+                                                          dropped_to=seq),
+                          _complete)
 
     def read_raw(self, capture_session_id: str | None = None, *, after_seq: int = 0, until_seq: int | None = None,
-                 filter: Filter | None = None) -> Iterator[RawRecord]:
+                 filter: Filter | None = None, _complete: bool = False) -> Iterator[RawRecord]:
         """Like ``read``, undecoded: each line's bytes (without the newline) as a RawRecord; a drop is
         ``RawRecord(seq=<last lost seq>, category="", payload=b"", dropped=N)``."""
         keep = None
@@ -208,12 +211,19 @@ class Archive:
                 return ((detail_levels is None or event.detail_level in detail_levels)
                         and (source_kinds is None or event.source.kind in source_kinds))
         return self._walk(capture_session_id, after_seq, until_seq, filter, None, keep, RawRecord,
-                          lambda seq, dropped: RawRecord(seq, "", b"", dropped, seq - dropped + 1, seq))
+                          lambda seq, dropped: RawRecord(seq, "", b"", dropped, seq - dropped + 1, seq), _complete)
 
     def _walk(self, session: str | None, after_seq: int, until_seq: int | None, filter: Filter | None,
-              convert: Callable | None, keep: Callable | None, event_out: Callable, drop_out: Callable):
+              convert: Callable | None, keep: Callable | None, event_out: Callable, drop_out: Callable,
+              complete: bool = False):
         """``event_out(seq, category, convert(line))`` for each event that `keep`s, ``drop_out(last lost seq,
-        count)`` for each drop; a DecodeError from `convert` or `keep` makes the line torn."""
+        count)`` for each drop; a DecodeError from `convert` or `keep` makes the line torn.
+
+        complete=True (replay-merge, history.py): the files are known to hold every seq up to `until_seq`
+        that is not lost. Then what is missing after the last event present is a drop too (when every
+        category is read), the current files are opened before any is read (see _snapshot: so a rotation
+        meanwhile cannot hide one), and a missing directory or a session without lines is an empty history, not an
+        error."""
         categories = filter.categories if filter is not None else None
         if not isinstance(after_seq, int) or after_seq < 0:
             raise ConfigError(f"after_seq must be an int >= 0, not {after_seq!r}")
@@ -226,15 +236,29 @@ class Archive:
             session = listed[-1].capture_session_id
         end = _NO_END if until_seq is None else until_seq + 1  # the first seq not wanted
         prefix = b'{"capture_session_id":"' + msgspec.json.encode(session)[1:-1] + b'","seq":'
-        dir_fd = self._open_directory()
+        contiguous = categories is None
+        if complete:
+            try:
+                dir_fd = self._open_directory()
+            except ConfigError:  # no directory: the files hold nothing
+                if contiguous and after_seq + 1 < end:
+                    yield drop_out(end - 1, end - 1 - after_seq)
+                return
+        else:
+            dir_fd = self._open_directory()
+        held: dict[str, int] | None = {} if complete else None  # the snapshot's fds, by name
         try:
-            chains = self._chains(dir_fd)
-            gaps = self._all_gaps(dir_fd).get(session, [])
-            if not gaps and not self._has_lines(dir_fd, chains, prefix):
-                raise ConfigError(f"no capture session {session!r} in {self.directory}; "
-                                  "`shmring replay DIR --sessions` lists them")
-            if categories is not None:
-                chains = {c: names for c, names in chains.items() if c in categories}
+            if complete:
+                chains = self._snapshot(dir_fd, categories, held)
+                gaps = self._all_gaps(dir_fd).get(session, [])
+            else:
+                chains = self._chains(dir_fd)
+                gaps = self._all_gaps(dir_fd).get(session, [])
+                if not gaps and not self._has_lines(dir_fd, chains, prefix):
+                    raise ConfigError(f"no capture session {session!r} in {self.directory}; "
+                                      "`shmring replay DIR --sessions` lists them")
+                if categories is not None:
+                    chains = {c: names for c, names in chains.items() if c in categories}
             # Known-lost ranges: the recorded gaps, and the seqs of torn lines as the file readers meet them
             # (always before the merge yields anything above them).
             known = [(max(lo, after_seq + 1), hi) for lo, hi in _merge_ranges(gaps) if hi > after_seq]
@@ -245,9 +269,8 @@ class Archive:
                 if seq is not None:
                     heapq.heappush(known, (seq, seq))
 
-            streams = [self._events(dir_fd, names, category, prefix, after_seq, end, torn)
+            streams = [self._events(dir_fd, names, category, prefix, after_seq, end, torn, held)
                        for category, names in sorted(chains.items())]
-            contiguous = categories is None
             nxt = after_seq + 1  # the lowest seq not yet delivered, filtered or dropped
             judged = convert is not None or keep is not None
             for batch in _merge_batches(streams):
@@ -290,17 +313,30 @@ class Archive:
                         yield event_out(seq, category, value)
             # After the last event present, only what is known lost.
             trailing = [(max(lo, nxt), min(hi, end - 1)) for lo, hi in known]
+            if complete and contiguous:
+                trailing.append((nxt, end - 1))
             for lo, hi in _merge_ranges([r for r in trailing if r[0] <= r[1]]):
                 yield drop_out(hi, hi - lo + 1)
         finally:
+            for fd in (held or {}).values():
+                os.close(fd)
             os.close(dir_fd)
 
     def _events(self, dir_fd: int, names: list[str], category: str, prefix: bytes, after_seq: int, end: int,
-                torn: Callable) -> Iterator[list[tuple[int, str, bytes]]]:
+                torn: Callable, held: dict[str, int] | None = None) -> Iterator[list[tuple[int, str, bytes]]]:
         """Batches of (seq, category, value) of the session's lines in one category's files, in file order."""
         plen = len(prefix)
         for name in names:
-            for lines, base, block in self._chunks(dir_fd, name):
+            if held is not None and name not in held:  # a rotated file of a snapshot: opened now, by its stable name
+                fd = self._open_file(dir_fd, name)
+                if fd is None:
+                    continue
+                if after_seq and _ends_by(fd, prefix, after_seq):
+                    os.close(fd)  # wholly at or before after_seq: not read at all
+                    continue
+                held[name] = fd
+            for lines, base, block in self._chunks(dir_fd, name, held,
+                                                   (prefix, after_seq) if held is not None and after_seq else None):
                 if _all_start_with(block, lines, prefix):  # the common case, at C speed: all whole, all ours
                     batch = [(int(line[plen:line.find(b",", plen)]), category, line) for line in lines]
                     if batch[0][0] > after_seq and batch[-1][0] < end:
@@ -335,16 +371,25 @@ class Archive:
                 if batch:
                     yield batch
 
-    def _chunks(self, dir_fd: int, name: str) -> Iterator[tuple[list[bytes], int, bytes]]:
+    def _chunks(self, dir_fd: int, name: str, held: dict[str, int] | None = None,
+                skip: tuple[bytes, int] | None = None) -> Iterator[tuple[list[bytes], int, bytes]]:
         """(lines without their newlines, offset of the first, the bytes they were split from) of file `name`,
         a chunk at a time. A last line
-        without its newline is torn: it is listed, and only its head, if whole, is given (its seq is lost)."""
-        fd = self._open_file(dir_fd, name)
+        without its newline is torn: it is listed, and only its head, if whole, is given (its seq is lost).
+        With `held` (a snapshot), the file is the fd held for `name`, not opened again by name. With
+        `skip` (prefix, seq), reading starts at a line found by bisection before which the session has no
+        line after seq (``_line_after``)."""
+        if held is not None:
+            fd = held.pop(name, None)
+        else:
+            fd = self._open_file(dir_fd, name)
         if fd is None:
             return
         with open(fd, "rb", buffering=0, closefd=True) as f:
             rest = b""
-            base = 0  # file offset of rest
+            base = 0 if skip is None else _line_after(fd, *skip)  # file offset of rest
+            if base:
+                f.seek(base)
             while chunk := f.read(CHUNK_BYTES):
                 data = rest + chunk if rest else chunk
                 cut = data.rfind(b"\n") + 1
@@ -422,6 +467,62 @@ class Archive:
         return ConfigError(f"{self._path(name)} is not a regular file (a symbolic link?); "
                            "move it out of the directory to read the rest")
 
+    def _snapshot(self, dir_fd: int, categories, held: dict[str, int]) -> dict[str, list[str]]:
+        """The chains of `categories` (None: all), each current file (``<c>.jsonl``) opened into `held`.
+
+        A rotation renames ``<c>.jsonl`` to ``<c>.N.jsonl`` while the flusher runs; a current file opened by
+        name after that could miss the renamed one. So the current files are opened at once, and the listing
+        is taken again: if any name appeared, vanished or now names another file, it is done again. A rotated
+        file keeps its name for good (the flusher only ever renames the current one), so it is opened when
+        its turn comes, and a replay holds one fd per category, however many files were rotated.
+        """
+        while True:
+            chains = self._chains(dir_fd)
+            if categories is not None:
+                chains = {c: names for c, names in chains.items() if c in categories}
+            try:
+                for category, names in chains.items():
+                    if names[-1] == f"{category}.jsonl":
+                        fd = self._open_file(dir_fd, names[-1])
+                        if fd is None:
+                            raise FileNotFoundError(names[-1])
+                        held[names[-1]] = fd
+                again = self._chains(dir_fd)
+                if categories is not None:
+                    again = {c: names for c, names in again.items() if c in categories}
+                if again == chains and all(_same_file(os.fstat(fd), os.stat(name, dir_fd=dir_fd,
+                                                                             follow_symlinks=False))
+                                           for name, fd in held.items()):
+                    return chains
+            except FileNotFoundError:
+                pass
+            for fd in held.values():
+                os.close(fd)
+            held.clear()
+
+    def _checkpoint_seq(self, capture_session_id: str) -> int:
+        """The seq the flusher's ``_checkpoint.json`` says is on disk for this session (0: none, or another's)."""
+        try:
+            dir_fd = self._open_directory()
+        except ConfigError:
+            return 0
+        try:
+            fd = self._open_file(dir_fd, CHECKPOINT_FILE)
+            if fd is None:
+                return 0
+            with open(fd, "rb", buffering=0, closefd=True) as f:
+                data = f.read(1 << 20)
+        finally:
+            os.close(dir_fd)
+        try:
+            checkpoint = json.loads(data)
+        except ValueError:
+            return 0  # being replaced? the flusher writes a new one and renames it over: never torn
+        if (isinstance(checkpoint, dict) and checkpoint.get("capture_session_id") == capture_session_id
+                and type(checkpoint.get("seq")) is int):
+            return checkpoint["seq"]
+        return 0
+
     def _chains(self, dir_fd: int) -> dict[str, list[str]]:
         """category -> its file names, oldest first: <c>.1.jsonl, <c>.2.jsonl, ..., <c>.jsonl."""
         numbered: dict[str, list[tuple[int, str]]] = {}
@@ -448,6 +549,54 @@ class Archive:
                 if 0 < first <= last:
                     out.setdefault(session, []).append((first, last))
         return out
+
+
+def _line_after(fd: int, prefix: bytes, seq: int) -> int:
+    """A line start in the file before which the session (`prefix`) has no line after `seq`, found by bisection
+    (its lines increase along the file): a replay from the middle of a long file reads from near there, not from
+    its start. Lines of other sessions, or longer than the window, only make it stop earlier."""
+    lo, hi = 0, os.fstat(fd).st_size
+    while hi - lo > CHUNK_BYTES:
+        mid = (lo + hi) // 2
+        window = os.pread(fd, 1 << 16, mid)
+        pos = window.find(b"\n") + 1
+        found = None
+        while pos:
+            end = window.find(b"\n", pos)
+            if end < 0:
+                break
+            if window.startswith(prefix, pos):
+                digits = window[pos + len(prefix):window.find(b",", pos + len(prefix), end)]
+                if digits.isdigit():
+                    found = int(digits)
+                break
+            pos = end + 1
+        if found is not None and found <= seq:
+            lo = mid + pos
+        else:
+            hi = mid
+    return lo
+
+
+def _ends_by(fd: int, prefix: bytes, seq: int) -> bool:
+    """Whether the file's last line is whole, of the session (`prefix`), and at or before `seq` (its lines of the
+    session all are then: they increase along a category's files)."""
+    size = os.fstat(fd).st_size
+    tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+    if not tail.endswith(b"\n"):
+        return size == 0
+    start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+    if start == 0 and size > len(tail):
+        return False  # a line longer than the tail read
+    line = tail[start:-1]
+    if not line.startswith(prefix):
+        return False
+    digits = line[len(prefix):line.find(b",", len(prefix))]
+    return digits.isdigit() and int(digits) <= seq
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return a.st_ino == b.st_ino and a.st_dev == b.st_dev
 
 
 def _all_start_with(block: bytes, lines: list[bytes], prefix: bytes) -> bool:

@@ -1,4 +1,5 @@
-"""The ``shmring`` command: serve, capture-cdp, producer, publish, tail, replay, stat, ls, gc, flush, doctor, demo.
+"""The ``shmring`` command: serve, capture-cdp, producer, publish, tail, replay, stat, ls, gc, flush, forward,
+doctor, demo.
 
 Rules:
 - The only module that prints or exits.
@@ -75,7 +76,7 @@ def cmd_serve(args) -> int:
         cdp_console_hook=False if args.cdp_console_via_inspector else None,
         cdp_categories=args.cdp_categories, cdp_enabled=not args.cdp_disabled,
         capacity=args.capacity, data_bytes=args.data_bytes,
-        max_connections=args.max_connections, max_buffered_bytes=args.max_buffered_bytes,
+        max_connections=args.max_connections, max_buffered_bytes=args.max_buffered_bytes, forward=args.forward,
         flusher_grace_s=args.flusher_grace_s, gate_stall_s=args.gate_stall_s, capture_session_id=args.session_id,
         resume=args.resume, http=http,
     )
@@ -124,11 +125,7 @@ def cmd_producer(args) -> int:
 def cmd_flush(args) -> int:
     from .flusher import Flusher
 
-    stop = threading.Event()
-    # SIGTERM is taken by a thread in sigwait, not by a handler: a handler
-    # would interrupt the reader's semaphore wait with an error.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=lambda: (signal.sigwait({signal.SIGTERM}), stop.set()), daemon=True).start()
+    stop = _sigwait_stop({signal.SIGTERM})
     try:
         with Flusher(args.name, args.directory, fsync=args.fsync, max_file_bytes=args.max_file_bytes or None,
                      group_readable=args.group_readable) as flusher:
@@ -138,6 +135,27 @@ def cmd_flush(args) -> int:
         return 1
     if stats["ending"] == "writer_gone":
         _flusher_err(f"the writer of {args.name!r} died; flushed up to seq {stats['last_seq']}")
+    return 0
+
+
+def _sigwait_stop(signals: set) -> threading.Event:
+    """An event set by `signals`, taken by a thread in sigwait, not by a handler: a handler
+    would interrupt the reader's semaphore wait with an error."""
+    stop = threading.Event()
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    threading.Thread(target=lambda: (signal.sigwait(signals), stop.set()), daemon=True).start()
+    return stop
+
+
+def cmd_forward(args) -> int:
+    from .forward import Forwarder
+
+    stop = _sigwait_stop({signal.SIGTERM, signal.SIGINT})  # before the sink's client thread starts: it inherits
+    with Forwarder(args.name, args.to, archive=args.archive, stream=args.stream, subject=args.subject,
+                   maxlen=args.maxlen, log=_err) as forwarder:
+        stats = forwarder.run(stop)
+    if stats["ending"] == "writer_gone":
+        _err(f"the writer of {args.name!r} died; forwarded up to seq {stats['position']}")
     return 0
 
 
@@ -215,11 +233,12 @@ def cmd_tail(args) -> int:
         # The last N events: with no filter, start N before the latest; with
         # one, read what the ring holds and keep the last N that match.
         s = ring_stats(args.name)
-        oldest = s["oldest_seq"] or s["latest_seq"] + 1
+        oldest = 1 if args.archive else s["oldest_seq"] or s["latest_seq"] + 1  # with an archive: all the history
         filtered = filt is not None or sink.selects
         after = oldest - 1 if filtered else max(oldest - 1, s["latest_seq"] - args.lines)
         backlog_to = s["latest_seq"] if filtered else None
-    with Reader.attach(args.name, after_seq=after, filter=filt, max_delay_s=TAIL_MAX_DELAY_S) as reader:
+    with Reader.attach(args.name, after_seq=after, filter=filt, archive=args.archive,
+                       max_delay_s=TAIL_MAX_DELAY_S) as reader:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _raise_stop)
         try:
@@ -370,7 +389,8 @@ def _stat_table(s: dict) -> str:
                      f"{'dropped':>10} {'filtered':>10}")
         for r in s["readers"]:
             lines.append(f"{r['role']:8} {r['pid']:>8} {'alive' if r['alive'] else 'DEAD':6} {r['cursor']:>12} "
-                         f"{r['lag']:>10} {r['delivered']:>12} {r['dropped']:>10} {r['filtered']:>10}")
+                         f"{r['lag']:>10} {r['delivered']:>12} {r['dropped']:>10} {r['filtered']:>10}"
+                         + (f"  sink {r.get('sink') or '?'}" if r["role"] == "forwarder" else ""))
     else:
         lines.append("no readers attached")
     for h in s.get("archive", ()):
@@ -633,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-buffered-bytes", type=_positive_int, default=DEFAULT_MAX_BUFFERED_BYTES, metavar="N",
                    help="bytes of partial lines held across all --socket connections; the connection that would "
                         "go over gets an error reply and is closed")
+    s.add_argument("--forward", action="append", metavar="URL",
+                   help="also run and supervise `shmring forward NAME --to URL` (repeatable; with --log-dir it reads "
+                        "the backlog from there); default: none")
     add_edge_arguments(s, required=False)
     s.set_defaults(func=cmd_serve)
 
@@ -708,6 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json-drops", action="store_true",
                    help='also print each drop on stdout, as {"dropped":N,"from_seq":A,"to_seq":B}')
     s.add_argument("--no-follow", action="store_true", help="exit once caught up")
+    s.add_argument("--archive", metavar="DIR",
+                   help="the ring's flusher directory: what the ring no longer holds is read from its files, then "
+                        "tail goes on in the ring (replay-merge); default: none")
     s.set_defaults(func=cmd_tail)
 
     s = sub.add_parser("replay", help="print a flusher directory's envelopes as JSON lines, in seq order")
@@ -741,6 +767,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("flush", help="tail a ring into DIR/<category>.jsonl")
     _add_flush_arguments(s)
+
+    s = sub.add_parser("forward", help="forward a ring into Redis Streams or NATS JetStream, exactly once per seq")
+    s.add_argument("name", type=_ring_name, help=NAME_HELP)
+    s.add_argument("--to", required=True, metavar="URL", help="redis://HOST:PORT/DB or nats://HOST:PORT")
+    s.add_argument("--archive", metavar="DIR", help="a flusher's directory, read when the ring no longer holds "
+                   "the next seq (replay-merge); default: the ring only, losses become gap markers")
+    s.add_argument("--stream", metavar="S", help="the Redis stream key (default shmring:NAME) or the JetStream "
+                   "stream (default shmring-NAME, created if missing)")
+    s.add_argument("--subject", metavar="S", help="the NATS subject (default shmring.NAME)")
+    s.add_argument("--maxlen", type=_positive_int, metavar="N", help="trim the Redis stream with MAXLEN ~ N; "
+                   "default: never")
+    s.set_defaults(func=cmd_forward)
 
     s = sub.add_parser("doctor", help="what this installation can do here: accelerator, memory model, /dev/shm space")
     s.add_argument("--json", action="store_true", help="one JSON object")

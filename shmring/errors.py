@@ -38,6 +38,8 @@ __all__ = [
     "BrowserError",
     "ProducerNotRunning",
     "ControlError",
+    "ForwardError",
+    "SinkUnavailable",
 ]
 
 
@@ -193,6 +195,18 @@ class DemoError(ShmringError):
     """``shmring demo`` could not start one of its parts."""
 
     fields = ("path", "status")
+
+
+class ForwardError(ShmringError):
+    """``forward`` cannot go on: a bad sink URL, refused authentication, a key or stream it cannot use."""
+
+    fields = ("name", "url")
+
+
+class SinkUnavailable(ShmringError):
+    """The forwarder's sink is unreachable or stopped answering; the forwarder reconnects with back-off."""
+
+    fields = ("url",)
 
 
 class CdpError(ShmringError):

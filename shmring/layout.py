@@ -128,7 +128,8 @@ ENTRY_FREE = 0
 ENTRY_ACTIVE = 1
 ROLE_READER = 1
 ROLE_FLUSHER = 2
-ROLE_NAMES = {ROLE_READER: "reader", ROLE_FLUSHER: "flusher"}
+ROLE_FORWARDER = 3
+ROLE_NAMES = {ROLE_READER: "reader", ROLE_FLUSHER: "flusher", ROLE_FORWARDER: "forwarder"}
 
 # -- enum codes stored in slots --------------------------------------------
 SOURCE_KINDS = ("cdp", "kernel_api", "extension", "local_process")

@@ -11,7 +11,7 @@ import select
 
 import psutil
 
-__all__ = ["ProcessIdentity", "ProcessWatch", "current_identity", "is_alive", "maps_file"]
+__all__ = ["ProcessIdentity", "ProcessWatch", "current_identity", "is_alive", "maps_file", "command_line"]
 
 # psutil derives create_time from boot time plus clock ticks: it is stable for
 # one process, and two processes sharing a pid are started far more than this
@@ -57,6 +57,17 @@ def maps_file(pid: int, start_time: float, fragment: str) -> bool | None:
         if abs(proc.create_time() - start_time) > _START_TIME_TOLERANCE_S:
             return None
         return any(fragment in m.path for m in proc.memory_maps(grouped=True))
+    except psutil.Error:
+        return None
+
+
+def command_line(pid: int, start_time: float) -> list[str] | None:
+    """The arguments process `pid` (that started at `start_time`) runs with; None if that cannot be told."""
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - start_time) > _START_TIME_TOLERANCE_S:
+            return None
+        return proc.cmdline()
     except psutil.Error:
         return None
 

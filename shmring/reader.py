@@ -17,6 +17,10 @@ Rules:
   ``RingClosed`` after a clean close, ``WriterGone`` if the writer died.
 - Batches (``read_many``, ``read_raw_many``) keep the same order, drops and
   accounting as ``read``; raw records are the writer's bytes, undecoded.
+- With ``archive=DIR``, a seq the ring no longer holds is read from the
+  flusher's files (history.py has the rules), then the reader goes on in the
+  ring at exactly the next seq. Only the ring's lapped and first_seq branches
+  lead there: the ring path has no per-event check for it.
 - Sinks use only this public API; a gating sink (the flusher) uses
   ``GatingReader``, which lets the writer past only what it committed.
 """
@@ -25,6 +29,8 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
+from itertools import islice
+from operator import attrgetter
 
 import msgspec
 
@@ -39,6 +45,8 @@ from .liveness import ProcessWatch, current_identity
 from .registry import Registry
 from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, accelerator, check_memory_model, full_fence
 from .filters import Filter
+from .history import History
+from .results import RawRecord, ReadResult
 from .schema import Envelope, decode_envelope
 from .segment import Mapping, WakeSemaphore, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
 from .waiting import DOZE, SPIN, wait_strategy
@@ -52,36 +60,11 @@ PROGRESS_EVERY = 256
 MAX_DELAY_S_LIMIT = 10.0
 
 
-class ReadResult(msgspec.Struct, frozen=True):
-    """One step of a stream: an envelope, or the events lost here.
-
-    A drop gives the count and the inclusive seq range lost:
-    ``dropped == dropped_to - dropped_from + 1``.
-    """
-
-    envelope: Envelope | None = None
-    dropped: int = 0
-    dropped_from: int = 0
-    dropped_to: int = 0
-
-
-class RawRecord(msgspec.Struct, frozen=True):
-    """One step of a stream, undecoded: an envelope's JSON as the writer encoded it, or a drop.
-
-    A drop is ``RawRecord(seq=<last lost seq>, category="", payload=b"", dropped=N)``, with the
-    inclusive range lost in ``dropped_from`` and ``dropped_to`` (= seq).
-    """
-
-    seq: int
-    category: str
-    payload: bytes
-    dropped: int = 0
-    dropped_from: int = 0
-    dropped_to: int = 0
-
-
 class Reader:
     """A cursor over one ring. Create with ``Reader.attach(name)``."""
+
+    _ROLE = ROLE_READER
+    """The role its registry entry shows (a subclass for one kind of sink may name its own)."""
 
     def __init__(self, *, _ring: Mapping, _registry: Registry, _info: RingInfo, _index: int,
                  _semaphore: WakeSemaphore, _cursor: int,
@@ -134,24 +117,32 @@ class Reader:
         self._stuck_seq = 0
         self._stuck_since = 0.0
         self._resynced_at: int | None = None  # the cursor after the last resync (see _skip_lapped)
+        self._history: History | None = None  # archive=DIR: where seqs the ring no longer holds are read
+        self._replaying = False
+        self._replay_walk = None  # the files' steps being read, up to _replay_until (history.py)
+        self._replay_until: int | None = None
 
     @classmethod
     def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None,
-               max_delay_s: float = 0.0) -> "Reader":
+               archive: str | os.PathLike | None = None, max_delay_s: float = 0.0) -> "Reader":
         """Attach to ring `name`.
 
         after_seq=None: only events published from now on.
         after_seq=0: from the start of the stream (a drop first if it is gone).
         after_seq=N: resume right after seq N.
+        archive: the ring's flusher directory. Whenever the next seq is no
+        longer in the ring, it is read from the files there, then the reader
+        goes on in the ring at exactly the next seq (replay-merge; drops only
+        for what neither holds; see history.py).
         max_delay_s: the latency budget. 0 wakes for every event; D > 0 lets
         events collect for up to D seconds and takes them in one go, which
         costs far less CPU per event at steady rates.
         """
-        return cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=ROLE_READER,
-                         gating=False)
+        return cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=cls._ROLE,
+                         gating=False, archive=archive)
 
     @classmethod
-    def _open(cls, name, *, after_seq, filter, max_delay_s, role, gating) -> "Reader":
+    def _open(cls, name, *, after_seq, filter, max_delay_s, role, gating, archive=None) -> "Reader":
         validate_ring_name(name)
         if (not isinstance(max_delay_s, (int, float)) or isinstance(max_delay_s, bool)
                 or not 0 <= max_delay_s <= MAX_DELAY_S_LIMIT):
@@ -194,6 +185,12 @@ class Reader:
                      _cursor=cursor, _filter=filter, _max_delay_s=float(max_delay_s))
         if gating:
             reader._committed = cursor
+        if archive is not None:
+            try:
+                reader._history = History(archive, info.capture_session_id, filter, registry.flushers)
+            except BaseException:
+                reader.close()
+                raise
         return reader
 
     # -- properties -----------------------------------------------------------
@@ -269,6 +266,8 @@ class Reader:
         if taken is None:
             return None
         if type(taken) is int:
+            if not taken:  # the files hold the next seq: the replay's read took over
+                return self.read(timeout)
             return ReadResult(dropped=taken, dropped_from=self._cursor - taken + 1, dropped_to=self._cursor)
         envelope = _decode_checked(taken[1], taken[0])
         if envelope is None:
@@ -307,11 +306,16 @@ class Reader:
         taken = self._take(timeout)
         if taken is None:
             return []
+        if taken == 0 and type(taken) is int:  # the files hold the next seq: the replay's read takes over
+            return self.read_raw_many(max_events, timeout)
         records = []
         names = self._category_names
         try:
             while True:
                 if type(taken) is int:
+                    if not taken:  # the files hold the next seq
+                        records += self.read_raw_many(max_events - len(records), 0)
+                        break
                     records.append(RawRecord(self._cursor, "", b"", taken, self._cursor - taken + 1, self._cursor))
                 else:
                     seq, payload, fields = taken
@@ -349,6 +353,8 @@ class Reader:
         while True:
             seq = self._cursor + 1
             if seq < self._first_seq:  # never in this ring: the writer continued a session from first_seq
+                if self._history is not None:
+                    return self._begin_replay()
                 return self._drop_to(self._first_seq - 1)
             status, payload, fields = poll(seq, accept)
             if status == READY:
@@ -364,6 +370,8 @@ class Reader:
                 self._unpublished += 1
                 continue
             if status == LAPPED:
+                if self._history is not None:
+                    return self._begin_replay()
                 return self._skip_lapped(seq)
             if status == WRITING:
                 now = time.monotonic()
@@ -378,6 +386,177 @@ class Reader:
     def try_read(self) -> ReadResult | None:
         """``read(timeout=0)``: never blocks."""
         return self.read(timeout=0)
+
+    # -- replay-merge (archive=DIR, see history.py) -----------------------------------------
+    # While the files hold the next seq, the reader's read methods are the replay's (instance attributes
+    # shadowing the class's), and _take answers 0, which tells a class method already running to hand over.
+    # So the ring path has no check of its own for the replay: only its lapped and first_seq branches lead here.
+    def _begin_replay(self) -> int:
+        self._fast = False
+        self._replaying = True
+        self.read = self._replay_read
+        self.read_many = self._replay_read_many
+        self.read_raw_many = self._replay_read_raw_many
+        self._take = _replay_marker
+        return 0
+
+    def _end_replay(self) -> None:
+        self._replaying = False
+        for attr in ("read", "read_many", "read_raw_many", "_take"):
+            self.__dict__.pop(attr, None)
+        self._stop_walk()
+        self._fast = self._filter is None and self._end is None and not self._detached
+
+    def _stop_walk(self) -> None:
+        walk, self._replay_walk = self._replay_walk, None
+        self._replay_until = None
+        if walk is not None:
+            walk.close()
+
+    def _replay_ready(self, deadline: float | None):
+        """The walk over the files to take steps from, or False: the ring holds the next seq, and the replay has
+        ended; or None: the deadline passed while the flusher was behind (history.py)."""
+        if self._detached:
+            raise ReaderClosed(f"this reader of ring {self.name!r} is closed; attach a new one", name=self.name)
+        while True:
+            if self._replay_walk is not None:
+                return self._replay_walk
+            until = self._replay_until
+            self._replay_until = None
+            if until is not None and until > self._cursor:
+                # A walk is done: the seqs up to its bound it did not show are other categories' events
+                # or ones the filter judged out (a lost one was shown as a drop).
+                self._filtered += until - self._cursor
+                self._cursor = until
+                self._publish_progress()
+            seq = self._cursor + 1
+            core = self._core
+            # The same test as the ring's (slot and data area), so the ring does not send the reader back here.
+            oldest = max(core.oldest_retained(core.latest()), self._first_seq)
+            if seq >= oldest:
+                self._end_replay()
+                return False
+            until = self._history.final_through(oldest)
+            if until < seq:  # the flusher has not yet accounted for seq: it may still write it
+                self._publish_progress()
+                if not self._history.pause(deadline):
+                    return None
+                continue
+            self._replay_walk = self._history.walk(self._cursor, until)
+            self._replay_until = until
+
+    def _replay_steps(self, max_events: int, timeout: float | None, ring_many):
+        """Up to `max_events` RawRecords from the files, counted as read; [] on timeout; or, once the ring holds
+        the next seq, what `ring_many` (a class method) gives."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            walk = self._replay_ready(deadline)
+            if not walk:
+                return [] if walk is None else ring_many(self, max_events, _left(deadline))
+            try:
+                steps = list(islice(walk, max_events))
+            except BaseException:
+                self._stop_walk()  # not done: the next read starts again from the cursor
+                raise
+            if len(steps) < max_events:  # its last: the next read accounts for the rest of its bound
+                self._replay_walk = None
+                walk.close()
+            if steps:
+                break
+        dropped = sum(map(_step_dropped, steps))
+        delivered = len(steps) - (sum(1 for step in steps if step.dropped) if dropped else 0)
+        last_seq = steps[-1].seq
+        self._filtered += last_seq - self._cursor - delivered - dropped
+        self._delivered += delivered
+        self._dropped += dropped
+        self._cursor = last_seq
+        self._unpublished += len(steps)
+        if self._unpublished >= PROGRESS_EVERY:
+            self._publish_progress()
+        return steps
+
+    def _replay_read_raw_many(self, max_events: int = 1024, timeout: float | None = None) -> list[RawRecord]:
+        _check_max_events(max_events)
+        if not self._replaying:  # a caller holding this bound method after the replay ended
+            return Reader.read_raw_many(self, max_events, timeout)
+        return self._replay_steps(max_events, timeout, Reader.read_raw_many)
+
+    def _replay_read_many(self, max_events: int = 1024, timeout: float | None = None) -> list[ReadResult]:
+        _check_max_events(max_events)
+        if not self._replaying:
+            return Reader.read_many(self, max_events, timeout)
+        steps = self._replay_steps(max_events, timeout, Reader.read_many)
+        if not steps or type(steps[0]) is ReadResult:  # from the ring
+            return steps
+        if not any(map(_step_dropped, steps)):
+            try:  # the common case, decoded in one go; any line that is not its seq's envelope: one by one below
+                envelopes = list(map(_decode, map(_step_payload, steps)))
+            except msgspec.DecodeError:
+                pass
+            else:
+                if list(map(_envelope_seq, envelopes)) == list(map(_step_seq, steps)):
+                    return list(map(ReadResult, envelopes))
+        results = []
+        append = results.append
+        for step in steps:
+            if step.dropped:
+                append(ReadResult(dropped=step.dropped, dropped_from=step.dropped_from, dropped_to=step.dropped_to))
+            else:
+                append(self._replay_decoded(step))
+        return results
+
+    def _replay_read(self, timeout: float | None = None) -> ReadResult | None:
+        walk = self._replay_walk
+        if walk is None:
+            if not self._replaying:
+                return Reader.read(self, timeout)
+            steps = self._replay_steps(1, timeout, _ring_read_one)
+            if not steps:
+                return None
+            step = steps[0]
+            if type(step) is ReadResult:  # from the ring
+                return step
+        else:
+            try:
+                step = next(walk, None)
+            except BaseException:
+                self._stop_walk()
+                raise
+            if step is None:  # its last: the next read accounts for the rest of its bound
+                self._replay_walk = None
+                walk.close()
+                return self._replay_read(timeout)
+            cursor = self._cursor
+            seq = step.seq
+            if step.dropped:
+                self._dropped += step.dropped
+                self._filtered += step.dropped_from - 1 - cursor
+            else:
+                self._delivered += 1
+                if seq != cursor + 1:
+                    self._filtered += seq - 1 - cursor
+            self._cursor = seq
+            self._unpublished += 1
+            if self._unpublished >= PROGRESS_EVERY:
+                self._publish_progress()
+        if step.dropped:
+            return ReadResult(dropped=step.dropped, dropped_from=step.dropped_from, dropped_to=step.dropped_to)
+        try:  # _replay_decoded, inline: this is the per-event path of a decoding replay
+            envelope = _decode(step.payload)
+        except msgspec.DecodeError:
+            return self._replay_decoded(step)
+        if envelope.seq != step.seq:
+            return self._replay_decoded(step)
+        return ReadResult(envelope)
+
+    def _replay_decoded(self, step: RawRecord) -> ReadResult:
+        """A line of the files as the ring's read gives it: decoded, or (not its seq's envelope) a drop of one."""
+        envelope = _decode_checked(step.payload, step.seq)
+        if envelope is None:
+            self._delivered -= 1
+            self._dropped += 1
+            return ReadResult(dropped=1, dropped_from=step.seq, dropped_to=step.seq)
+        return ReadResult(envelope)
 
     def _drop_to(self, last_lost: int) -> int:
         lost = last_lost - self._cursor
@@ -509,6 +688,8 @@ class Reader:
             return
         self._detached = True
         self._fast = False
+        if self._replay_walk is not None:
+            self._stop_walk()
         try:
             self._publish_progress()
             if abandon_gate and self._committed is not None:
@@ -583,6 +764,26 @@ class GatingReader(Reader):
         """Detach after a failure, leaving the gate as a dead owner's: for its grace period the writer
         keeps everything after ``committed``, so a successor that attaches in time loses nothing."""
         self._detach(abandon_gate=True)
+
+
+_step_dropped = attrgetter("dropped")
+_step_payload = attrgetter("payload")
+_step_seq = _envelope_seq = attrgetter("seq")
+
+
+def _replay_marker(timeout=None) -> int:
+    """``_take`` while the replay reads the files: 0, the marker of a hand-over."""
+    return 0
+
+
+def _ring_read_one(reader: "Reader", max_events: int, timeout: float | None) -> list:
+    """``Reader.read`` shaped as a batch of at most one (for the replay's hand-over back to the ring)."""
+    result = Reader.read(reader, timeout)
+    return [] if result is None else [result]
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _check_max_events(max_events: object) -> None:

@@ -28,6 +28,7 @@ from .layout import (
     REG_WAIT_FLAGS,
     REGISTRY_MAGIC,
     LAYOUT_VERSION,
+    ROLE_FLUSHER,
     ROLE_NAMES,
     U64,
     entry_offset,
@@ -159,6 +160,17 @@ class Registry:
             state, pid, start_time, _, gating = ENTRY_IDENTITY.unpack_from(buf, off)
             if state == ENTRY_ACTIVE and gating:
                 out.append((index, pid, start_time, U64.unpack_from(buf, off + ENTRY_PROGRESS_OFFSET)[0]))
+        return out
+
+    def flushers(self) -> list[tuple[int, float, int]]:
+        """(pid, start_time, cursor) of every active flusher-role entry, gating or retired (liveness unchecked)."""
+        out = []
+        buf = self.buf
+        for index in range(MAX_READERS):
+            off = entry_offset(index)
+            state, pid, start_time, role, _ = ENTRY_IDENTITY.unpack_from(buf, off)
+            if state == ENTRY_ACTIVE and role == ROLE_FLUSHER:
+                out.append((pid, start_time, U64.unpack_from(buf, off + ENTRY_PROGRESS_OFFSET)[0]))
         return out
 
     def publish_progress(self, index: int, cursor: int, delivered: int, dropped: int, filtered: int) -> None:

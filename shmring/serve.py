@@ -1,4 +1,4 @@
-"""Serve: run a ring's writer with its ingest socket and a supervised flusher process.
+"""Serve: run a ring's writer with its ingest socket, a supervised flusher process and forwarders.
 
 Rules:
 - With a log directory, nothing is accepted until the flusher has attached
@@ -38,6 +38,7 @@ import msgspec
 from .edge import EdgeConfig, EdgeSupervisor
 from .control import ControlServer
 from .errors import ConfigError, ControlError, ProducerNotRunning, RingNotFound, ServeError
+from .forward import REPLAY_MERGE, open_sink
 from .logdir import prepare_log_directory
 from .ingest import (
     DEFAULT_MAX_BUFFERED_BYTES,
@@ -137,6 +138,72 @@ class FlusherSupervisor:
                 proc.wait()
         self._thread.join(timeout_s)
         return self.proc.returncode
+
+
+class ForwarderChild:
+    """``shmring forward NAME --to URL`` as a child of serve, in its own session; restarted (with capped back-off)
+    if it dies, until the ring is closed. A plain reader: nothing waits for it to attach."""
+
+    STOP_TIMEOUT_S = 10.0
+
+    def __init__(self, name: str, url: str, archive: str | None, log):
+        self.name = name
+        self.command = [sys.executable, "-m", "shmring", "forward", name, "--to", url]
+        if archive is not None and REPLAY_MERGE:
+            self.command += ["--archive", archive]
+        self.log = log
+        self.restarts = 0
+        self._closing = threading.Event()
+        self.proc = subprocess.Popen(self.command, start_new_session=True)
+        self._thread = threading.Thread(target=self._watch, name="forwarder-supervisor", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        delay = FlusherSupervisor.RESTART_DELAY_S
+        while True:
+            started = time.monotonic()
+            code = self.proc.wait()
+            if self._closing.is_set():
+                return
+            self.log(f"forwarder (pid {self.proc.pid}) exited with status {code}; restarting it")
+            delay = FlusherSupervisor.RESTART_DELAY_S if time.monotonic() - started > 30 else min(delay * 2, 5.0)
+            if self._closing.wait(delay):
+                return
+            self.restarts += 1
+            self.proc = subprocess.Popen(self.command, start_new_session=True)
+
+    ATTACH_TIMEOUT_S = 10.0
+
+    def closing(self) -> None:
+        """Before the ring's close: let the current forwarder attach (bounded), so it still gets the ring's events;
+        from now on it is not restarted."""
+        deadline = time.monotonic() + self.ATTACH_TIMEOUT_S
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                readers = ring_stats(self.name)["readers"]
+                if any(r["pid"] == self.proc.pid and r["role"] == "forwarder" for r in readers):
+                    break
+            except RingNotFound:
+                break
+            time.sleep(0.01)
+        self._closing.set()
+
+    def stop(self) -> int | None:
+        """After the ring is closed: let it forward the rest, then SIGTERM (it writes its batch), then SIGKILL."""
+        self._closing.set()
+        proc = self.proc
+        try:
+            proc.wait(self.STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGCONT)
+            try:
+                proc.wait(self.STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._thread.join(self.STOP_TIMEOUT_S)
+        return proc.returncode
 
 
 class CaptureChild:
@@ -270,8 +337,8 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
           fsync: str = "batch", group_readable: bool = False, log=lambda msg: None, on_ready=lambda session: None,
           cdp_url: str | None = None, cdp_detail_level: str = "standard", cdp_console_hook: bool | None = None,
           cdp_categories=None, cdp_enabled: bool = True, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-          max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES, resume: bool = False, http: EdgeConfig | None = None,
-          **create_kwargs) -> dict:
+          max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES, resume: bool = False,
+          forward: list[str] | None = None, http: EdgeConfig | None = None, **create_kwargs) -> dict:
     """Run until `stop` is set; return counts. Raises ShmringError on set-up failures.
 
     cdp_url: also run ``shmring capture-cdp`` against that browser, publishing
@@ -285,6 +352,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     socket next to the ring).
     resume: continue the newest capture session in `log_dir` (required then)
     instead of starting a new one; see the module rules.
+    forward: sink URLs, each forwarded to by a supervised ``shmring forward`` (reading `log_dir` as its archive).
     """
     validate_ring_name(name)
     if resume and log_dir is None:
@@ -308,6 +376,8 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
         prepare_socket_path(socket_path)
     if log_dir is not None:
         prepare_log_directory(log_dir, group_readable=group_readable)  # refuses one another user controls
+    for url in forward or ():
+        open_sink(name, url)  # a bad URL fails before the ring exists
     with resuming(log_dir) if resume else contextlib.nullcontext():  # until the new ring exists
         if resume:
             plan = prepare_resume(name, log_dir, fsync=fsync, group_readable=group_readable, log=log)
@@ -319,6 +389,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
         session = CaptureSession.create(name, **create_kwargs)
     supervisor = None
     edge = None
+    forwarders = []
     server = None
     flusher_attached = False
     try:
@@ -330,6 +401,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
                                  f"{supervisor.ATTACH_TIMEOUT_S:.0f} s; see its messages above",
                                  name=name, path=log_dir)
             flusher_attached = True
+        forwarders = [ForwarderChild(name, url, log_dir, log) for url in forward or ()]
         if socket_path is not None:
             server = IngestServer(socket_path, session.publish, max_connections=max_connections,
                                   max_buffered_bytes=max_buffered_bytes)
@@ -358,8 +430,12 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     finally:
         if flusher_attached:
             supervisor.wait_attached()  # a flusher being restarted must attach before close, or it finds no ring
+        for forwarder in forwarders:
+            forwarder.closing()
         complete = session.close()  # bounded: a stalled flusher's gate is retired after gate_stall_s
         flusher_status = supervisor.stop() if supervisor is not None else None
+        for forwarder in forwarders:
+            forwarder.stop()
         if edge is not None:
             edge.stop()  # after the close (its streams send their end frame) and the flusher's end
         if supervisor is not None and (not complete or flusher_status != 0):

@@ -9,12 +9,12 @@ import time
 
 from .errors import RingNotFound, ShmringError
 from .header import open_ring_info
-from .liveness import is_alive, maps_file
+from .liveness import command_line, is_alive, maps_file
 from .registry import Registry
 from .ring import RingReaderCore
 from .segment import list_ring_names, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
 
-__all__ = ["ring_stats", "list_rings"]
+__all__ = ["ring_stats", "list_rings", "redact_url"]
 
 ACCELERATOR_FILE = "/shmring/_hotpath."
 """Part of the path of the compiled accelerator, as mapped in a process that loaded it."""
@@ -55,6 +55,9 @@ def ring_stats(name: str, *, sample_s: float = 0.0, accelerator: bool = False) -
              filtered=e["filtered"], waiting=e["waiting"])
         for e in entries
     ]
+    for reader, entry in zip(readers, entries):
+        if reader["role"] == "forwarder":
+            reader["sink"] = forwarder_sink(entry["pid"], entry["start_time"]) if entry["alive"] else None
     writer = dict(pid=info.writer_pid, alive=is_alive(info.writer_pid, info.writer_start_time))
     if accelerator:  # the writer's process has the compiled extension mapped, or not (None: can't tell)
         writer["accelerator"] = (maps_file(info.writer_pid, info.writer_start_time, ACCELERATOR_FILE)
@@ -73,6 +76,33 @@ def ring_stats(name: str, *, sample_s: float = 0.0, accelerator: bool = False) -
         created_us=info.created_us,
         readers=readers,
     )
+
+
+def forwarder_sink(pid: int, start_time: float) -> str | None:
+    """A ``shmring forward`` process's sink as its command line names it (password hidden); None if unknown."""
+    args = command_line(pid, start_time)
+    if not args or "forward" not in args:
+        return None
+    options = {}
+    rest = args[args.index("forward") + 1:]
+    for flag, value in zip(rest, rest[1:]):
+        if flag in ("--to", "--stream", "--subject"):
+            options[flag] = value
+    if "--to" not in options:
+        return None
+    return " ".join([redact_url(options["--to"])] + [f"{flag[2:]} {options[flag]}" for flag in ("--stream", "--subject")
+                                                     if flag in options])
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (or token) replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
+        return url
+    credentials, _, host = authority.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user + ':***' if colon else '***'}@{host}{slash}{path}"
 
 
 def list_rings() -> list[dict]:

@@ -64,6 +64,21 @@ its stream ends (RingClosed), so the window holds every event and the drain:
    from the writer's start to the end of its run() (target <= 3%). Measure
    6's targets are now >= 400k lines/s and <= 25% added writer CPU.
 
+Measures 12-13 are issue 13's replay-merge (``--only replay``):
+
+12. replay from the files: a 1,024-slot ring with a Flusher child; REPLAY_EVENTS
+   events round-robin over 4 categories (the flusher gates the writer, so all
+   are in the files, and the ring keeps only the last 1,024). Then a reader
+   child attaches with ``after_seq=0, archive=DIR`` and reads them all: with
+   ``for r in reader`` (decoding; target >= 300k events/s), ``read_many`` and
+   ``read_raw_many(1024)`` (target >= 600k events/s). Rate = events / time from
+   its first step to its last; the last 1,024 come from the ring it rejoins.
+13. the merge costs nothing once in the ring: a 65,536-slot ring holding
+   65,536 events (no flusher); a reader child reads the whole ring from seq 1,
+   REPLAY_RING_PASSES times each with and without ``archive=DIR``, alternating,
+   with ``for r in reader`` and with ``read_raw_many(1024)``; median rate of each
+   and their ratio (with / without, ~1.0).
+
 Readers are separate processes (spawn). Each attaches, then says so over a
 queue before the writer starts; each reads until ``RingClosed`` and sends
 back what it counted. Delivered rate = delivered / (end of stream - first
@@ -76,6 +91,7 @@ Run from the repository root:
     python tools/bench.py                 # everything, ~6 min here
     python tools/bench.py --only rates    # issue 11's targets (7-11, and 2 and 6), ~4.5 min
     python tools/bench.py --only classic  # measures 1-6, ~100 s (3 s phases)
+    python tools/bench.py --only replay   # issue 13's replay-merge (12-13), ~40 s
     python tools/bench.py --quick         # shorter phases (1 s; 2 s idle)
     python tools/bench.py --only rate_10k_0,writer_* --runs 5 --json
 """
@@ -947,6 +963,134 @@ WRITER_READERS = (0, 1, 4, 16)
 """Reader counts of measure 10 (0: the publish cost at rate with nobody to wake)."""
 
 
+REPLAY_EVENTS = 200_000
+REPLAY_CAPACITY = 1024
+REPLAY_CATEGORIES = ("console", "network", "page", "interaction")
+REPLAY_RING_PASSES = 15
+
+
+def _read_all(reader, mode: str, until: int) -> tuple[int, int, float, float]:
+    """Read `reader` to seq `until`: (events, drops, seconds from the first step to the last, CPU seconds)."""
+    events = drops = 0
+    c0 = time.process_time()
+    t0 = None
+    if mode == "read":
+        for step in reader:
+            if t0 is None:
+                t0 = time.perf_counter()
+            if step.dropped:
+                drops += step.dropped
+            else:
+                events += 1
+            if reader.cursor >= until:
+                break
+    else:
+        take = reader.read_raw_many if mode == "raw" else reader.read_many
+        while reader.cursor < until:
+            steps = take(1024, STALL_TIMEOUT_S)
+            if not steps:
+                raise BenchError(f"a replay reader stalled at seq {reader.cursor}")
+            if t0 is None:
+                t0 = time.perf_counter()
+            events += len(steps)
+            for step in steps:
+                if step.dropped:
+                    drops += step.dropped
+                    events -= 1
+    return events, drops, time.perf_counter() - t0, time.process_time() - c0
+
+
+def replay_reader_main(name: str, directory: str, idx: int, results, modes: list[str], until: int) -> None:
+    """Measure 12: for each mode, a reader with after_seq=0, archive=directory reads everything up to `until`."""
+    try:
+        out = {}
+        for mode in modes:
+            with Reader.attach(name, after_seq=0, archive=directory) as reader:
+                events, drops, wall, cpu = _read_all(reader, mode, until)
+                out[mode] = {"events": events, "drops": drops, "rate": events / wall, "rate_per_cpu_s": events / cpu,
+                             "delivered": reader.delivered, "in_ring": not reader._replaying}
+        results.put(("done", idx, out))
+    except BaseException as exc:
+        results.put(("error", idx, f"{type(exc).__name__}: {exc}"))
+
+
+def ring_cost_reader_main(name: str, directory: str, idx: int, results, until: int, passes: int) -> None:
+    """Measure 13: the whole ring from seq 1, with and without archive=, alternating, read and raw."""
+    try:
+        rates: dict[str, list[float]] = {}
+        for i in range(passes * 2):
+            archive = directory if i % 2 else None
+            for mode in ("read", "raw"):
+                with Reader.attach(name, after_seq=0, archive=archive) as reader:
+                    events, drops, wall, _ = _read_all(reader, mode, until)
+                    if drops or events != until or reader._replaying:
+                        raise BenchError(f"ring pass: {events} events, {drops} drops (expected {until}, 0)")
+                rates.setdefault(f"{mode}_{'with' if archive else 'without'}", []).append(events / wall)
+        results.put(("done", idx, {k: statistics.median(v) for k, v in rates.items()}))
+    except BaseException as exc:
+        results.put(("error", idx, f"{type(exc).__name__}: {exc}"))
+
+
+def measure_replay_files(ctx, event: Event) -> dict:
+    """Measure 12 (see the module docstring)."""
+    name = ring_name()
+    results = ctx.Queue()
+    procs = []
+    ok = False
+    directory = tempfile.mkdtemp(prefix=f"shmring-bench-flush-{os.getpid()}-", dir=FLUSH_TMP_PARENT)
+    session = None
+    events = [msgspec.structs.replace(event, category=c) for c in REPLAY_CATEGORIES]
+    try:
+        session = CaptureSession.create(name, capacity=REPLAY_CAPACITY, data_bytes=8 << 20)
+        procs = spawn(ctx, flusher_main, [(name, directory, 0, results)])
+        await_msgs(results, "ready", 1, READY_TIMEOUT_S)
+        publish = session.publish
+        for i in range(REPLAY_EVENTS):
+            publish(events[i % 4])
+        readers = spawn(ctx, replay_reader_main, [(name, directory, 1, results, ["read", "many", "raw"],
+                                                   REPLAY_EVENTS)])
+        procs += readers
+        out = await_msgs(results, "done", 1, 300.0)[1]
+        session.close()
+        await_msgs(results, "done", 1, 60.0)  # the flusher
+        ok = True
+    finally:
+        try:
+            cleanup(session, procs, [results], ok)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    out["drops_total"] = sum(out[m]["drops"] for m in ("read", "many", "raw"))
+    out["problems"] = [f"{m}: {out[m]['events']} events, {out[m]['drops']} drops, in ring {out[m]['in_ring']}"
+                       for m in ("read", "many", "raw")
+                       if out[m]["events"] != REPLAY_EVENTS or out[m]["drops"] or not out[m]["in_ring"]]
+    return out
+
+
+def measure_replay_ring_cost(ctx, event: Event) -> dict:
+    """Measure 13 (see the module docstring)."""
+    name = ring_name()
+    results = ctx.Queue()
+    procs = []
+    ok = False
+    directory = tempfile.mkdtemp(prefix=f"shmring-bench-flush-{os.getpid()}-", dir=FLUSH_TMP_PARENT)
+    session = None
+    try:
+        session = new_session(name)
+        for _ in range(CAPACITY):
+            session.publish(event)
+        procs = spawn(ctx, ring_cost_reader_main, [(name, directory, 0, results, CAPACITY, REPLAY_RING_PASSES)])
+        out = await_msgs(results, "done", 1, 300.0)[0]
+        ok = True
+    finally:
+        try:
+            cleanup(session, procs, [results], ok)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    out["read_ratio"] = out["read_with"] / out["read_without"]
+    out["raw_ratio"] = out["raw_with"] / out["raw_without"]
+    return out
+
+
 def all_steps(ctx, event: Event, pad: str, d: dict) -> list[tuple[str, object]]:
     """Every measure as (key, thunk), in the order a run takes them."""
     steps = [
@@ -971,6 +1115,8 @@ def all_steps(ctx, event: Event, pad: str, d: dict) -> list[tuple[str, object]]:
             steps.append((f"writer_10k_{n}r_{m}",
                           lambda n=n, delay=delay: measure_writer_rate(ctx, event, n, delay, 10_000, d["writer"])))
     steps.append(("flush_paced_10k", lambda: measure_flusher_paced(ctx, event, 10_000, d["rate"])))
+    steps.append(("replay_files", lambda: measure_replay_files(ctx, event)))
+    steps.append(("replay_ring", lambda: measure_replay_ring_cost(ctx, event)))
     return steps
 
 
@@ -983,6 +1129,7 @@ GROUPS = {
     "flat": lambda k: k in ("fanout_shm_2", "fanout_raw_2"),
     "writer": lambda k: k.startswith("writer_"),
     "flusher": lambda k: k in ("flush_batch", "flush_paced_10k"),
+    "replay": lambda k: k.startswith("replay_"),
 }
 GROUPS["rates"] = lambda k: any(GROUPS[g](k) for g in ("idle", "reader", "flat", "writer", "flusher"))
 """--only: the issue-11 targets (rates) and its parts, the original measures (classic), or step keys."""
@@ -1095,6 +1242,22 @@ ROWS = [
       if n or row[0].endswith("writer CPU/publish")],
     ("11. flusher at 10k/s: CPU", lambda r: r["flush_paced_10k"]["cpu_pct"], "% core", "≤ 3%", "pct1"),
     ("11. flusher at 10k/s: CPU per line", lambda r: r["flush_paced_10k"]["cpu_us_per_line"], "µs", "—", "us2"),
+    ("12. replay from files, decoding (for r in reader)", lambda r: r["replay_files"]["read"]["rate"], "ev/s",
+     "≥ 300k", "rate"),
+    ("12. replay from files, read_many", lambda r: r["replay_files"]["many"]["rate"], "ev/s", "—", "rate"),
+    ("12. replay from files, read_raw_many", lambda r: r["replay_files"]["raw"]["rate"], "ev/s", "≥ 600k", "rate"),
+    ("12. replay from files, decoding: per s of reader CPU", lambda r: r["replay_files"]["read"]["rate_per_cpu_s"],
+     "ev/s", "—", "rate"),
+    ("12. replay from files, raw: per s of reader CPU", lambda r: r["replay_files"]["raw"]["rate_per_cpu_s"],
+     "ev/s", "—", "rate"),
+    ("12. replay drops (all three readers)", lambda r: r["replay_files"]["drops_total"], "events", "0", "int"),
+    ("13. in the ring, decoding read: without / with archive=",
+     lambda r: (r["replay_ring"]["read_without"], r["replay_ring"]["read_with"]), "ev/s", "—", "rates"),
+    ("13. in the ring, decoding read: with / without", lambda r: r["replay_ring"]["read_ratio"], "×", "≈ 1",
+     "ratio"),
+    ("13. in the ring, read_raw_many: without / with archive=",
+     lambda r: (r["replay_ring"]["raw_without"], r["replay_ring"]["raw_with"]), "ev/s", "—", "rates"),
+    ("13. in the ring, read_raw_many: with / without", lambda r: r["replay_ring"]["raw_ratio"], "×", "≈ 1", "ratio"),
     ("noise: other processes' CPU during run", lambda r: r["foreign_cpu_pct"], "% of all cores", "≈ 0", "pct1"),
     ("noise: hypervisor steal during run", lambda r: r["steal_pct"], "% of all cores", "≈ 0", "pct1"),
 ]
@@ -1181,6 +1344,10 @@ TARGETS = [
     ("flusher end to end, writer flat out", lambda r: r["flush_batch"]["lines_per_s"], "lines/s", ">=", 400_000.0,
      "rate"),
     ("flusher CPU at 10k/s", lambda r: r["flush_paced_10k"]["cpu_pct"], "% of a core", "<=", 3.0, "pct1"),
+    ("replay from files into a decoding reader", lambda r: r["replay_files"]["read"]["rate"], "events/s", ">=",
+     300_000.0, "rate"),
+    ("replay from files, read_raw_many", lambda r: r["replay_files"]["raw"]["rate"], "events/s", ">=", 600_000.0,
+     "rate"),
     ("flusher's added writer CPU per publish", lambda r: r["flush_batch"]["cpu_overhead_pct"], "%", "<=", 25.0,
      "spct"),
 ]
@@ -1380,16 +1547,16 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(rows))
     if any(_values(runs, t[1]) is not None for t in TARGETS):
         print()
-        print("Issue 11 targets (pass/fail on the median):")
+        print("Targets of issues 11 and 13 (pass/fail on the median):")
         print()
         print(targets_table(runs))
     print()
     print(per_reader_details(runs))
     notes = accounting_problems(runs)
     for i, r in enumerate(runs):
-        for key in ("flush_batch", "flush_paced_10k"):
+        for key in ("flush_batch", "flush_paced_10k", "replay_files"):
             for problem in r.get(key, {}).get("problems", []):
-                notes.append(f"run {i + 1}: flusher ({key}): {problem}")
+                notes.append(f"run {i + 1}: {'replay' if key.startswith('replay') else 'flusher'} ({key}): {problem}")
         for key in r:
             if isinstance(r[key], dict) and r[key].get("stalled"):
                 notes.append(f"run {i + 1}: a reader in {key} stalled (no event for {STALL_TIMEOUT_S} s)")
