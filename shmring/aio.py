@@ -222,10 +222,10 @@ class _SharedEntry:
 
     __slots__ = ("_waker", "_token", "mapping")
 
-    def __init__(self, waker: "_Waker", token: int):
+    def __init__(self, waker: "_Waker", token: int, mapping):
         self._waker = waker
         self._token = token
-        self.mapping = _Unmapped
+        self.mapping = mapping
 
     def publish_progress(self, index, cursor, delivered, dropped, filtered) -> None:
         self._waker.progress[self._token] = (cursor, delivered, dropped, filtered)
@@ -297,9 +297,13 @@ class _Waker:
         reader._publish_progress()
         registry, index = reader._registry, reader._index
         registry.release(index)
-        registry.mapping.close()
+        # A reader with an archive keeps its view of the registry: replay-merge reads the flusher's cursor
+        # there (one small mapping and its fd); it is unmapped when the reader closes.
+        keep = getattr(reader, "_history", None) is not None
+        if not keep:
+            registry.mapping.close()
         reader._semaphore.close()
-        reader._registry = _SharedEntry(self, token)
+        reader._registry = _SharedEntry(self, token, registry.mapping if keep else _Unmapped)
         reader._semaphore = _NoSemaphore
         self.progress[token] = (reader.cursor, reader.delivered, reader.dropped, reader.filtered)
         return token

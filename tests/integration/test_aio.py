@@ -231,3 +231,29 @@ def test_bad_arguments_are_config_errors(ring_name):
             assert ring_stats(ring_name)["readers"] == []  # nothing left claimed
 
     run(main())
+
+
+def test_archive_replays_what_left_the_ring_then_joins_it(ring_name, tmp_path):
+    from shmring import Flusher
+
+    async def main():
+        with CaptureSession.create(ring_name, capacity=1024) as session:
+            flusher = Flusher(ring_name, str(tmp_path / "logs"))
+            flushing = threading.Thread(target=flusher.run)
+            flushing.start()
+            for i in range(1, 5001):
+                session.publish(make_event(i))
+            assert ring_stats(ring_name)["oldest_seq"] > 1000  # lapped: most of it is only in the files
+            async with await AsyncReader.attach(ring_name, after_seq=0, archive=str(tmp_path / "logs")) as reader:
+                results = []
+                while not results or results[-1].envelope.seq < 5000:
+                    results += await reader.read_many(500, timeout=10)
+                session.publish(make_event(5001))  # and on into the ring, once
+                results += await reader.read_many(timeout=10)
+                assert check_accounting(results, 0, 5001) == list(range(1, 5002))
+                assert reader.dropped == 0
+            session.close()
+            flushing.join(TIMEOUT_S)
+            flusher.close()
+
+    run(main())
