@@ -81,6 +81,18 @@ def _read_token(path: str) -> str:
     return token
 
 
+def _check_bindable(host: str, port: int, listen: str) -> None:
+    """Refuse, before any ring exists, an address this machine has not or a port another server holds."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        raise ConfigError(f"the HTTP edge cannot listen on {listen}: {exc.strerror or exc}; "
+                          "choose another --http address or port") from None
+
+
 def edge_config(name: str, listen: str, *, socket_path: str | None = None, log_dir: str | None = None,
                 token_file: str | None = None, cors_origins=(), max_clients: int = DEFAULT_MAX_CLIENTS,
                 keepalive_s: float = DEFAULT_KEEPALIVE_S) -> EdgeConfig:
@@ -89,6 +101,7 @@ def edge_config(name: str, listen: str, *, socket_path: str | None = None, log_d
         raise ConfigError(f"--http {listen} is not a loopback address: the edge listens beyond this machine only "
                           "with --http-token-file (clients then send Authorization: Bearer <token>)")
     token = None if token_file is None else _read_token(token_file)
+    _check_bindable(host, port, listen)
     for origin in cors_origins:
         if origin != "*" and ("://" not in origin or origin.endswith("/")):
             raise ConfigError(f"--http-cors-origin takes an origin such as https://example.com, not {origin!r}")
@@ -162,7 +175,10 @@ class EdgeSupervisor:
 
     def wait_ready(self, timeout_s: float | None = None) -> bool:
         deadline = time.monotonic() + (self.READY_TIMEOUT_S if timeout_s is None else timeout_s)
+        first = self.proc
         while time.monotonic() < deadline and not self._closing.is_set():
+            if first.poll() is not None and self.proc is first:
+                return False  # it ended before it listened: its own message says why
             if self.proc.poll() is None:
                 try:
                     socket.create_connection((self.config.host, self.config.port), timeout=1).close()

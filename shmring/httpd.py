@@ -24,6 +24,7 @@ import hmac
 import json
 import pathlib
 import resource
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 import uvicorn
@@ -195,7 +196,6 @@ class _Auth:
         if not given and scope["path"] in self.QUERY_TOKEN_PATHS:
             for part in scope.get("query_string", b"").split(b"&"):
                 if part.startswith(b"token="):
-                    from urllib.parse import unquote_to_bytes
                     given = unquote_to_bytes(part[6:].replace(b"+", b" "))
         if not given or not hmac.compare_digest(given, self.token):
             response = _error(401, "missing or wrong token: send Authorization: Bearer <token> "

@@ -346,12 +346,21 @@ def test_token_401_and_query_token_and_cors(ring_name, edge, tmp_path):
     assert "access-control-allow-origin" not in other.headers
 
 
-def test_non_loopback_needs_a_token_file(ring_name):
+def test_non_loopback_needs_a_token_file(ring_name, tmp_path):
     port = find_free_port()
     result = run("serve", ring_name, "--http", f"0.0.0.0:{port}")
     assert_one_line_error(result, "not a loopback address", "--http-token-file")
     assert ring_name not in " ".join(os.listdir("/dev/shm"))
     assert_one_line_error(run("serve", ring_name, "--http", "127.0.0.1:99999"), "--http")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        assert_one_line_error(run("serve", ring_name, "--http", f"127.0.0.1:{busy}"), "cannot listen", str(busy))
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    assert_one_line_error(run("serve", ring_name, "--http", "192.0.2.1:8080", "--http-token-file", str(token)),
+                          "cannot listen")  # an address this machine does not have
     assert_one_line_error(run("serve", ring_name, "--http", f"127.0.0.1:{port}", "--http-token-file", "/nonexistent"),
                           "/nonexistent")
 
