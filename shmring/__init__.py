@@ -5,6 +5,7 @@ seqlocked slots; any number of ``Reader``s attach by name, each with its own
 seq cursor, and learn exactly how many events they lost.
 """
 
+from .aio import AsyncReader
 from .archive import Archive
 from .errors import (
     ConfigError,
@@ -38,6 +39,7 @@ __all__ = [
     "Envelope",
     "CaptureSession",
     "Reader",
+    "AsyncReader",
     "ReadResult",
     "Filter",
     "Flusher",

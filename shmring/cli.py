@@ -25,6 +25,7 @@ import threading
 import msgspec
 
 from . import __version__
+from .edge import add_edge_arguments, edge_config_from_args
 from .errors import ConfigError, RingClosed, RingNotFound, ShmringError, WriterGone
 from .flusher import FSYNC_POLICIES
 from .ingest import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS
@@ -52,6 +53,7 @@ def _stop_on_signals() -> threading.Event:
 def cmd_serve(args) -> int:
     from .serve import serve
 
+    http = edge_config_from_args(args, log_dir=args.log_dir)  # a one-line error before the ring exists
     stop = _stop_on_signals()
 
     def ready(session):
@@ -63,6 +65,8 @@ def cmd_serve(args) -> int:
             parts.append(f"socket {args.socket}")
         if args.log_dir:
             parts.append(f"logs in {args.log_dir}")
+        if http:
+            parts.append(f"HTTP on http://{http.address}/")
         _err(", ".join(parts))
 
     result = serve(
@@ -74,12 +78,19 @@ def cmd_serve(args) -> int:
         capacity=args.capacity, data_bytes=args.data_bytes,
         max_connections=args.max_connections, max_buffered_bytes=args.max_buffered_bytes, forward=args.forward,
         flusher_grace_s=args.flusher_grace_s, gate_stall_s=args.gate_stall_s, capture_session_id=args.session_id,
-        resume=args.resume,
+        resume=args.resume, http=http,
     )
     _err(f"ring {args.name!r} closed after {result['published']} events"
          + (f" (last seq {result['last_seq']})" if result["last_seq"] != result["published"] else "")
          + (f"; flusher exit status {result['flusher_status']}" if args.log_dir else ""))
     return 1 if args.log_dir and result["flusher_status"] != 0 else 0  # the logs may be incomplete
+
+
+def cmd_edge(args) -> int:
+    from .httpd import run_edge
+
+    run_edge(edge_config_from_args(args, socket_path=args.socket, log_dir=args.log_dir))
+    return 0
 
 
 def cmd_capture_cdp(args) -> int:
@@ -651,7 +662,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forward", action="append", metavar="URL",
                    help="also run and supervise `shmring forward NAME --to URL` (repeatable; with --log-dir it reads "
                         "the backlog from there); default: none")
+    add_edge_arguments(s, required=False)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("edge", help="serve a ring over HTTP (what serve --http runs), publishing through its socket")
+    s.add_argument("name", type=_ring_name, help=NAME_HELP)
+    s.add_argument("--socket", metavar="PATH", required=True, help="the socket of `shmring serve NAME --socket PATH`")
+    s.add_argument("--log-dir", metavar="DIR", help="the ring's flusher directory: history beyond the ring")
+    add_edge_arguments(s, required=True)
+    s.set_defaults(func=cmd_edge)
 
     s = sub.add_parser("capture-cdp", help="publish a live Chromium's events (CDP) through a serve socket")
     s.add_argument("name", type=_ring_name, help="the ring (for messages; events go through --socket)")

@@ -18,6 +18,9 @@ Rules:
 - With ``--cdp``, serve owns the producer's config and the ring's control
   socket (``shmring.control``); the producer child gets changes over a
   private socket pair and is restarted with the config last applied.
+- With ``http``, the HTTP edge (edge.py) starts once ingest listens and
+  before serve reports ready; it stops last, after the ring's close and the
+  flusher's end, so its streams send their ``end`` frame first.
 - Nothing here prints: progress goes to the ``log`` callback.
 """
 
@@ -32,6 +35,7 @@ import time
 
 import msgspec
 
+from .edge import EdgeConfig, EdgeSupervisor
 from .control import ControlServer
 from .errors import ConfigError, ControlError, ProducerNotRunning, RingNotFound, ServeError
 from .forward import REPLAY_MERGE, open_sink
@@ -334,7 +338,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
           cdp_url: str | None = None, cdp_detail_level: str = "standard", cdp_console_hook: bool | None = None,
           cdp_categories=None, cdp_enabled: bool = True, max_connections: int = DEFAULT_MAX_CONNECTIONS,
           max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES, resume: bool = False,
-          forward: list[str] | None = None, **create_kwargs) -> dict:
+          forward: list[str] | None = None, http: EdgeConfig | None = None, **create_kwargs) -> dict:
     """Run until `stop` is set; return counts. Raises ShmringError on set-up failures.
 
     cdp_url: also run ``shmring capture-cdp`` against that browser, publishing
@@ -344,6 +348,8 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     socket. group_readable: the flusher's
     directory and files are created 0750/0640 instead of 0700/0600.
     max_connections, max_buffered_bytes: the ingest socket's limits (see ingest).
+    http: also run the HTTP edge (see edge), publishing through `socket_path` (without one, the private
+    socket next to the ring).
     resume: continue the newest capture session in `log_dir` (required then)
     instead of starting a new one; see the module rules.
     forward: sink URLs, each forwarded to by a supervised ``shmring forward`` (reading `log_dir` as its archive).
@@ -360,6 +366,9 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     if cdp_url is None and (cdp_categories is not None or not cdp_enabled):
         raise ConfigError("--cdp-categories and --cdp-disabled configure the --cdp producer: give --cdp URL too",
                           name=name)
+    if http is not None:
+        socket_path = socket_path or default_ingest_socket_path(name)
+        http = msgspec.structs.replace(http, socket_path=socket_path, log_dir=log_dir)
     if cdp_url is not None and socket_path is None:
         socket_path = default_ingest_socket_path(name)  # the producer publishes through an ingest socket
     if socket_path is not None:
@@ -379,6 +388,7 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
                 log(f"resuming capture session {plan.capture_session_id} of {log_dir} at seq {plan.first_seq}")
         session = CaptureSession.create(name, **create_kwargs)
     supervisor = None
+    edge = None
     forwarders = []
     server = None
     flusher_attached = False
@@ -405,7 +415,15 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
 
                 def factory():
                     return CaptureChild(command_for, cdp_config, log, name)
-            asyncio.run(_ingest_until(server, stop, lambda: on_ready(session), factory, name))
+
+            def ready():
+                nonlocal edge
+                if http is not None:
+                    edge = EdgeSupervisor(http, log=log)
+                    edge.start()
+                on_ready(session)
+
+            asyncio.run(_ingest_until(server, stop, ready, factory, name))
         else:
             on_ready(session)
             stop.wait()
@@ -418,6 +436,8 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
         flusher_status = supervisor.stop() if supervisor is not None else None
         for forwarder in forwarders:
             forwarder.stop()
+        if edge is not None:
+            edge.stop()  # after the close (its streams send their end frame) and the flusher's end
         if supervisor is not None and (not complete or flusher_status != 0):
             log(f"the flusher did not finish (exit status {flusher_status}): events up to seq {session.last_seq} "
                 f"after its last checkpoint may be missing from {log_dir}")
