@@ -33,13 +33,11 @@ import msgspec
 from .errors import ConfigError, IncompatibleRing, ReaderClosed, RegistryFull, RingClosed, WriterGone
 from .layout import (
     GROUP_BANK_BYTES,
-    GROUP_BYTES,
     GROUP_FILTER_MAX_BYTES,
     GROUP_FILTER_OFFSET,
     GROUP_GEN_OFFSET,
     GROUP_HEADER,
     GROUP_HEADER_BYTES,
-    GROUP_NAME_MAX_BYTES,
     GROUP_NAME_OFFSET,
     MAX_GROUPS,
     MAX_READERS,

@@ -44,13 +44,19 @@ Rules:
 import os
 import time
 from collections.abc import Callable, Iterator
+from itertools import islice
+from operator import attrgetter
+
+import msgspec
 
 from .archive import Archive
-from .errors import ConfigError
+from .errors import ConfigError, ReaderClosed
 from .filters import Filter
 from .liveness import is_alive
+from .results import RawRecord, ReadResult, check_max_events, decode_checked
+from .schema import decode_envelope
 
-__all__ = ["History"]
+__all__ = ["History", "ReplayMerge"]
 
 POLL_S = 0.002
 """How often a reader waiting for the flusher (U behind its cursor) looks again."""
@@ -107,3 +113,206 @@ class History:
             return False
         time.sleep(min(POLL_S, left))
         return True
+
+
+class ReplayMerge:
+    """The reader's side of replay-merge: a mixin of ``Reader`` (reader.py), which holds the state it uses.
+
+    While the files hold the next seq, the reader's read methods are the replay's (instance attributes
+    shadowing the class's), and ``_take`` answers 0, which tells a class method already running to hand
+    over. So the ring path has no check of its own for the replay: only its lapped and first_seq branches
+    lead here, and once the ring holds the next seq the instance attributes go and the class's methods
+    (``type(self).read`` and its siblings) read the ring again.
+    """
+
+    __slots__ = ()
+
+    def _begin_replay(self) -> int:
+        self._fast = False
+        self._replaying = True
+        self.read = self._replay_read
+        self.read_many = self._replay_read_many
+        self.read_raw_many = self._replay_read_raw_many
+        self._take = _replay_marker
+        return 0
+
+    def _end_replay(self) -> None:
+        self._replaying = False
+        for attr in ("read", "read_many", "read_raw_many", "_take"):
+            self.__dict__.pop(attr, None)
+        self._stop_walk()
+        self._fast = self._filter is None and self._end is None and not self._detached
+
+    def _stop_walk(self) -> None:
+        walk, self._replay_walk = self._replay_walk, None
+        self._replay_until = None
+        if walk is not None:
+            walk.close()
+
+    def _replay_ready(self, deadline: float | None):
+        """The walk over the files to take steps from, or False: the ring holds the next seq, and the replay has
+        ended; or None: the deadline passed while the flusher was behind (history.py)."""
+        if self._detached:
+            raise ReaderClosed(f"this reader of ring {self.name!r} is closed; attach a new one", name=self.name)
+        while True:
+            if self._replay_walk is not None:
+                return self._replay_walk
+            until = self._replay_until
+            self._replay_until = None
+            if until is not None and until > self._cursor:
+                # A walk is done: the seqs up to its bound it did not show are other categories' events
+                # or ones the filter judged out (a lost one was shown as a drop).
+                self._filtered += until - self._cursor
+                self._cursor = until
+                self._publish_progress()
+            seq = self._cursor + 1
+            core = self._core
+            # The same test as the ring's (slot and data area), so the ring does not send the reader back here.
+            oldest = max(core.oldest_retained(core.latest()), self._first_seq)
+            if seq >= oldest:
+                self._end_replay()
+                return False
+            until = self._history.final_through(oldest)
+            if until < seq:  # the flusher has not yet accounted for seq: it may still write it
+                self._publish_progress()
+                if not self._history.pause(deadline):
+                    return None
+                continue
+            self._replay_walk = self._history.walk(self._cursor, until)
+            self._replay_until = until
+
+    def _replay_steps(self, max_events: int, timeout: float | None, ring_many):
+        """Up to `max_events` RawRecords from the files, counted as read; [] on timeout; or, once the ring holds
+        the next seq, what `ring_many` (a class method) gives."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            walk = self._replay_ready(deadline)
+            if not walk:
+                return [] if walk is None else ring_many(self, max_events, _left(deadline))
+            try:
+                steps = list(islice(walk, max_events))
+            except BaseException:
+                self._stop_walk()  # not done: the next read starts again from the cursor
+                raise
+            if len(steps) < max_events:  # its last: the next read accounts for the rest of its bound
+                self._replay_walk = None
+                walk.close()
+            if steps:
+                break
+        dropped = sum(map(_step_dropped, steps))
+        delivered = len(steps) - (sum(1 for step in steps if step.dropped) if dropped else 0)
+        last_seq = steps[-1].seq
+        self._filtered += last_seq - self._cursor - delivered - dropped
+        self._delivered += delivered
+        self._dropped += dropped
+        self._cursor = last_seq
+        self._unpublished += len(steps)
+        if self._unpublished >= self._progress_every:
+            self._publish_progress()
+        return steps
+
+    def _replay_read_raw_many(self, max_events: int = 1024, timeout: float | None = None) -> list[RawRecord]:
+        check_max_events(max_events)
+        if not self._replaying:  # a caller holding this bound method after the replay ended
+            return type(self).read_raw_many(self, max_events, timeout)
+        return self._replay_steps(max_events, timeout, type(self).read_raw_many)
+
+    def _replay_read_many(self, max_events: int = 1024, timeout: float | None = None) -> list[ReadResult]:
+        check_max_events(max_events)
+        if not self._replaying:
+            return type(self).read_many(self, max_events, timeout)
+        steps = self._replay_steps(max_events, timeout, type(self).read_many)
+        if not steps or type(steps[0]) is ReadResult:  # from the ring
+            return steps
+        if not any(map(_step_dropped, steps)):
+            try:  # the common case, decoded in one go; any line that is not its seq's envelope: one by one below
+                envelopes = list(map(_decode, map(_step_payload, steps)))
+            except msgspec.DecodeError:
+                pass
+            else:
+                if list(map(_envelope_seq, envelopes)) == list(map(_step_seq, steps)):
+                    return list(map(ReadResult, envelopes))
+        results = []
+        append = results.append
+        for step in steps:
+            if step.dropped:
+                append(ReadResult(dropped=step.dropped, dropped_from=step.dropped_from, dropped_to=step.dropped_to))
+            else:
+                append(self._replay_decoded(step))
+        return results
+
+    def _replay_read(self, timeout: float | None = None) -> ReadResult | None:
+        walk = self._replay_walk
+        if walk is None:
+            if not self._replaying:
+                return type(self).read(self, timeout)
+            steps = self._replay_steps(1, timeout, _ring_read_one)
+            if not steps:
+                return None
+            step = steps[0]
+            if type(step) is ReadResult:  # from the ring
+                return step
+        else:
+            try:
+                step = next(walk, None)
+            except BaseException:
+                self._stop_walk()
+                raise
+            if step is None:  # its last: the next read accounts for the rest of its bound
+                self._replay_walk = None
+                walk.close()
+                return self._replay_read(timeout)
+            cursor = self._cursor
+            seq = step.seq
+            if step.dropped:
+                self._dropped += step.dropped
+                self._filtered += step.dropped_from - 1 - cursor
+            else:
+                self._delivered += 1
+                if seq != cursor + 1:
+                    self._filtered += seq - 1 - cursor
+            self._cursor = seq
+            self._unpublished += 1
+            if self._unpublished >= self._progress_every:
+                self._publish_progress()
+        if step.dropped:
+            return ReadResult(dropped=step.dropped, dropped_from=step.dropped_from, dropped_to=step.dropped_to)
+        try:  # _replay_decoded, inline: this is the per-event path of a decoding replay
+            envelope = _decode(step.payload)
+        except msgspec.DecodeError:
+            return self._replay_decoded(step)
+        if envelope.seq != step.seq:
+            return self._replay_decoded(step)
+        return ReadResult(envelope)
+
+    def _replay_decoded(self, step: RawRecord) -> ReadResult:
+        """A line of the files as the ring's read gives it: decoded, or (not its seq's envelope) a drop of one."""
+        envelope = decode_checked(step.payload, step.seq)
+        if envelope is None:
+            self._delivered -= 1
+            self._dropped += 1
+            return ReadResult(dropped=1, dropped_from=step.seq, dropped_to=step.seq)
+        return ReadResult(envelope)
+
+
+_step_dropped = attrgetter("dropped")
+_step_payload = attrgetter("payload")
+_step_seq = _envelope_seq = attrgetter("seq")
+
+
+def _replay_marker(timeout=None) -> int:
+    """``_take`` while the replay reads the files: 0, the marker of a hand-over."""
+    return 0
+
+
+def _ring_read_one(reader, max_events: int, timeout: float | None) -> list:
+    """``Reader.read`` shaped as a batch of at most one (for the replay's hand-over back to the ring)."""
+    result = type(reader).read(reader, timeout)
+    return [] if result is None else [result]
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+_decode = decode_envelope

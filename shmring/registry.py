@@ -27,7 +27,6 @@ from .layout import (
     REG_VERSION,
     REG_WAIT_FLAGS,
     REGISTRY_MAGIC,
-    ROLE_FLUSHER,
     ROLE_GROUP,
     LAYOUT_VERSION,
     ROLE_FLUSHER,

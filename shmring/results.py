@@ -6,11 +6,15 @@ Rules:
 - ``RawRecord`` is the undecoded twin of ``ReadResult``: the envelope JSON
   exactly as the writer encoded it. Ring, files and replay-merge give the same
   types, so a consumer cannot tell (and need not care) where a step came from.
+- A record's bytes become a ``ReadResult`` only through ``decode_checked``:
+  bytes that are not their seq's envelope are a counted drop of one, never
+  a wrong event and never an exception.
 """
 
 import msgspec
 
-from .schema import Envelope
+from .errors import ConfigError
+from .schema import Envelope, decode_envelope
 
 __all__ = ["RawRecord", "ReadResult"]
 
@@ -44,3 +48,23 @@ class RawRecord(msgspec.Struct, frozen=True):
     dropped_from: int = 0
     dropped_to: int = 0
     redelivered: bool = False
+
+
+def check_max_events(max_events: object) -> None:
+    """A batch size readers accept: a positive int (ConfigError otherwise)."""
+    if type(max_events) is not int or max_events < 1:
+        raise ConfigError(f"max_events must be a positive int, not {max_events!r}")
+
+
+def decode_checked(payload: bytes, seq: int) -> Envelope | None:
+    """The envelope, or None if the bytes are not seq's envelope.
+
+    The seqlock already rejects torn copies; this end-to-end check makes any
+    record that still fails to decode as its own seq a counted drop, never a
+    wrong event or an exception in the reader.
+    """
+    try:
+        envelope = decode_envelope(payload)
+    except msgspec.DecodeError:
+        return None
+    return envelope if envelope.seq == seq else None
