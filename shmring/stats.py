@@ -8,7 +8,7 @@ Rules:
 import time
 
 from .errors import IncompatibleRing, RingNotFound, ShmringError
-from .groups import GroupTable
+from .group_table import GroupTable
 from .header import open_ring_info
 from .liveness import command_line, is_alive, maps_file
 from .registry import Registry
