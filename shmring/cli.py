@@ -237,8 +237,10 @@ def cmd_tail(args) -> int:
         filtered = filt is not None or sink.selects
         after = oldest - 1 if filtered else max(oldest - 1, s["latest_seq"] - args.lines)
         backlog_to = s["latest_seq"] if filtered else None
+    if args.group and args.lines:
+        raise ConfigError("tail --group takes the group's events from where the group stands; -n does not apply")
     with Reader.attach(args.name, after_seq=after, filter=filt, archive=args.archive,
-                       max_delay_s=TAIL_MAX_DELAY_S) as reader:
+                       max_delay_s=TAIL_MAX_DELAY_S, group=args.group) as reader:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _raise_stop)
         try:
@@ -248,6 +250,8 @@ def cmd_tail(args) -> int:
                 for record in records:
                     sink.emit(record)
                 sink.flush()
+                if args.group:
+                    reader.ack()  # each line printed is done
         except (RingClosed, KeyboardInterrupt):
             pass
         except WriterGone:
@@ -372,6 +376,8 @@ class _TailSink:
 
 # -- stat / ls / gc ------------------------------------------------------------------------
 def _stat_table(s: dict) -> str:
+    from .stats import group_lines
+
     writer = s["writer"]
     rate = "-" if s["publish_rate"] is None else f"{s['publish_rate']:,.0f}/s"
     state = "alive" if writer["alive"] else ("exited" if s["closed"] else "DEAD")
@@ -396,7 +402,7 @@ def _stat_table(s: dict) -> str:
     for h in s.get("archive", ()):
         lines.append(f"history {h['capture_session_id']}  seqs {h['first_seq']}-{h['last_seq']}  events {h['events']}  "
                      f"recorded lost {h['gaps']}" + ("  (this ring's session)" if h["this_ring"] else ""))
-    return "\n".join(lines)
+    return "\n".join(lines + group_lines(s.get("groups", [])))
 
 
 def cmd_stat(args) -> int:
@@ -734,6 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--archive", metavar="DIR",
                    help="the ring's flusher directory: what the ring no longer holds is read from its files, then "
                         "tail goes on in the ring (replay-merge); default: none")
+    s.add_argument("--group", metavar="G", help="join consumer group G: print only the events this member claims, "
+                   "acknowledging each line printed (a new group starts as --from-start/--after say)")
     s.set_defaults(func=cmd_tail)
 
     s = sub.add_parser("replay", help="print a flusher directory's envelopes as JSON lines, in seq order")

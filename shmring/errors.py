@@ -134,9 +134,9 @@ class WriterGone(ShmringError):
 
 
 class RegistryFull(ShmringError):
-    """Every reader entry of the ring is held by a live process."""
+    """Every reader entry of the ring is held by a live process (or the ring's consumer groups are full)."""
 
-    fields = ("name", "max_readers")
+    fields = ("name", "max_readers", "group")
 
 
 class UnsupportedPlatform(ShmringError):

@@ -45,12 +45,21 @@ Registry segment ``/shmring.NAME+readers``::
     64     | wait flags: one byte per entry (1 = asleep on its sem)   |
     128    | gates-changed flag (1 = a gating entry came or went)     |
     192    | entry 0 | entry 1 | ... (128 B each)                     |
+    8384   | group 0 | group 1 | ... (consumer groups, see below)    |
 
 The writer scans the wait flags and the gates-changed flag with one
 ``find`` per publish, so noticing a new flusher costs nothing extra.
 
 Entry: state | pid | start time | role | gating | cursor | delivered |
 dropped | filtered | start_seq | attached_us.
+
+Group (``GROUP_BYTES`` each): state | gen | gating | gate entry | claim
+timeout µs | start_seq, then the name (u32 length + bytes) at 64 and the
+filter (u32 length + its repr) at 160; then two banks of ``GROUP_BANK_BYTES``
+(u32 length + msgpack of the dynamic state: position, counters, members with
+their claimed ranges, loose ranges). Bank ``gen & 1`` is current: a change is
+written whole into the other bank, then ``gen`` is bumped (one store), so a
+process killed mid-change leaves the old state intact.
 
 The magic of each segment is written last at creation, so nobody attaches to
 a half-built segment. All multi-byte fields are little-endian and 8-byte
@@ -112,7 +121,20 @@ REG_SCAN_END = REG_GATES_CHANGED + 1
 """The writer's per-publish scan covers [REG_WAIT_FLAGS, REG_SCAN_END)."""
 REG_ENTRIES = 192
 ENTRY_BYTES = 128
-REGISTRY_BYTES = REG_ENTRIES + MAX_READERS * ENTRY_BYTES
+REG_GROUPS = REG_ENTRIES + MAX_READERS * ENTRY_BYTES
+MAX_GROUPS = 8
+GROUP_HEADER = struct.Struct("<QQQQQQ")
+"""state, gen, gating, gate entry index, claim_timeout_us (0: none), start_seq"""
+GROUP_STATE_OFFSET = 0
+GROUP_GEN_OFFSET = 8
+GROUP_NAME_OFFSET = 64
+GROUP_NAME_MAX_BYTES = 64
+GROUP_FILTER_OFFSET = 160
+GROUP_FILTER_MAX_BYTES = 860
+GROUP_HEADER_BYTES = 1024
+GROUP_BANK_BYTES = 24 * 1024
+GROUP_BYTES = GROUP_HEADER_BYTES + 2 * GROUP_BANK_BYTES
+REGISTRY_BYTES = REG_GROUPS + MAX_GROUPS * GROUP_BYTES
 
 ENTRY_IDENTITY = struct.Struct("<QQdQQ")
 """state, pid, start_time, role, gating"""
@@ -129,7 +151,12 @@ ENTRY_ACTIVE = 1
 ROLE_READER = 1
 ROLE_FLUSHER = 2
 ROLE_FORWARDER = 3
-ROLE_NAMES = {ROLE_READER: "reader", ROLE_FLUSHER: "flusher", ROLE_FORWARDER: "forwarder"}
+ROLE_MEMBER = 4
+"""A consumer group's member (never gating itself)."""
+ROLE_GROUP = 5
+"""A gating group's gate: its cursor is the group's acknowledged floor, its pid a live member's (0: none)."""
+ROLE_NAMES = {ROLE_READER: "reader", ROLE_FLUSHER: "flusher", ROLE_FORWARDER: "forwarder", ROLE_MEMBER: "member",
+              ROLE_GROUP: "group"}
 
 # -- enum codes stored in slots --------------------------------------------
 SOURCE_KINDS = ("cdp", "kernel_api", "extension", "local_process")
@@ -167,6 +194,10 @@ def data_offset(capacity: int) -> int:
 
 def entry_offset(index: int) -> int:
     return REG_ENTRIES + index * ENTRY_BYTES
+
+
+def group_offset(index: int) -> int:
+    return REG_GROUPS + index * GROUP_BYTES
 
 
 def category_field(category: str) -> bytes:

@@ -23,6 +23,9 @@ Rules:
   lead there: the ring path has no per-event check for it.
 - Sinks use only this public API; a gating sink (the flusher) uses
   ``GatingReader``, which lets the writer past only what it committed.
+  ``gating=True`` makes a plain reader one the writer never overtakes.
+- ``group=G`` makes the reader a member of consumer group G (groups.py):
+  it reads the batches it claims and acknowledges them.
 """
 
 import os
@@ -39,9 +42,11 @@ from .header import RingInfo, open_ring_info
 from .layout import (
     ACCELERATOR_LAYOUT,
     ROLE_FLUSHER,
+    ROLE_MEMBER,
     ROLE_READER,
 )
 from .liveness import ProcessWatch, current_identity
+from .groups import DEFAULT_CLAIM_TIMEOUT_S, GroupMember
 from .registry import Registry
 from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, accelerator, check_memory_model, full_fence
 from .filters import Filter
@@ -106,6 +111,8 @@ class Reader:
         # committed, never what it has merely taken: the writer may overwrite
         # anything at or below the published cursor.
         self._committed: int | None = None
+        self._rearm = False  # a plain gating reader: re-arms its gate if the writer retired it
+        self._progress_every = PROGRESS_EVERY
         self._first_seq = _info.first_seq
         self._strategy = wait_strategy(_max_delay_s)
         self._max_delay_s = _max_delay_s
@@ -124,7 +131,8 @@ class Reader:
 
     @classmethod
     def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None,
-               archive: str | os.PathLike | None = None, max_delay_s: float = 0.0) -> "Reader":
+               archive: str | os.PathLike | None = None, max_delay_s: float = 0.0, group: str | None = None,
+               gating: bool = False, claim_timeout_s: float | None = DEFAULT_CLAIM_TIMEOUT_S) -> "Reader":
         """Attach to ring `name`.
 
         after_seq=None: only events published from now on.
@@ -137,9 +145,20 @@ class Reader:
         max_delay_s: the latency budget. 0 wakes for every event; D > 0 lets
         events collect for up to D seconds and takes them in one go, which
         costs far less CPU per event at steady rates.
+        gating=True: the writer never overwrites what this reader (or group) has not read (acknowledged).
+        group=G: join consumer group G (see groups.py; the first member sets its start, filter,
+        gating and claim_timeout_s).
         """
+        if group is not None:
+            if archive is not None:
+                raise ConfigError("a group member reads only the ring (its group's claims); attach it without "
+                                  "archive=, or read the history with a reader of its own")
+            return _GroupReader._join(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, group=group,
+                                      gating=gating, claim_timeout_s=claim_timeout_s, role=ROLE_MEMBER)
+        if type(gating) is not bool:
+            raise ConfigError(f"gating must be True or False, not {gating!r}")
         return cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=cls._ROLE,
-                         gating=False, archive=archive)
+                         gating=gating, archive=archive)
 
     @classmethod
     def _open(cls, name, *, after_seq, filter, max_delay_s, role, gating, archive=None) -> "Reader":
@@ -183,8 +202,11 @@ class Reader:
             raise
         reader = cls(_ring=ring, _registry=registry, _info=info, _index=index, _semaphore=semaphore,
                      _cursor=cursor, _filter=filter, _max_delay_s=float(max_delay_s))
-        if gating:
+        if gating and role == ROLE_FLUSHER:
             reader._committed = cursor
+        reader._rearm = gating and role != ROLE_FLUSHER
+        if reader._rearm:  # the writer waits on this cursor: show it often enough to keep the ring flowing
+            reader._progress_every = max(1, min(PROGRESS_EVERY, info.capacity // 8))
         if archive is not None:
             try:
                 reader._history = History(archive, info.capture_session_id, filter, registry.flushers)
@@ -259,7 +281,7 @@ class Reader:
                 self._cursor = seq
                 self._delivered += 1
                 self._unpublished += 1
-                if self._unpublished >= PROGRESS_EVERY:
+                if self._unpublished >= self._progress_every:
                     self._publish_progress()
                 return ReadResult(envelope)
         taken = self._take(timeout)
@@ -331,7 +353,7 @@ class Reader:
                     break
         except (RingClosed, WriterGone):
             pass  # the end sticks: the next call raises it
-        if self._unpublished >= PROGRESS_EVERY:
+        if self._unpublished >= self._progress_every:
             self._publish_progress()
         return records
 
@@ -361,7 +383,7 @@ class Reader:
                 self._cursor = seq
                 self._delivered += 1
                 self._unpublished += 1
-                if self._unpublished >= PROGRESS_EVERY:
+                if self._unpublished >= self._progress_every:
                     self._publish_progress()
                 return seq, payload, fields
             if status == FILTERED:
@@ -667,6 +689,13 @@ class Reader:
         self._unpublished = 0
         cursor = self._cursor if self._committed is None else self._committed
         self._registry.publish_progress(self._index, cursor, self._delivered, self._dropped, self._filtered)
+        if self._rearm and self._registry.gate_retired(self._index):
+            self._registry.rearm_gate(self._index)  # it stalled and the writer went on; it takes events again
+
+    def ack(self, seq: int | None = None) -> None:
+        """Acknowledge an event: for members of a consumer group (``Reader.attach(name, group=G)``)."""
+        raise ConfigError(f"this reader of ring {self.name!r} is in no consumer group, so it has nothing to "
+                          "acknowledge; attach with group=NAME to share a stream", name=self.name)
 
     # -- lifecycle ------------------------------------------------------------
     def __iter__(self) -> Iterator[ReadResult]:
@@ -784,6 +813,12 @@ def _ring_read_one(reader: "Reader", max_events: int, timeout: float | None) -> 
 
 def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class _GroupReader(GroupMember, Reader):
+    """A consumer group's member (``Reader.attach(name, group=G)``)."""
+
+    _results = (ReadResult, RawRecord)
 
 
 def _check_max_events(max_events: object) -> None:

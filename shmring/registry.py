@@ -27,6 +27,8 @@ from .layout import (
     REG_VERSION,
     REG_WAIT_FLAGS,
     REGISTRY_MAGIC,
+    ROLE_FLUSHER,
+    ROLE_GROUP,
     LAYOUT_VERSION,
     ROLE_FLUSHER,
     ROLE_NAMES,
@@ -76,40 +78,57 @@ class Registry:
     def claim(self, pid: int, start_time: float, role: int, gating: bool, cursor: int) -> int:
         """Take a free entry (or one whose owner died) and return its index.
 
-        A gating claim also retires every dead gating entry (the newcomer takes
-        over its duty) and raises the gates-changed flag for the writer.
+        A gating flusher's claim also retires every dead flusher's gate (the
+        newcomer takes over its duty) and raises the gates-changed flag for the
+        writer. A group's gate entry is never taken: it lasts as long as the ring.
         """
-        buf = self.buf
         with self.mapping.locked():
-            chosen = None
-            dead_gates = []
-            for index in range(MAX_READERS):
-                off = entry_offset(index)
-                state, owner, owner_start, _, owner_gating = ENTRY_IDENTITY.unpack_from(buf, off)
-                alive = state == ENTRY_ACTIVE and is_alive(owner, owner_start)
-                if state == ENTRY_ACTIVE and not alive and owner_gating:
-                    if gating:
-                        dead_gates.append(index)
-                    continue  # a plain reader never takes the entry of a dead flusher the writer still honours
-                if chosen is None and not alive:
-                    chosen = index
-            if chosen is None and dead_gates:
-                chosen = dead_gates.pop(0)  # taken over in place: it stays an active gate throughout
-            if chosen is not None:
-                off = entry_offset(chosen)
-                ENTRY_PROGRESS.pack_into(buf, off + ENTRY_PROGRESS_OFFSET, cursor, 0, 0, 0)
-                ENTRY_START.pack_into(buf, off + ENTRY_START_OFFSET, cursor, time.time_ns() // 1000)
-                buf[REG_WAIT_FLAGS + chosen] = 0
-                ENTRY_IDENTITY.pack_into(buf, off, ENTRY_ACTIVE, pid, start_time, role, int(gating))
-                for index in dead_gates:  # only now: the writer always sees a gate
-                    U64.pack_into(buf, entry_offset(index), ENTRY_FREE)
-                if gating:
-                    buf[REG_GATES_CHANGED] = 1  # after the entry: the writer sees both
-                return chosen
-        raise RegistryFull(
-            f"all {MAX_READERS} reader entries of this ring are held by live processes; "
-            "close a reader before attaching another", name=self._ring_name(), max_readers=MAX_READERS
-        )
+            return self.claim_locked(pid, start_time, role, gating, cursor)
+
+    def claim_locked(self, pid: int, start_time: float, role: int, gating: bool, cursor: int) -> int:
+        """``claim`` for a caller that holds the registry lock."""
+        buf = self.buf
+        chosen = None
+        dead_gates = []
+        for index in range(MAX_READERS):
+            off = entry_offset(index)
+            state, owner, owner_start, owner_role, owner_gating = ENTRY_IDENTITY.unpack_from(buf, off)
+            if state == ENTRY_ACTIVE and owner_role == ROLE_GROUP:
+                continue
+            alive = state == ENTRY_ACTIVE and is_alive(owner, owner_start)
+            if state == ENTRY_ACTIVE and not alive and owner_gating:
+                if gating and role == ROLE_FLUSHER == owner_role:
+                    dead_gates.append(index)
+                continue  # nobody else takes the entry of a dead gate the writer still honours
+            if chosen is None and not alive:
+                chosen = index
+        if chosen is None and dead_gates:
+            chosen = dead_gates.pop(0)  # taken over in place: it stays an active gate throughout
+        if chosen is None:
+            raise RegistryFull(
+                f"all {MAX_READERS} reader entries of this ring are held by live processes; "
+                "close a reader before attaching another", name=self._ring_name(), max_readers=MAX_READERS
+            )
+        off = entry_offset(chosen)
+        ENTRY_PROGRESS.pack_into(buf, off + ENTRY_PROGRESS_OFFSET, cursor, 0, 0, 0)
+        ENTRY_START.pack_into(buf, off + ENTRY_START_OFFSET, cursor, time.time_ns() // 1000)
+        buf[REG_WAIT_FLAGS + chosen] = 0
+        ENTRY_IDENTITY.pack_into(buf, off, ENTRY_ACTIVE, pid, start_time, role, int(gating))
+        for index in dead_gates:  # only now: the writer always sees a gate
+            U64.pack_into(buf, entry_offset(index), ENTRY_FREE)
+        if gating:
+            buf[REG_GATES_CHANGED] = 1  # after the entry: the writer sees both
+        return chosen
+
+    def entry_owner(self, index: int) -> tuple[int, float]:
+        """(pid, start_time) of entry `index`."""
+        return ENTRY_IDENTITY.unpack_from(self.buf, entry_offset(index))[1:3]
+
+    def set_owner(self, index: int, pid: int, start_time: float) -> None:
+        """A group's gate changes hands: the writer judges the new owner's liveness (pid 0: nobody, so dead)."""
+        off = entry_offset(index)
+        state, _, _, role, gating = ENTRY_IDENTITY.unpack_from(self.buf, off)
+        ENTRY_IDENTITY.pack_into(self.buf, off, state, pid, start_time, role, gating)
 
     def release(self, index: int) -> None:
         with self.mapping.locked():

@@ -19,13 +19,15 @@ class ReadResult(msgspec.Struct, frozen=True):
     """One step of a stream: an envelope, or the events lost here.
 
     A drop gives the count and the inclusive seq range lost:
-    ``dropped == dropped_to - dropped_from + 1``.
+    ``dropped == dropped_to - dropped_from + 1``. ``redelivered``: a consumer
+    group's member got an event another member had been given and not acknowledged.
     """
 
     envelope: Envelope | None = None
     dropped: int = 0
     dropped_from: int = 0
     dropped_to: int = 0
+    redelivered: bool = False
 
 
 class RawRecord(msgspec.Struct, frozen=True):
@@ -41,3 +43,4 @@ class RawRecord(msgspec.Struct, frozen=True):
     dropped: int = 0
     dropped_from: int = 0
     dropped_to: int = 0
+    redelivered: bool = False

@@ -146,7 +146,7 @@ class _Gates:
 
     def _honoured(self, index: int, pid: int, start_time: float, now: float) -> bool:
         """Alive, or dead for less than the grace period. Retires it otherwise."""
-        key = (index, pid)
+        key = (index, pid, start_time)  # a group gate left ownerless again is a new death: a new grace
         checked_at, alive, dead_since = self._health.get(key, (-1.0, True, None))
         if now - checked_at >= self.LIVENESS_EVERY_S:
             alive = is_alive(pid, start_time)

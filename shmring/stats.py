@@ -7,14 +7,15 @@ Rules:
 
 import time
 
-from .errors import RingNotFound, ShmringError
+from .errors import IncompatibleRing, RingNotFound, ShmringError
+from .groups import GroupTable
 from .header import open_ring_info
 from .liveness import command_line, is_alive, maps_file
 from .registry import Registry
 from .ring import RingReaderCore
 from .segment import list_ring_names, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
 
-__all__ = ["ring_stats", "list_rings", "redact_url"]
+__all__ = ["ring_stats", "list_rings", "redact_url", "group_lines"]
 
 ACCELERATOR_FILE = "/shmring/_hotpath."
 """Part of the path of the compiled accelerator, as mapped in a process that loaded it."""
@@ -41,10 +42,15 @@ def ring_stats(name: str, *, sample_s: float = 0.0, accelerator: bool = False) -
         try:
             registry_mapping = open_segment(registry_shm_name(name), writable=False)
         except RingNotFound:
-            entries = []
+            entries, groups = [], []
         else:
             try:
-                entries = Registry(registry_mapping).entries()
+                registry = Registry(registry_mapping)
+                entries = registry.entries()
+                try:
+                    groups = GroupTable(registry).groups(latest)
+                except IncompatibleRing:
+                    groups = []
             finally:
                 registry_mapping.close()
     finally:
@@ -53,7 +59,7 @@ def ring_stats(name: str, *, sample_s: float = 0.0, accelerator: bool = False) -
         dict(pid=e["pid"], alive=e["alive"], role=e["role"], gating=e["gating"], cursor=e["cursor"],
              lag=max(0, latest - e["cursor"]), delivered=e["delivered"], dropped=e["dropped"],
              filtered=e["filtered"], waiting=e["waiting"])
-        for e in entries
+        for e in entries if e["role"] != "group"  # a gating group's gate: shown with its group
     ]
     for reader, entry in zip(readers, entries):
         if reader["role"] == "forwarder":
@@ -75,6 +81,7 @@ def ring_stats(name: str, *, sample_s: float = 0.0, accelerator: bool = False) -
         publish_rate=rate,
         created_us=info.created_us,
         readers=readers,
+        groups=groups,
     )
 
 
@@ -103,6 +110,21 @@ def redact_url(url: str) -> str:
     credentials, _, host = authority.rpartition("@")
     user, colon, _ = credentials.partition(":")
     return f"{scheme}://{user + ':***' if colon else '***'}@{host}{slash}{path}"
+
+
+def group_lines(groups: list[dict]) -> list[str]:
+    """stat's table of consumer groups (one line per group, then one per member)."""
+    if not groups:
+        return []
+    lines = [f"{'group':16} {'gating':6} {'members':>7} {'position':>12} {'pending':>8} {'lag':>10} {'acked':>12} "
+             f"{'dropped':>10} {'filtered':>10} {'redelivered':>11}"]
+    for g in groups:
+        lines.append(f"{g['name']:16} {'yes' if g['gating'] else 'no':6} {len(g['members']):>7} {g['position']:>12} "
+                     f"{g['pending']:>8} {g['lag']:>10} {g['acked']:>12} {g['dropped']:>10} {g['filtered']:>10} "
+                     f"{g['redelivered']:>11}")
+        for m in g["members"]:
+            lines.append(f"  member pid {m['pid']} {'alive' if m['alive'] else 'DEAD'}  pending {m['pending']}")
+    return lines
 
 
 def list_rings() -> list[dict]:

@@ -79,6 +79,23 @@ Measures 12-13 are issue 13's replay-merge (``--only replay``):
    with ``for r in reader`` and with ``read_raw_many(1024)``; median rate of each
    and their ratio (with / without, ~1.0).
 
+Measures 14-16 are issue 14's targets (``--only groups``; the table "Issue 14
+targets"), each member a process of its own:
+
+14. scaling: a gating consumer group of 1, then 2 members, each event handled
+   by burning 50 µs of CPU and acknowledged (``ack(seq)``); the writer
+   publishes 40,000 events flat out. Events processed per second (all
+   members, first receipt to last event done) and drops (target: 2 members
+   >= 1.7x 1 member, zero drops).
+15. overhead: a trivial handler, members that decode (``read_many(1024)``) and
+   acknowledge per batch (``ack()``): 300,000 events published into a ring
+   that holds them all, then the members of a group of 2 (and of 1, for
+   reference) take them. Combined events/s (target >= 400k/s for 2).
+16. gating: the writer's CPU per publish at a paced 10k/s (measure 10's
+   method) with a plain ``gating=True`` reader attached (``read_raw_many``,
+   max_delay_s=0.005, the flusher's budget) and with a flusher attached
+   (target: the gating reader costs no more than the flusher).
+
 Readers are separate processes (spawn). Each attaches, then says so over a
 queue before the writer starts; each reads until ``RingClosed`` and sends
 back what it counted. Delivered rate = delivered / (end of stream - first
@@ -90,6 +107,7 @@ Run from the repository root:
 
     python tools/bench.py                 # everything, ~6 min here
     python tools/bench.py --only rates    # issue 11's targets (7-11, and 2 and 6), ~4.5 min
+    python tools/bench.py --only groups   # issue 14's targets (14-16), ~1.5 min
     python tools/bench.py --only classic  # measures 1-6, ~100 s (3 s phases)
     python tools/bench.py --only replay   # issue 13's replay-merge (12-13), ~40 s
     python tools/bench.py --quick         # shorter phases (1 s; 2 s idle)
@@ -391,6 +409,78 @@ def flusher_main(name: str, directory: str, idx: int, results) -> None:
     finally:
         if flusher is not None:
             flusher.close()
+
+
+def group_member_main(name: str, idx: int, results, go, burn_us: float, ack_per_batch: bool) -> None:
+    """A member of gating group "bench": handle each event (burn `burn_us` of CPU), acknowledge, until RingClosed."""
+    reader = None
+    try:
+        reader = Reader.attach(name, group="bench", gating=True, after_seq=0)
+        results.put(("ready", idx, os.getpid()))
+        go.wait(READY_TIMEOUT_S)
+        delivered = dropped = 0
+        t_first = t_last = None
+        burn = burn_us / 1e6
+        clock = time.perf_counter
+        stalled = False
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        try:
+            while True:
+                batch = reader.read_many(1024, timeout=STALL_TIMEOUT_S)
+                if not batch:
+                    stalled = True
+                    break
+                if t_first is None:
+                    t_first = time.monotonic()
+                for r in batch:
+                    if r.dropped:
+                        dropped += r.dropped
+                        continue
+                    delivered += 1
+                    if burn:
+                        end = clock() + burn
+                        while clock() < end:
+                            pass
+                    if not ack_per_batch:
+                        reader.ack(r.envelope.seq)
+                if ack_per_batch:
+                    reader.ack()
+                t_last = time.monotonic()
+        except RingClosed:
+            pass
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        results.put(("done", idx, {"delivered": delivered, "dropped": dropped, "t_first": t_first,
+                                   "t_last": t_last, "stalled": stalled,
+                                   "cpu_s": ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime}))
+    except BaseException as exc:
+        results.put(("error", idx, f"{type(exc).__name__}: {exc}"))
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def gating_reader_main(name: str, idx: int, results) -> None:
+    """A plain gating reader taking read_raw_many with the flusher's latency budget, until RingClosed."""
+    reader = None
+    try:
+        reader = Reader.attach(name, gating=True, after_seq=0, max_delay_s=0.005)
+        results.put(("ready", idx, os.getpid()))
+        delivered = dropped = 0
+        try:
+            while True:
+                for record in reader.read_raw_many(1024, timeout=STALL_TIMEOUT_S):
+                    if record.dropped:
+                        dropped += record.dropped
+                    else:
+                        delivered += 1
+        except RingClosed:
+            pass
+        results.put(("done", idx, {"delivered": delivered, "dropped": dropped}))
+    except BaseException as exc:
+        results.put(("error", idx, f"{type(exc).__name__}: {exc}"))
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 # --------------------------------------------------------------------------
@@ -953,6 +1043,69 @@ def measure_flusher_paced(ctx, event: Event, rate: int, duration: float) -> dict
             "cpu_us_per_line": run["cpu_ns"] / 1000 / max(1, done["lines"])}
 
 
+def measure_group(ctx, event: Event, n_members: int, count: int, burn_us: float, ack_per_batch: bool,
+                  backlog: bool) -> dict:
+    """Measures 12-13: a gating group of `n_members` takes `count` events; events/s over all members.
+
+    backlog: publish everything first (into a ring that holds it), then let the members go; else the
+    members go first and the writer publishes flat out meanwhile.
+    """
+    capacity = 1 << max(16, (count - 1).bit_length())
+    data_bytes = max(DATA_BYTES, 1 << (count * 400 - 1).bit_length())
+    results, go = ctx.Queue(), ctx.Event()
+    session, procs, ok = None, [], False
+    try:
+        session = CaptureSession.create(ring_name(), capture_session_id=CAPTURE_SESSION_ID, capacity=capacity,
+                                        data_bytes=data_bytes)
+        procs = spawn(ctx, group_member_main, [(session.name, i, results, go, burn_us, ack_per_batch)
+                                               for i in range(n_members)])
+        await_msgs(results, "ready", n_members, READY_TIMEOUT_S)
+        if not backlog:
+            go.set()
+        publish = session.publish
+        for _ in range(count):
+            publish(event)
+        go.set()
+        session.close()  # waits until the gating group has acknowledged everything
+        done = await_msgs(results, "done", n_members, READY_TIMEOUT_S + STALL_TIMEOUT_S)
+        ok = True
+    finally:
+        cleanup(session, procs, [results], ok)
+    members = list(done.values())
+    span = max(m["t_last"] for m in members if m["t_last"]) - min(m["t_first"] for m in members if m["t_first"])
+    delivered = sum(m["delivered"] for m in members)
+    return {"n_members": n_members, "published": count, "delivered": delivered,
+            "dropped": sum(m["dropped"] for m in members), "rate": delivered / span, "span_s": span,
+            "per_member": [m["delivered"] for m in members], "stalled": any(m["stalled"] for m in members),
+            "burn_us": burn_us, "cpu_us_per_event": 1e6 * sum(m["cpu_s"] for m in members) / max(1, delivered),
+            # what the members would reach with a core each: their CPU per event is all that limits them
+            "rate_own_cores": n_members * delivered / max(1e-9, sum(m["cpu_s"] for m in members))}
+
+
+def measure_gating_publish(ctx, event: Event, kind: str, rate: int, duration: float) -> dict:
+    """Measure 14: the writer's CPU per publish at a paced `rate` with a gating reader or a flusher attached."""
+    results = ctx.Queue()
+    session, procs, ok, directory = None, [], False, None
+    try:
+        session = new_session(ring_name())
+        if kind == "flusher":
+            directory = tempfile.mkdtemp(prefix="shmring-bench-gating-", dir=FLUSH_TMP_PARENT)
+            procs = spawn(ctx, flusher_main, [(session.name, os.path.join(directory, "logs"), 0, results)])
+        else:
+            procs = spawn(ctx, gating_reader_main, [(session.name, 0, results)])
+        await_msgs(results, "ready", 1, READY_TIMEOUT_S)
+        paced = publish_paced(session, rate, duration, event=event, timed=True)
+        session.close()
+        done = await_msgs(results, "done", 1, READY_TIMEOUT_S + STALL_TIMEOUT_S)[0]
+        ok = True
+    finally:
+        cleanup(session, procs, [results], ok)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+    return {"writer": paced, "cpu_us_per_publish": paced["cpu_us_per_publish"], "published": paced["published"],
+            "gate": done, "kind": kind}
+
+
 # --------------------------------------------------------------------------
 # One run, many runs, the report
 # --------------------------------------------------------------------------
@@ -1117,6 +1270,13 @@ def all_steps(ctx, event: Event, pad: str, d: dict) -> list[tuple[str, object]]:
     steps.append(("flush_paced_10k", lambda: measure_flusher_paced(ctx, event, 10_000, d["rate"])))
     steps.append(("replay_files", lambda: measure_replay_files(ctx, event)))
     steps.append(("replay_ring", lambda: measure_replay_ring_cost(ctx, event)))
+    for n in (1, 2):
+        steps.append((f"group_scale_{n}", lambda n=n: measure_group(ctx, event, n, 40_000, 50.0, False, False)))
+    for n in (1, 2):
+        steps.append((f"group_overhead_{n}", lambda n=n: measure_group(ctx, event, n, 300_000, 0.0, True, True)))
+    for kind in ("gating_reader", "flusher"):
+        steps.append((f"gating_publish_{kind}",
+                      lambda kind=kind: measure_gating_publish(ctx, event, kind, 10_000, d["writer"])))
     return steps
 
 
@@ -1130,6 +1290,7 @@ GROUPS = {
     "writer": lambda k: k.startswith("writer_"),
     "flusher": lambda k: k in ("flush_batch", "flush_paced_10k"),
     "replay": lambda k: k.startswith("replay_"),
+    "groups": lambda k: k.startswith(("group_", "gating_publish_")),
 }
 GROUPS["rates"] = lambda k: any(GROUPS[g](k) for g in ("idle", "reader", "flat", "writer", "flusher"))
 """--only: the issue-11 targets (rates) and its parts, the original measures (classic), or step keys."""
@@ -1353,10 +1514,37 @@ TARGETS = [
 ]
 
 
-def targets_table(runs: list[dict]) -> str:
-    """Issue 11's targets: median, min-max of the runs, pass/fail (on the median)."""
+GROUP_TARGETS = [
+    ("gating group, 50 µs handler: 1 member", lambda r: r["group_scale_1"]["rate"], "events/s", ">=", None, "rate"),
+    ("gating group, 50 µs handler: 2 members", lambda r: r["group_scale_2"]["rate"], "events/s", ">=", None, "rate"),
+    ("gating group, 50 µs handler: 2 members / 1 member",
+     lambda r: r["group_scale_2"]["rate"] / r["group_scale_1"]["rate"], "x", ">=", 1.7, "ratio"),
+    ("gating group, 50 µs handler: drops (1 and 2 members)",
+     lambda r: r["group_scale_1"]["dropped"] + r["group_scale_2"]["dropped"], "events", "<=", 0, "int"),
+    ("gating group, 50 µs handler: 2 members / 1 member, each with a core of its own (CPU per event)",
+     lambda r: r["group_scale_2"]["rate_own_cores"] / r["group_scale_1"]["rate_own_cores"], "x", ">=", None,
+     "ratio"),
+    ("group of 2 decoding members, ack per batch: combined", lambda r: r["group_overhead_2"]["rate"], "events/s",
+     ">=", 400_000.0, "rate"),
+    ("group of 2 decoding members, ack per batch: combined, a core each (CPU per event)",
+     lambda r: r["group_overhead_2"]["rate_own_cores"], "events/s", ">=", None, "rate"),
+    ("group of 1 decoding member, ack per batch (reference)", lambda r: r["group_overhead_1"]["rate"], "events/s",
+     ">=", None, "rate"),
+    ("writer CPU per publish at 10k/s, a gating reader attached",
+     lambda r: r["gating_publish_gating_reader"]["cpu_us_per_publish"], "µs", "<=", None, "us2"),
+    ("writer CPU per publish at 10k/s, a flusher attached",
+     lambda r: r["gating_publish_flusher"]["cpu_us_per_publish"], "µs", "<=", None, "us2"),
+    ("gating reader's publish cost / flusher's",
+     lambda r: r["gating_publish_gating_reader"]["cpu_us_per_publish"]
+     / r["gating_publish_flusher"]["cpu_us_per_publish"], "x", "<=", 1.0, "ratio"),
+]
+"""Issue 14's targets (measures 14-16)."""
+
+
+def targets_table(runs: list[dict], targets: list | None = None) -> str:
+    """Issue 11's targets (or `targets`): median, min-max of the runs, pass/fail (on the median)."""
     lines = ["| target | median | min–max | runs | unit | pass/fail |", "|---|---:|---|---|---|---|"]
-    for label, get, unit, op, threshold, kind in TARGETS:
+    for label, get, unit, op, threshold, kind in TARGETS if targets is None else targets:
         values = _values(runs, get)
         if values is None:
             continue
@@ -1550,6 +1738,11 @@ def main(argv: list[str] | None = None) -> int:
         print("Targets of issues 11 and 13 (pass/fail on the median):")
         print()
         print(targets_table(runs))
+    if any(_values(runs, t[1]) is not None for t in GROUP_TARGETS):
+        print()
+        print("Issue 14 targets (pass/fail on the median):")
+        print()
+        print(targets_table(runs, GROUP_TARGETS))
     print()
     print(per_reader_details(runs))
     notes = accounting_problems(runs)

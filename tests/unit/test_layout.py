@@ -46,12 +46,24 @@ def test_registry_fields():
         ("magic", L.REG_MAGIC, 8), ("version", L.REG_VERSION, 8), ("config", L.REG_CONFIG, L.REG_CONFIG_FMT.size),
         ("wait flags and gates-changed (one byte each)", L.REG_WAIT_FLAGS, L.REG_SCAN_END - L.REG_WAIT_FLAGS),
         ("entries", L.REG_ENTRIES, L.MAX_READERS * L.ENTRY_BYTES),
+        ("groups", L.REG_GROUPS, L.MAX_GROUPS * L.GROUP_BYTES),
     ], L.REGISTRY_BYTES)
     # the wait flags and the gates-changed flag are one contiguous scan, before the entries
     assert L.REG_CONFIG + L.REG_CONFIG_FMT.size <= L.REG_WAIT_FLAGS
     assert L.REG_GATES_CHANGED == L.REG_WAIT_FLAGS + L.MAX_READERS and L.REG_SCAN_END == L.REG_GATES_CHANGED + 1
     assert L.REG_SCAN_END <= L.REG_ENTRIES and L.REG_ENTRIES % 64 == 0
-    assert L.entry_offset(L.MAX_READERS - 1) + L.ENTRY_BYTES == L.REGISTRY_BYTES
+    assert L.entry_offset(L.MAX_READERS - 1) + L.ENTRY_BYTES == L.REG_GROUPS
+    assert L.group_offset(L.MAX_GROUPS - 1) + L.GROUP_BYTES == L.REGISTRY_BYTES and L.GROUP_BYTES % 64 == 0
+
+
+def test_group_fields():
+    header = L.GROUP_HEADER.size
+    assert_disjoint_and_aligned([
+        ("header", 0, header), ("name", L.GROUP_NAME_OFFSET, 4 + L.GROUP_NAME_MAX_BYTES),
+        ("filter", L.GROUP_FILTER_OFFSET, 4 + L.GROUP_FILTER_MAX_BYTES),
+        ("banks", L.GROUP_HEADER_BYTES, 2 * L.GROUP_BANK_BYTES),
+    ], L.GROUP_BYTES)
+    assert L.GROUP_GEN_OFFSET == 8 and L.GROUP_STATE_OFFSET == 0
 
 
 def test_entry_fields():

@@ -143,7 +143,7 @@ LAYERS = {
     "ring": 2, "waiting": 2,
     "segment": 3, "liveness": 3, "header": 3,
     "schema": 4,
-    "filters": 5, "registry": 5, "logdir": 5, "results": 5, "producer_config": 5,
+    "filters": 5, "registry": 5, "logdir": 5, "results": 5, "producer_config": 5, "groups": 5,
     "archive": 6,
     "history": 7,
     "session": 8, "reader": 8, "control": 8,

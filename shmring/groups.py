@@ -1,0 +1,738 @@
+"""Consumer groups: members that share one stream, each event going to one live member, in claimed batches.
+
+Rules:
+- A group's state lives in the ring's registry segment (the group area, see
+  layout), so it lasts as long as the ring and goes with it; a member that
+  restarts under the same name continues where the group stands.
+- Every change happens under the registry's ``flock`` (the kernel releases it
+  if the holder dies) and is written whole into the spare bank before one
+  store of ``gen`` makes it current: a member SIGKILLed at any instruction
+  leaves the group as it was before its change or after it, never between.
+- A claim is a seq range, recorded in the member's entry (pid plus start
+  time) before the member reads it. A member that dies, closes, or holds
+  claims without calling into the group for ``claim_timeout_s`` loses what it
+  has not acknowledged to the group's *loose* ranges; the next claim takes
+  loose ranges first and marks those events redelivered. At-least-once.
+- Accounting is exact: a seq leaves a member's ranges only in the same change
+  that counts it acknowledged, filtered or dropped. A drop before the group's
+  position goes, once, to whichever member claims next.
+- A gating group holds a gate entry in the registry whose cursor is the
+  group's floor (every seq at or below it is accounted for) and whose owner
+  is one of its live members, or pid 0 when it has none: the writer then
+  waits for it only the grace period, as for a dead flusher.
+"""
+
+import bisect
+import re
+from collections import Counter
+import secrets
+import time
+
+import msgspec
+
+from .errors import ConfigError, IncompatibleRing, ReaderClosed, RegistryFull, RingClosed, WriterGone
+from .layout import (
+    GROUP_BANK_BYTES,
+    GROUP_BYTES,
+    GROUP_FILTER_MAX_BYTES,
+    GROUP_FILTER_OFFSET,
+    GROUP_GEN_OFFSET,
+    GROUP_HEADER,
+    GROUP_HEADER_BYTES,
+    GROUP_NAME_MAX_BYTES,
+    GROUP_NAME_OFFSET,
+    MAX_GROUPS,
+    MAX_READERS,
+    REGISTRY_BYTES,
+    ROLE_GROUP,
+    U64,
+    group_offset,
+)
+from .liveness import current_identity, is_alive
+from .ring import FILTERED, LAPPED, READY
+from .schema import decode_envelope
+
+__all__ = ["GroupTable", "GroupMember", "validate_group_name", "DEFAULT_CLAIM_TIMEOUT_S"]
+
+DEFAULT_CLAIM_TIMEOUT_S = 10.0
+"""A live member that holds claims and makes no group call (read, ack) for this long loses them."""
+CLAIM_MAX = 1024
+"""The most events one claim takes (less when the backlog is split between members)."""
+MAX_RUNS = 16
+"""Separate seq ranges one member may hold claimed and unacknowledged at once."""
+REAP_EVERY_S = 0.2
+"""How often a member that keeps finding work checks the others' liveness."""
+ACK_SYNC_S = 0.05
+"""ack(seq) records in the group at once if the member's last group call is older than this."""
+STUCK_SLOT_S = 0.5
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_UNACKED, _ACKED, _FILTERED, _DROPPED = 0, 1, 2, 3
+_NO_GATE = (1 << 64) - 1
+_STATE_FREE, _STATE_ACTIVE = 0, 1
+
+
+class _Member(msgspec.Struct, array_like=True):
+    id: int
+    pid: int
+    start_time: float
+    active_us: int
+    ranges: list[tuple[int, int]]
+
+
+class _State(msgspec.Struct, array_like=True):
+    position: int
+    acked: int = 0
+    dropped: int = 0
+    filtered: int = 0
+    redelivered: int = 0
+    members: list[_Member] = []
+    loose: list[tuple[int, int, bool]] = []
+    """Ranges nobody holds: (lo, hi, given), given if a member had been given them (they are redelivered)."""
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(_State).decode
+
+
+def validate_group_name(group: object) -> str:
+    if not isinstance(group, str) or not _GROUP_NAME.fullmatch(group):
+        raise ConfigError(f"invalid group name {group!r}: use 1-64 characters from letters, digits, '_', '-' and '.', "
+                          "starting with a letter or digit")
+    return group
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _merge_loose(ranges: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
+    out: list[tuple[int, int, bool]] = []
+    for lo, hi, given in sorted(ranges):
+        if out and lo == out[-1][1] + 1 and given == out[-1][2]:
+            out[-1] = (out[-1][0], hi, given)
+        else:
+            out.append((lo, hi, given))
+    return out
+
+
+def _count(ranges) -> int:
+    return sum(r[1] - r[0] + 1 for r in ranges)
+
+
+class GroupTable:
+    """The group area of one mapped registry: join, claim and acknowledge, leave; read-only views for stat."""
+
+    def __init__(self, registry):
+        self.registry = registry
+        self.buf = registry.buf
+        if registry.mapping.size < REGISTRY_BYTES:
+            raise IncompatibleRing("this ring's registry has no room for consumer groups (an older shmring made it); "
+                                   "create the ring again with this version", name=registry._ring_name())
+
+    # -- the banks ------------------------------------------------------------
+    def _header(self, index: int):
+        return GROUP_HEADER.unpack_from(self.buf, group_offset(index))
+
+    def _text(self, index: int, offset: int) -> bytes:
+        at = group_offset(index) + offset
+        length = int.from_bytes(self.buf[at:at + 4], "little")
+        return bytes(self.buf[at + 4:at + 4 + length])
+
+    def _put_text(self, index: int, offset: int, data: bytes) -> None:
+        at = group_offset(index) + offset
+        self.buf[at:at + 4 + len(data)] = len(data).to_bytes(4, "little") + data
+
+    def _bank(self, index: int, gen: int) -> int:
+        return group_offset(index) + GROUP_HEADER_BYTES + (gen & 1) * GROUP_BANK_BYTES
+
+    def _read_bank(self, index: int, gen: int) -> _State:
+        at = self._bank(index, gen)
+        length = int.from_bytes(self.buf[at:at + 4], "little")
+        return _decode(self.buf[at + 4:at + 4 + length])
+
+    def _load(self, index: int) -> _State:
+        return self._read_bank(index, U64.unpack_from(self.buf, group_offset(index) + GROUP_GEN_OFFSET)[0])
+
+    def _store(self, index: int, state: _State, name: str) -> None:
+        data = _encode(state)
+        if len(data) + 4 > GROUP_BANK_BYTES:
+            raise RegistryFull(f"group {name!r} holds too many claimed ranges to record another change; "
+                               "acknowledge what its members have read", name=self.registry._ring_name(),
+                               max_readers=MAX_READERS, group=name)
+        gen = U64.unpack_from(self.buf, group_offset(index) + GROUP_GEN_OFFSET)[0]
+        at = self._bank(index, gen + 1)
+        self.buf[at:at + 4 + len(data)] = len(data).to_bytes(4, "little") + data
+        # The spare bank is whole before this one store makes it current.
+        U64.pack_into(self.buf, group_offset(index) + GROUP_GEN_OFFSET, gen + 1)
+
+    def find(self, group: str) -> int | None:
+        wanted = group.encode()
+        for index in range(MAX_GROUPS):
+            if self._header(index)[0] == _STATE_ACTIVE and self._text(index, GROUP_NAME_OFFSET) == wanted:
+                return index
+        return None
+
+    # -- members ----------------------------------------------------------------
+    def join(self, group: str, spec: str, gating: bool, claim_timeout_s: float | None, cursor: int,
+             pid: int, start_time: float) -> tuple[int, int, dict]:
+        """Join (creating the group if new); returns (group index, member id, the group's settings)."""
+        spec_bytes = spec.encode()
+        if len(spec_bytes) > GROUP_FILTER_MAX_BYTES:
+            raise ConfigError(f"the filter of group {group!r} is too long to record ({len(spec_bytes)} bytes, at most "
+                              f"{GROUP_FILTER_MAX_BYTES}); select fewer values")
+        ring = self.registry._ring_name()
+        with self.registry.mapping.locked():
+            index = self.find(group)
+            if index is None:
+                index = next((i for i in range(MAX_GROUPS) if self._header(i)[0] != _STATE_ACTIVE), None)
+                if index is None:
+                    raise RegistryFull(f"ring {ring!r} already has {MAX_GROUPS} consumer groups, the most it can hold; "
+                                       "use one of them, or another ring", name=ring, max_readers=MAX_READERS,
+                                       group=group)
+                gate = _NO_GATE
+                if gating:
+                    gate = self.registry.claim_locked(pid, start_time, ROLE_GROUP, True, cursor)
+                off = group_offset(index)
+                timeout_us = 0 if claim_timeout_s is None else max(1, int(claim_timeout_s * 1e6))
+                GROUP_HEADER.pack_into(self.buf, off, _STATE_FREE, 0, int(gating), gate, timeout_us, cursor)
+                self._put_text(index, GROUP_NAME_OFFSET, group.encode())
+                self._put_text(index, GROUP_FILTER_OFFSET, spec_bytes)
+                data = _encode(_State(position=cursor))
+                at = self._bank(index, 0)
+                self.buf[at:at + 4 + len(data)] = len(data).to_bytes(4, "little") + data
+                U64.pack_into(self.buf, off, _STATE_ACTIVE)  # last: the group now exists
+            else:
+                if self._text(index, GROUP_FILTER_OFFSET) != spec_bytes:
+                    theirs = self._text(index, GROUP_FILTER_OFFSET).decode() or "no filter"
+                    raise ConfigError(f"group {group!r} of ring {ring!r} has {theirs}, not {spec or 'no filter'}: "
+                                      "every member of a group passes the filter its first member gave", name=ring)
+                if gating and not self._header(index)[2]:
+                    raise ConfigError(f"group {group!r} of ring {ring!r} is not gating (its first member said so); "
+                                      "join it without gating=True, or use another group name", name=ring)
+            state = self._load(index)
+            if len(state.members) >= MAX_READERS:
+                raise RegistryFull(f"group {group!r} of ring {ring!r} has {MAX_READERS} members, the most it can hold",
+                                   name=ring, max_readers=MAX_READERS, group=group)
+            self._reap(state, index, None)
+            member_id = secrets.randbits(62)
+            state.members.append(_Member(member_id, pid, start_time, _now_us(), []))
+            self._store(index, state, group)
+            self._update_gate(index, state, pid, start_time)
+            _, _, gating_now, _, timeout_us, start_seq = self._header(index)
+        return index, member_id, dict(gating=bool(gating_now), start_seq=start_seq,
+                                      claim_timeout_s=None if timeout_us == 0 else timeout_us / 1e6)
+
+    def sync(self, index: int, group: str, member_id: int, pid: int, start_time: float,
+             ranges: list[tuple[int, int]], deltas: tuple[int, int, int], claim: int, reap: bool, core):
+        """Record this member's ranges and counts; then claim up to `claim` events if asked.
+
+        Returns None if the member is no longer in the group (its claims timed
+        out), else (claimed (lo, hi, redelivered) or None, drop (lo, hi) or None,
+        the group's position).
+        """
+        with self.registry.mapping.locked():
+            state = self._load(index)
+            me = next((m for m in state.members if m.id == member_id), None)
+            if me is None:
+                return None
+            me.ranges = list(ranges)
+            state.acked += deltas[0]
+            state.filtered += deltas[1]
+            state.dropped += deltas[2]
+            me.active_us = _now_us()
+            if reap:
+                self._reap(state, index, member_id)
+            claimed = drop = None
+            if claim and len(me.ranges) < MAX_RUNS:
+                if state.loose:
+                    lo, hi, given = state.loose[0]
+                    take = min(hi, lo + claim - 1)
+                    state.loose[0:1] = [] if take == hi else [(take + 1, hi, given)]
+                    if given:
+                        state.redelivered += take - lo + 1
+                    claimed = (lo, take, given)
+                else:
+                    latest = core.latest()
+                    if latest > state.position:
+                        oldest = core.oldest_retained(latest)
+                        if state.position + 1 < oldest:
+                            drop = (state.position + 1, oldest - 1)
+                            state.dropped += oldest - 1 - state.position
+                            state.position = oldest - 1
+                    if latest > state.position:
+                        share = -(-(latest - state.position) // max(1, len(state.members)))
+                        take = state.position + min(claim, share)
+                        claimed = (state.position + 1, take, False)
+                        state.position = take
+                if claimed is not None:
+                    me.ranges.append(claimed[:2])
+            self._store(index, state, group)
+            self._update_gate(index, state, pid, start_time)
+            return claimed, drop, state.position
+
+    def leave(self, index: int, group: str, member_id: int, ranges: list[tuple[int, int, bool]],
+              deltas: tuple[int, int, int]) -> None:
+        """A member closes: what it holds becomes loose, for the others (redelivered if it had been given)."""
+        with self.registry.mapping.locked():
+            state = self._load(index)
+            me = next((m for m in state.members if m.id == member_id), None)
+            if me is None:
+                return  # timed out meanwhile: its claims are loose already
+            state.members.remove(me)
+            state.loose = _merge_loose(state.loose + list(ranges))
+            state.acked += deltas[0]
+            state.filtered += deltas[1]
+            state.dropped += deltas[2]
+            self._store(index, state, group)
+            self._update_gate(index, state, 0, 0.0)
+
+    def _reap(self, state: _State, index: int, caller: int | None) -> None:
+        """Members dead, or holding claims silently for longer than the claim timeout: their claims go loose."""
+        timeout_us = self._header(index)[4]
+        now = _now_us()
+        keep = []
+        for m in state.members:
+            if m.id != caller and (not is_alive(m.pid, m.start_time)
+                                   or (timeout_us and m.ranges and now - m.active_us > timeout_us)):
+                state.loose.extend((lo, hi, True) for lo, hi in m.ranges)  # dead: anything may have been given
+            else:
+                keep.append(m)
+        if len(keep) != len(state.members):
+            state.members = keep
+            state.loose = _merge_loose(state.loose)
+
+    def _update_gate(self, index: int, state: _State, pid: int, start_time: float) -> None:
+        """A gating group: its gate's cursor is the floor; its owner a live member (or nobody)."""
+        _, _, gating, gate, _, _ = self._header(index)
+        if not gating or gate == _NO_GATE:
+            return
+        registry = self.registry
+        held = [lo for m in state.members for lo, _ in m.ranges] + [r[0] for r in state.loose]
+        floor = min([state.position] + [lo - 1 for lo in held])
+        registry.publish_progress(gate, floor, state.acked, state.dropped, state.filtered)
+        owner = registry.entry_owner(gate)
+        members = {(m.pid, m.start_time) for m in state.members}
+        if owner not in members:
+            if (pid, start_time) in members:
+                registry.set_owner(gate, pid, start_time)
+            elif state.members:
+                registry.set_owner(gate, state.members[0].pid, state.members[0].start_time)
+            else:
+                # Nobody: the writer waits the grace period, then goes on. The start time makes each
+                # emptying a death of its own, so each one gets the whole grace period.
+                registry.set_owner(gate, 0, time.time())
+        if state.members and registry.gate_retired(gate):
+            registry.rearm_gate(gate)  # members again: the writer honours the group again
+
+    # -- inspection ---------------------------------------------------------------
+    def groups(self, latest: int) -> list[dict]:
+        """Each group as stat shows it, read without the lock (a state changed meanwhile is read again)."""
+        out = []
+        for index in range(MAX_GROUPS):
+            header = self._header(index)
+            if header[0] != _STATE_ACTIVE:
+                continue
+            for _ in range(100):
+                gen = U64.unpack_from(self.buf, group_offset(index) + GROUP_GEN_OFFSET)[0]
+                try:
+                    state = self._read_bank(index, gen)
+                except msgspec.DecodeError:
+                    continue
+                if U64.unpack_from(self.buf, group_offset(index) + GROUP_GEN_OFFSET)[0] == gen:
+                    break
+            else:
+                continue
+            pending = sum(_count(m.ranges) for m in state.members) + _count(state.loose)
+            out.append(dict(
+                name=self._text(index, GROUP_NAME_OFFSET).decode(), gating=bool(header[2]),
+                filter=self._text(index, GROUP_FILTER_OFFSET).decode() or None, start_seq=header[5],
+                claim_timeout_s=None if header[4] == 0 else header[4] / 1e6,
+                members=[dict(pid=m.pid, alive=is_alive(m.pid, m.start_time), pending=_count(m.ranges))
+                         for m in state.members],
+                position=state.position, pending=pending, loose=_count(state.loose),
+                lag=max(0, latest - state.position) + pending, acked=state.acked, dropped=state.dropped,
+                filtered=state.filtered, redelivered=state.redelivered))
+        return out
+
+
+class GroupMember:
+    """What a Reader becomes with ``group=``: it reads what it claims and acknowledges it.
+
+    Mixed into Reader by reader.py (``Reader.attach(name, group=G)``): it
+    replaces the sequential cursor walk with claimed ranges; decoding, waiting
+    and the end of the stream stay the Reader's. ``cursor`` is the seq the
+    member took last.
+    """
+
+    _results = None  # (ReadResult, RawRecord), set by reader.py
+
+    @classmethod
+    def _join(cls, name, *, after_seq, filter, max_delay_s, group, gating, claim_timeout_s, role):
+        validate_group_name(group)
+        if type(gating) is not bool:
+            raise ConfigError(f"gating must be True or False, not {gating!r}")
+        if claim_timeout_s is not None and (not isinstance(claim_timeout_s, (int, float))
+                                            or isinstance(claim_timeout_s, bool) or claim_timeout_s <= 0):
+            raise ConfigError(f"claim_timeout_s must be None or a number of seconds > 0, not {claim_timeout_s!r}")
+        try:
+            reader = cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=role,
+                               gating=False)
+        except RegistryFull as full:
+            raise RegistryFull(f"cannot join group {group!r}: all {MAX_READERS} reader entries of ring {name!r} are "
+                               "held by live readers and group members; close one first", name=name,
+                               max_readers=MAX_READERS, group=group) from full
+        try:
+            reader._join_group(group, gating, claim_timeout_s)
+        except RegistryFull as full:
+            reader.close()
+            if full.group is None:  # the gate's entry
+                raise RegistryFull(f"cannot create gating group {group!r}: all {MAX_READERS} reader entries of ring "
+                                   f"{name!r} are held by live readers and group members; close one first",
+                                   name=name, max_readers=MAX_READERS, group=group) from full
+            raise
+        except BaseException:
+            reader.close()
+            raise
+        return reader
+
+    def _join_group(self, group: str, gating: bool, claim_timeout_s: float | None) -> None:
+        self._fast = False
+        self._group_name = group
+        table = GroupTable(self._registry)
+        self._identity = current_identity()
+        self._group_index, self._member_id, settings = table.join(
+            group, repr(self._filter) if self._filter is not None else "", gating, claim_timeout_s, self._cursor,
+            *self._identity)
+        self._group_gating = settings["gating"]
+        self._claim_timeout_s = settings["claim_timeout_s"]
+        self._claim_max = max(1, min(CLAIM_MAX, self.capacity // 4))
+        self._claim_hi = self._cursor  # no claim yet: nothing unread
+        self._claim_redelivered = False
+        self._held: dict[int, int] = {}
+        self._n_unacked = 0
+        self._drops_due: list[tuple[int, int]] = []  # found, not yet returned (adjacent ones merged)
+        self._drop_range = (0, 0)  # the drop _take returned last
+        self._runs: list[tuple[int, int]] = []  # as recorded in the group
+        self._forfeited: set[int] = set()
+        self._hint = self._cursor + 1
+        self._last_sync = time.monotonic()
+        self._last_reap = 0.0
+        self._direct = self._take_decoded if self._filter is None else None
+        self._group_table = table  # last: from here on, close hands our claims back
+
+    @property
+    def group(self) -> str:
+        return self._group_name
+
+    @property
+    def claim_timeout_s(self) -> float | None:
+        return self._claim_timeout_s
+
+    # -- what is recorded in the group ------------------------------------------
+    def _cover(self):
+        """(ranges to record, (acked, filtered, dropped) to count, seqs counted).
+
+        The ranges hold every seq still owed: the unread rest of the current
+        claim and what was delivered and not acknowledged. They never grow
+        beyond what is recorded already, and seqs resolved but still inside
+        them (when MAX_RUNS forces ranges together) are counted later.
+        """
+        held = self._held
+        if self._n_unacked == 0:  # everything delivered is acknowledged (UNACKED left here: by ack())
+            counts = Counter(held.values())
+            runs = [(self._cursor + 1, self._claim_hi)] if self._cursor < self._claim_hi else []
+            return runs, (counts[_ACKED] + counts[_UNACKED], counts[_FILTERED], counts[_DROPPED]), list(held)
+        points = []  # runs of unacknowledged seqs, in delivery order (ascending within each claim)
+        lo = hi = -2
+        for s, kind in held.items():
+            if kind:  # not _UNACKED
+                continue
+            if s == hi + 1:
+                hi = s
+            else:
+                if lo >= 0:
+                    points.append((lo, hi))
+                lo = hi = s
+        if lo >= 0:
+            points.append((lo, hi))
+        if self._cursor < self._claim_hi:
+            points.append((self._cursor + 1, self._claim_hi))
+        runs = _merge(points)
+        if len(runs) > MAX_RUNS - 1:  # one whole range per recorded range instead
+            runs = []
+            for lo, hi in self._runs:
+                inside = [r for r in points if lo <= r[0] <= hi]
+                if inside:
+                    runs.append((min(r[0] for r in inside), max(r[1] for r in inside)))
+        starts = [lo for lo, _ in runs]
+        counts = [0, 0, 0, 0]
+        done = []
+        for s, kind in held.items():
+            if kind == _UNACKED:
+                continue
+            i = bisect.bisect_right(starts, s) - 1
+            if i < 0 or s > runs[i][1]:
+                counts[kind] += 1
+                done.append(s)
+        return runs, (counts[_ACKED], counts[_FILTERED], counts[_DROPPED]), done
+
+    def _sync(self, claim: int) -> bool | None:
+        """Record acknowledgements (and claim if asked; a drop found is owed). True for a new claim.
+
+        None: no claim, as this member holds MAX_RUNS ranges of unacknowledged events already.
+        """
+        runs, deltas, done = self._cover()
+        full = claim and len(runs) >= MAX_RUNS
+        if full:
+            claim = 0
+        now = time.monotonic()
+        reap = bool(claim) and now - self._last_reap >= REAP_EVERY_S
+        if reap:
+            self._last_reap = now
+        result = self._group_table.sync(self._group_index, self._group_name, self._member_id, *self._identity,
+                                        runs, deltas, claim, reap, self._core)
+        self._last_sync = now
+        if result is None:  # our claims timed out and went to the others: start again as a new member
+            self._forfeit()
+            return False
+        if len(done) == len(self._held):
+            self._held.clear()
+        else:
+            for s in done:
+                del self._held[s]
+        self._runs = runs
+        claimed, drop, position = result
+        self._hint = position + 1
+        if claimed is not None:
+            self._runs = runs + [claimed[:2]]
+            self._cursor = claimed[0] - 1
+            self._claim_hi = claimed[1]
+            self._claim_redelivered = claimed[2]
+        elif claim and not reap:
+            self._last_reap = 0.0  # nothing fresh: look at the others' liveness on the next try
+        if full:
+            return None
+        if drop is not None:
+            self._cursor = drop[1]
+            self._dropped += drop[1] - drop[0] + 1
+            self._owe_drop(*drop)
+            self._publish_progress()
+        return claimed is not None
+
+    def _owe_drop(self, lo: int, hi: int) -> None:
+        """A drop to report; one that continues the last owed one is the same drop."""
+        due = self._drops_due
+        if due and due[-1][1] + 1 == lo:
+            due[-1] = (due[-1][0], hi)
+        else:
+            due.append((lo, hi))
+
+    def _pay_drop(self) -> int:
+        lo, hi = self._drop_range = self._drops_due.pop(0)
+        return hi - lo + 1
+
+    def _forfeit(self) -> None:
+        if self._n_unacked:
+            self._forfeited.update(s for s, kind in self._held.items() if kind == _UNACKED)
+        self._held.clear()
+        self._n_unacked = 0
+        self._runs = []
+        self._claim_hi = self._cursor
+        self._group_index, self._member_id, _ = self._group_table.join(
+            self._group_name, repr(self._filter) if self._filter is not None else "", False, None, self._cursor,
+            *self._identity)
+
+    # -- reading ----------------------------------------------------------------
+    def read(self, timeout: float | None = None):
+        ReadResult = self._results[0]
+        seq = self._cursor + 1
+        if seq <= self._claim_hi and self._direct is not None and not self._detached:
+            envelope = self._direct(seq)
+            if envelope is not None and envelope is not False:
+                self._cursor = seq
+                self._delivered += 1
+                self._held[seq] = _UNACKED
+                self._n_unacked += 1
+                self._unpublished += 1
+                if self._unpublished >= 256:
+                    self._publish_progress()
+                return ReadResult(envelope, redelivered=True) if self._claim_redelivered else ReadResult(envelope)
+        taken = self._take(timeout)
+        if taken is None:
+            return None
+        if type(taken) is int:
+            return ReadResult(dropped=taken, dropped_from=self._drop_range[0], dropped_to=self._drop_range[1])
+        seq = taken[0]
+        try:
+            envelope = decode_envelope(taken[1])
+        except msgspec.DecodeError:
+            envelope = None
+        if envelope is None or envelope.seq != seq:
+            self._delivered -= 1
+            self._dropped += 1
+            self._held[seq] = _DROPPED
+            self._n_unacked -= 1
+            return ReadResult(dropped=1, dropped_from=seq, dropped_to=seq)
+        return ReadResult(envelope, redelivered=self._claim_redelivered)
+
+    def read_raw_many(self, max_events: int = 1024, timeout: float | None = None):
+        from_ring = self._results[1]
+        if type(max_events) is not int or max_events < 1:
+            raise ConfigError(f"max_events must be a positive int, not {max_events!r}")
+        records = []
+        names = self._category_names
+        taken = self._take(timeout)
+        try:
+            while taken is not None:
+                if type(taken) is int:
+                    lo, hi = self._drop_range
+                    records.append(from_ring(hi, "", b"", taken, lo, hi))
+                else:
+                    seq, payload, fields = taken
+                    records.append(from_ring(seq, names.get(fields[8]) or self._category_name(fields[8]), payload,
+                                             redelivered=self._claim_redelivered))
+                if len(records) >= max_events:
+                    break
+                taken = self._take(0)
+        except (RingClosed, WriterGone):
+            if not records:
+                raise
+        return records  # the end sticks: the next call raises it
+
+    def _take(self, timeout: float | None):
+        """The next step of this member's claims: (seq, payload, slot fields), a drop count, or None on timeout."""
+        if self._end is not None:
+            raise self._end
+        if self._detached:
+            raise ReaderClosed(f"this reader of ring {self.name!r} is closed; attach a new one", name=self.name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        core = self._core
+        poll = core.poll
+        accept = self._accept
+        held = self._held
+        if self._drops_due:
+            return self._pay_drop()
+        while True:
+            seq = self._cursor + 1
+            if seq > self._claim_hi:
+                got = self._sync(self._claim_max)
+                if self._drops_due:
+                    return self._pay_drop()
+                if got is None:  # too much unacknowledged to claim more
+                    if timeout == 0:
+                        return None  # a batch (read_many) ends here; the caller acknowledges, then reads on
+                    raise ConfigError(f"this member of group {self._group_name!r} holds {MAX_RUNS} separate ranges "
+                                      "of unacknowledged events, the most it may; acknowledge them (reader.ack()) "
+                                      "before reading more", name=self.name)
+                if not got and not self._await(self._hint, deadline):
+                    return None
+                continue
+            status, payload, fields = poll(seq, accept)
+            if status == READY:
+                self._cursor = seq
+                self._delivered += 1
+                held[seq] = _UNACKED
+                self._n_unacked += 1
+                self._unpublished += 1
+                return seq, payload, fields
+            if status == FILTERED:
+                self._cursor = seq
+                self._filtered += 1
+                held[seq] = _FILTERED
+                continue
+            if status == LAPPED:  # overwritten before we read it: the rest of the claim that is gone is a drop
+                oldest = core.oldest_retained(core.latest())
+                last = min(self._claim_hi, max(seq, oldest - 1))
+                for s in range(seq, last + 1):
+                    held[s] = _DROPPED
+                self._cursor = last
+                self._dropped += last - seq + 1
+                self._publish_progress()
+                self._owe_drop(seq, last)
+                if last < self._claim_hi:
+                    return self._pay_drop()
+                continue  # the whole rest is gone: a drop the next claim finds next to it is the same drop
+            # A claimed seq was whole when claimed: the slot is being rewritten (it lapses next), or the
+            # writer died while rewriting it.
+            now = time.monotonic()
+            if self._stuck_seq != seq:
+                self._stuck_seq, self._stuck_since = seq, now
+            elif now - self._stuck_since > STUCK_SLOT_S and not self._writer.alive():
+                held[seq] = _DROPPED
+                self._cursor = seq
+                self._dropped += 1
+                self._owe_drop(seq, seq)
+                return self._pay_drop()
+            if deadline is not None and now >= deadline:
+                return None
+            time.sleep(0.0002)
+
+    # -- acknowledgement ------------------------------------------------------------
+    def ack(self, seq: int | None = None) -> None:
+        """Acknowledge `seq` (delivered to this member), or everything delivered to it so far (None).
+
+        ``ack()`` records in the group at once; ``ack(seq)`` at the member's
+        next claim (when its batch is done), or at once if its last group call
+        is older than ACK_SYNC_S. Either way at close. What is not recorded
+        when a member dies is redelivered.
+        """
+        if self._detached:
+            raise ReaderClosed(f"this reader of ring {self.name!r} is closed; attach a new one", name=self.name)
+        held = self._held
+        if seq is None:
+            self._n_unacked = 0  # the UNACKED left in held now count as acknowledged (see _cover)
+            self._forfeited.clear()
+            self._sync(0)
+            return
+        if type(seq) is not int:
+            raise ConfigError(f"ack takes a seq (an int) or None, not {seq!r}", name=self.name)
+        if held.get(seq) == _UNACKED and self._n_unacked:
+            held[seq] = _ACKED
+            self._n_unacked -= 1
+        elif seq in self._forfeited:
+            self._forfeited.discard(seq)  # given to us, then to another member when our claims timed out
+            return
+        else:
+            raise ConfigError(f"seq {seq} is not an unacknowledged event delivered to this member of group "
+                              f"{self._group_name!r}; ack only seqs this member read, once", name=self.name)
+        if time.monotonic() - self._last_sync > ACK_SYNC_S:
+            self._sync(0)
+
+    def _handed_back(self, runs: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
+        """At close: `runs` split into what was given (unacknowledged) and the claim's unread rest (not given)."""
+        lo, hi = self._cursor + 1, self._claim_hi
+        if lo > hi:
+            return [(a, b, True) for a, b in runs]
+        out = []
+        for a, b in runs:
+            if b < lo or a > hi:
+                out.append((a, b, True))
+                continue
+            if a < lo:
+                out.append((a, lo - 1, True))
+            out.append((max(a, lo), min(b, hi), False))
+            if b > hi:
+                out.append((hi + 1, b, True))
+        return out
+
+    def _detach(self, abandon_gate: bool) -> None:
+        if not self._detached and getattr(self, "_group_table", None) is not None:
+            try:
+                runs, deltas, _ = self._cover()
+                self._group_table.leave(self._group_index, self._group_name, self._member_id,
+                                        self._handed_back(runs), deltas)
+            except (OSError, ValueError, TypeError):
+                pass  # the registry is unmapped (the ring was removed): nothing left to hand back
+        super()._detach(abandon_gate)
