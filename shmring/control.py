@@ -11,19 +11,21 @@ Rules:
   else a patch of some fields, as ``PATCH``). Replies: ``{"config": {...}}``,
   ``{"stats": {...}}``, ``{"old": ..., "new": ..., "changed": bool,
   "failed": [{"target_id", "url", "error"}]}``, or ``{"error": "...",
-  "kind": "config" | "not_running" | "control"}``.
+  "kind": "config" | "not_running" | "timeout" | "control"}``.
 - A change is validated here before anything is sent, and again by the
   server; a bad field, category or level is a one-line ``ConfigError``.
 - No server at the path (no serve, or one without ``--cdp``): the client
-  raises ``ProducerNotRunning``. A server that does not answer within the
-  timeout: ``ControlError``.
+  raises ``ProducerNotRunning``. A server (or the producer behind it) that
+  does not answer within the timeout: ``ControlTimeout``; any other failure
+  of the channel: ``ControlError``.
 - This is the producer's control surface only. Nothing a reader, ``tail``,
   a consumer group or an SSE client asks goes through it.
 
 For the HTTP edge: ``get_config(name)`` for ``GET /producers/cdp``,
 ``set_config(name, body, replace=True)`` for ``PUT`` and
-``set_config(name, body)`` for ``PATCH``; map ``ConfigError`` to 400 and
-``ProducerNotRunning`` to 503.
+``set_config(name, body)`` for ``PATCH``; it maps ``ConfigError`` to 400,
+``ProducerNotRunning`` to 503, ``ControlTimeout`` to 504 and any other
+``ControlError`` to 502.
 """
 
 import asyncio
@@ -35,7 +37,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from .errors import ConfigError, ControlError, ProducerNotRunning
+from .errors import ConfigError, ControlError, ControlTimeout, ProducerNotRunning
 from .producer_config import ProducerConfig
 from .segment import control_socket_path, validate_ring_name
 
@@ -95,7 +97,7 @@ def _request(name: str, request: dict, timeout_s: float) -> dict:
             sock.sendall(_encode(request) + b"\n")
             reply = sock.makefile("rb").readline(MAX_REQUEST_BYTES * 16)
         except TimeoutError:
-            raise ControlError(f"the producer of ring {name!r} did not answer within {timeout_s:g} s",
+            raise ControlTimeout(f"the producer of ring {name!r} did not answer within {timeout_s:g} s",
                                name=name, path=path) from None
         except OSError as exc:
             raise ControlError(f"the control connection of ring {name!r} failed: {exc.strerror or exc}",
@@ -113,6 +115,8 @@ def _request(name: str, request: dict, timeout_s: float) -> dict:
             raise ConfigError(str(reply["error"]), name=name)
         if kind == "not_running":
             raise ProducerNotRunning(str(reply["error"]), name=name, producer=request["producer"])
+        if kind == "timeout":
+            raise ControlTimeout(str(reply["error"]), name=name, path=path)
         raise ControlError(str(reply["error"]), name=name, path=path)
     return reply
 
@@ -148,7 +152,7 @@ def producer_stats(name: str, producer: str = "cdp", *, timeout_s: float = DEFAU
 
 def error_reply(exc: Exception) -> dict:
     """The reply line for an error a request handler raised."""
-    kind = {ConfigError: "config", ProducerNotRunning: "not_running"}
+    kind = {ConfigError: "config", ProducerNotRunning: "not_running", ControlTimeout: "timeout"}
     for cls, name in kind.items():
         if isinstance(exc, cls):
             return {"error": str(exc), "kind": name}

@@ -31,6 +31,7 @@ __all__ = ["EdgeConfig", "EdgeSupervisor", "add_edge_arguments", "edge_config", 
 
 DEFAULT_MAX_CLIENTS = 1024
 DEFAULT_KEEPALIVE_S = 15.0
+DEFAULT_CONTROL_TIMEOUT_S = 10.0
 
 
 class EdgeConfig(msgspec.Struct, frozen=True):
@@ -44,6 +45,8 @@ class EdgeConfig(msgspec.Struct, frozen=True):
     cors_origins: tuple[str, ...] = ()
     max_clients: int = DEFAULT_MAX_CLIENTS
     keepalive_s: float = DEFAULT_KEEPALIVE_S
+    control_timeout_s: float = DEFAULT_CONTROL_TIMEOUT_S
+    """How long ``/producers/…`` waits for the producer's control socket (then 504)."""
 
     @property
     def address(self) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "BrowserError",
     "ProducerNotRunning",
     "ControlError",
+    "ControlTimeout",
     "ForwardError",
     "SinkUnavailable",
 ]
@@ -189,6 +190,10 @@ class ControlError(ShmringError):
     """A producer's control channel failed: no answer in time, or an answer that is not the protocol."""
 
     fields = ("name", "path")
+
+
+class ControlTimeout(ControlError):
+    """The producer (or serve, for it) did not answer a control request in time (504 at the HTTP edge)."""
 
 
 class DemoError(ShmringError):

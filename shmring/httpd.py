@@ -8,7 +8,15 @@ Rules:
   Event, or ``application/x-ndjson``: one reply line per event, as the
   socket gives), ``GET /events/capture_session`` (``stat --json``'s content
   and the flusher's checkpoint), ``GET /metrics`` (Prometheus), ``GET
-  /healthz`` (200 while the writer lives, else 503) and ``GET /`` (the viewer).
+  /healthz`` (200 while the writer lives, else 503), ``GET /`` (the viewer)
+  and ``GET``/``PUT``/``PATCH /producers/cdp`` (the producer's config,
+  through ``shmring.control``: never touched by a stream's filter).
+- The producer's control calls block (up to ``control_timeout_s``), so they
+  run in worker threads of their own (at most ``CONTROL_THREADS`` at once),
+  never on the loop and never in the pool the other routes use. Their
+  errors: ``ConfigError`` 400, ``ProducerNotRunning`` 503,
+  ``ControlTimeout`` 504, any other ``ControlError`` 502; a target that
+  could not apply a change is listed in the 200 reply's ``failed``.
 - With a token every route but ``/healthz`` needs ``Authorization: Bearer
   <token>`` (401 without it); the stream and the viewer also take it as
   ``?token=`` (a browser's EventSource cannot set headers). CORS headers only
@@ -20,12 +28,14 @@ Rules:
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import pathlib
 import resource
 from urllib.parse import unquote_to_bytes
 
+import anyio
 import msgspec
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
@@ -40,8 +50,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .aio import AsyncReader, archive_supported
+from .control import PRODUCERS, get_config, set_config
 from .edge import EdgeConfig
-from .errors import ConfigError, RingNotFound, ShmringError
+from .errors import ConfigError, ControlError, ControlTimeout, ProducerNotRunning, RingNotFound, ShmringError
 from .header import open_ring_info
 from .logdir import CHECKPOINT_FILE, GAPS_FILE
 from .ring import RingReaderCore
@@ -57,6 +68,8 @@ SEND_TIMEOUT_S = 120.0
 STREAM_MAX_DELAY_S = 0.005
 """Each stream's latency budget: events collect for up to 5 ms, then go out in one chunk."""
 INGEST_POOL = 8
+CONTROL_BODY_BYTES = 64 * 1024
+CONTROL_THREADS = 4
 VIEWER = pathlib.Path(__file__).with_name("static") / "viewer.html"
 
 _decode_json = msgspec.json.Decoder()
@@ -326,6 +339,46 @@ def create_app(config: EdgeConfig) -> Starlette:
         data = await run_in_threadpool(generate_latest, metrics)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
+    control_threads = None
+
+    async def control(call, *args, **kwargs):
+        nonlocal control_threads
+        if control_threads is None:
+            control_threads = anyio.CapacityLimiter(CONTROL_THREADS)
+        return await anyio.to_thread.run_sync(functools.partial(call, name, *args, timeout_s=config.control_timeout_s,
+                                                                **kwargs), limiter=control_threads)
+
+    async def producer_config(request: Request):
+        producer = request.path_params["producer"]
+        if producer not in PRODUCERS:
+            return _error(404, f"unknown producer {producer!r}: the producers are {', '.join(PRODUCERS)}")
+        try:
+            if request.method in ("GET", "HEAD"):
+                return JSONResponse((await control(get_config, producer)).to_dict())
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > CONTROL_BODY_BYTES:
+                    return _error(413, f"a producer config is at most {CONTROL_BODY_BYTES} bytes")
+            try:
+                patch = _decode_json.decode(body)
+            except msgspec.DecodeError as exc:
+                raise ConfigError(f"the body is not JSON ({exc}); send a JSON object with some of enabled, "
+                                  "categories, detail_level (PUT: all of them)") from None
+            change = await control(set_config, patch, producer, replace=request.method == "PUT")
+        except ConfigError as exc:
+            return _error(400, str(exc))
+        except ProducerNotRunning as exc:
+            return _error(503, str(exc))
+        except ControlTimeout as exc:
+            return _error(504, str(exc))
+        except ControlError as exc:
+            return _error(502, str(exc))
+        reply = change.new.to_dict()
+        if change.failed:
+            reply["failed"] = change.failed
+        return JSONResponse(reply)
+
     async def healthz(request: Request):
         try:
             s = ring_stats(name)
@@ -341,7 +394,7 @@ def create_app(config: EdgeConfig) -> Starlette:
     middleware = []
     if config.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
-                                     allow_methods=["GET", "POST"],
+                                     allow_methods=["GET", "POST", "PUT", "PATCH"],
                                      allow_headers=["Authorization", "Content-Type", "Last-Event-ID"]))
     middleware.append(Middleware(_Auth, token=config.token))
     routes = [
@@ -351,6 +404,7 @@ def create_app(config: EdgeConfig) -> Starlette:
         Route("/events/capture_session", capture_session),
         Route("/metrics", metrics_route),
         Route("/healthz", healthz),
+        Route("/producers/{producer}", producer_config, methods=["GET", "PUT", "PATCH"]),
     ]
     app = Starlette(routes=routes, middleware=middleware)
     app.state.clients = client_count

@@ -37,7 +37,7 @@ import msgspec
 
 from .edge import EdgeConfig, EdgeSupervisor
 from .control import ControlServer
-from .errors import ConfigError, ControlError, ProducerNotRunning, RingNotFound, ServeError
+from .errors import ConfigError, ControlError, ControlTimeout, ProducerNotRunning, RingNotFound, ServeError
 from .forward import REPLAY_MERGE, open_sink
 from .logdir import prepare_log_directory
 from .ingest import (
@@ -283,7 +283,7 @@ class CaptureChild:
                     if not line or msgspec.json.decode(line, type=dict).get("id") == request["id"]:
                         break
         except TimeoutError:
-            raise ControlError(f"the CDP producer of ring {self.name!r} did not answer within "
+            raise ControlTimeout(f"the CDP producer of ring {self.name!r} did not answer within "
                                f"{self.REPLY_TIMEOUT_S:g} s", name=self.name) from None
         except (ConnectionError, OSError):
             line = b""
