@@ -33,6 +33,9 @@ Rules:
   not listed. The newest session is the last listed.
 - A directory a flusher is still writing is read as it is met: what the
   flusher writes (or rotates away) meanwhile may or may not be seen.
+- Size: about 650 lines, over the project's ~600, for one concept: the walk
+  over the files, its race with a flusher that writes and rotates them, and
+  the exact drop accounting are one algorithm; its pure helpers sit at the end.
 """
 
 import bisect
