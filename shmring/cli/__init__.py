@@ -24,14 +24,14 @@ import threading
 
 import msgspec
 
-from . import __version__
-from .edge import add_edge_arguments, edge_config_from_args
-from .errors import ConfigError, RingClosed, RingNotFound, ShmringError, WriterGone
-from .flusher import FSYNC_POLICIES
-from .ingest import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS
-from .layout import DETAIL_LEVELS, SOURCE_KINDS
-from .segment import validate_ring_name
-from .session import DEFAULT_CAPACITY, DEFAULT_DATA_BYTES, DEFAULT_FLUSHER_GRACE_S, DEFAULT_GATE_STALL_S
+from .. import __version__
+from ..edge import add_edge_arguments, edge_config_from_args
+from ..errors import ConfigError, RingClosed, RingNotFound, ShmringError, WriterGone
+from ..flusher import FSYNC_POLICIES
+from ..ingest import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS
+from ..layout import DETAIL_LEVELS, SOURCE_KINDS
+from ..segment import validate_ring_name
+from ..session import DEFAULT_CAPACITY, DEFAULT_DATA_BYTES, DEFAULT_FLUSHER_GRACE_S, DEFAULT_GATE_STALL_S
 
 __all__ = ["main"]
 
@@ -51,7 +51,7 @@ def _stop_on_signals() -> threading.Event:
 
 # -- serve / flush -------------------------------------------------------------------
 def cmd_serve(args) -> int:
-    from .serve import serve
+    from ..serve import serve
 
     http = edge_config_from_args(args, log_dir=args.log_dir)  # a one-line error before the ring exists
     stop = _stop_on_signals()
@@ -87,15 +87,15 @@ def cmd_serve(args) -> int:
 
 
 def cmd_edge(args) -> int:
-    from .httpd import run_edge
+    from ..httpd import run_edge
 
     run_edge(edge_config_from_args(args, socket_path=args.socket, log_dir=args.log_dir))
     return 0
 
 
 def cmd_capture_cdp(args) -> int:
-    from .cdp import capture
-    from .producer_config import CATEGORIES, ProducerConfig
+    from ..cdp import capture
+    from ..producer_config import CATEGORIES, ProducerConfig
 
     stop = _stop_on_signals()
     config = ProducerConfig(not args.disabled, CATEGORIES if args.categories is None else args.categories,
@@ -106,8 +106,8 @@ def cmd_capture_cdp(args) -> int:
 
 
 def cmd_producer(args) -> int:
-    from .control import get_config, set_config
-    from .producer_config import parse_categories
+    from ..control import get_config, set_config
+    from ..producer_config import parse_categories
 
     patch = {k: v for k, v in (("enabled", args.enable), ("detail_level", args.detail_level)) if v is not None}
     if args.categories is not None:
@@ -123,7 +123,7 @@ def cmd_producer(args) -> int:
 
 
 def cmd_flush(args) -> int:
-    from .flusher import Flusher
+    from ..flusher import Flusher
 
     stop = _sigwait_stop({signal.SIGTERM})
     try:
@@ -148,7 +148,7 @@ def _sigwait_stop(signals: set) -> threading.Event:
 
 
 def cmd_forward(args) -> int:
-    from .forward import Forwarder
+    from ..forward import Forwarder
 
     stop = _sigwait_stop({signal.SIGTERM, signal.SIGINT})  # before the sink's client thread starts: it inherits
     with Forwarder(args.name, args.to, archive=args.archive, stream=args.stream, subject=args.subject,
@@ -175,7 +175,7 @@ def _add_flush_arguments(p: argparse.ArgumentParser) -> None:
 
 # -- publish ---------------------------------------------------------------------------
 def cmd_publish(args) -> int:
-    from .producer import Producer
+    from ..producer import Producer
 
     failed = 0
     with Producer.connect(args.socket) as producer:
@@ -192,7 +192,7 @@ def cmd_publish(args) -> int:
 
 def _send(producer, numbered, print_seqs: bool) -> int:
     """Publish a batch of (line number, line); report rejects on stderr, seqs on stdout if asked; count rejects."""
-    from .producer import PublishRejected
+    from ..producer import PublishRejected
 
     if not numbered:
         return 0
@@ -221,8 +221,8 @@ def _raise_stop(*_):
 
 
 def cmd_tail(args) -> int:
-    from .reader import Filter, Reader
-    from .stats import ring_stats
+    from ..reader import Filter, Reader
+    from ..stats import ring_stats
 
     filt = None
     if args.category or args.detail_level or args.source_kind:
@@ -269,8 +269,8 @@ def cmd_tail(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .archive import Archive
-    from .reader import Filter
+    from ..archive import Archive
+    from ..reader import Filter
 
     archive = Archive(args.directory)
     if args.sessions:
@@ -301,7 +301,7 @@ class _TailSink:
     """tail's output: --type and --grep select (consumer side, never drops), --format renders, drops are told."""
 
     def __init__(self, args, colour: bool):
-        from .render import decode, parse_format, pretty_line
+        from ..render import decode, parse_format, pretty_line
 
         self.out = sys.stdout.buffer
         self.format = parse_format(args.format)
@@ -376,7 +376,7 @@ class _TailSink:
 
 # -- stat / ls / gc ------------------------------------------------------------------------
 def _stat_table(s: dict) -> str:
-    from .stats import group_lines
+    from ..stats import group_lines
 
     writer = s["writer"]
     rate = "-" if s["publish_rate"] is None else f"{s['publish_rate']:,.0f}/s"
@@ -406,8 +406,8 @@ def _stat_table(s: dict) -> str:
 
 
 def cmd_stat(args) -> int:
-    from .archive import Archive
-    from .stats import ring_stats
+    from ..archive import Archive
+    from ..stats import ring_stats
 
     stop = _stop_on_signals()
     history = None if args.archive is None else [msgspec.to_builtins(h) for h in Archive(args.archive).sessions()]
@@ -441,7 +441,7 @@ def cmd_stat(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from .doctor import diagnose
+    from ..doctor import diagnose
 
     d = diagnose()
     if args.json:
@@ -470,7 +470,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from .stats import list_rings
+    from ..stats import list_rings
 
     rows = list_rings()
     if args.json:
@@ -491,7 +491,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    from .cleanup import collect_garbage
+    from ..cleanup import collect_garbage
 
     removed = collect_garbage()
     for name in removed:
@@ -503,13 +503,13 @@ def cmd_gc(args) -> int:
 
 # -- demo ------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
-    from .demo import READERS, run_demo
+    from ..demo import READERS, run_demo
 
     if args.chromium and not args.browser:
         raise ConfigError("--chromium PATH chooses the browser of --browser: add --browser")
     chromium = None
     if args.browser:
-        from .cdp.browser import resolve_chromium
+        from ..cdp.browser import resolve_chromium
 
         chromium = resolve_chromium(args.chromium)  # a missing binary: one line before anything starts
     tty = sys.stdout.isatty()
@@ -566,7 +566,7 @@ def _ring_name(text: str) -> str:
 
 
 def _categories(text: str) -> tuple[str, ...]:
-    from .producer_config import parse_categories
+    from ..producer_config import parse_categories
 
     try:
         return parse_categories(text)
@@ -578,7 +578,7 @@ CATEGORIES_HELP = "capture only these categories, comma-separated (console, netw
 
 
 def _format(text: str) -> str:
-    from .render import parse_format
+    from ..render import parse_format
 
     try:
         parse_format(text)
