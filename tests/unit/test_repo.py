@@ -96,13 +96,13 @@ def names_used(path: pathlib.Path) -> set[str]:
 
 def test_only_the_header_module_reads_or_writes_the_ring_header():
     header_fields = {"CONFIG", "HDR_CONFIG", "HDR_MAGIC", "HDR_VERSION", "HDR_SESSION_ID", "SESSION_ID", "MAGIC"}
-    for path in (ROOT / "shmring").glob("*.py"):
+    for path in (ROOT / "shmring").rglob("*.py"):  # subpackages (cdp/, cli/) too
         if path.stem not in ("header", "layout"):
             assert not names_used(path) & header_fields, f"{path.stem} parses the ring header itself"
 
 
 def test_only_segment_names_dev_shm():
-    for path in (ROOT / "shmring").glob("*.py"):
+    for path in (ROOT / "shmring").rglob("*.py"):  # subpackages (cdp/, cli/) too
         if path.stem != "segment":
             strings = [n.value for n in ast.walk(ast.parse(path.read_text()))
                        if isinstance(n, ast.Constant) and isinstance(n.value, str)]
@@ -187,6 +187,13 @@ def test_every_module_has_a_layer_and_imports_only_downwards():
         for imported in package_imports(path):
             assert LAYERS[imported] < LAYERS[module] or module == imported and path.parent.name == module, (
                 f"{path.relative_to(ROOT)} (layer {LAYERS[module]}) imports {imported} (layer {LAYERS[imported]})")
+
+
+def test_the_layer_rule_reads_a_subpackage_as_one_module():
+    own, top = ROOT / "shmring" / "cli" / "streams.py", ROOT / "shmring" / "ring.py"
+    assert layer_module(own) == "cli" and layer_module(top) == "ring"
+    assert layer_module(ROOT / "shmring" / "cli" / "__init__.py") == "cli"
+    assert "common" not in package_imports(own) and "reader" in package_imports(own)  # `from .common`, `from ..reader`
 
 
 def test_tools_import_shmring_and_each_other_without_path_edits():
