@@ -74,7 +74,9 @@ def prints_or_exits(path: pathlib.Path) -> list[str]:
 
 
 def test_only_the_cli_prints_or_exits():
-    allowed = {ROOT / "shmring" / "cli.py", ROOT / "shmring" / "__main__.py"}
+    cli = sorted((ROOT / "shmring" / "cli").glob("*.py"))  # the cli/ package, each of its files
+    assert any(prints_or_exits(path) for path in cli), "the cli/ package should be where shmring prints and exits"
+    allowed = {*cli, ROOT / "shmring" / "__main__.py"}
     for path in sorted((ROOT / "shmring").rglob("*.py")):
         if path not in allowed:
             assert not prints_or_exits(path), f"{path.relative_to(ROOT)} prints or exits: {prints_or_exits(path)}"
@@ -94,13 +96,13 @@ def names_used(path: pathlib.Path) -> set[str]:
 
 def test_only_the_header_module_reads_or_writes_the_ring_header():
     header_fields = {"CONFIG", "HDR_CONFIG", "HDR_MAGIC", "HDR_VERSION", "HDR_SESSION_ID", "SESSION_ID", "MAGIC"}
-    for path in (ROOT / "shmring").glob("*.py"):
+    for path in (ROOT / "shmring").rglob("*.py"):  # subpackages (cdp/, cli/) too
         if path.stem not in ("header", "layout"):
             assert not names_used(path) & header_fields, f"{path.stem} parses the ring header itself"
 
 
 def test_only_segment_names_dev_shm():
-    for path in (ROOT / "shmring").glob("*.py"):
+    for path in (ROOT / "shmring").rglob("*.py"):  # subpackages (cdp/, cli/) too
         if path.stem != "segment":
             strings = [n.value for n in ast.walk(ast.parse(path.read_text()))
                        if isinstance(n, ast.Constant) and isinstance(n.value, str)]
@@ -156,9 +158,15 @@ LAYERS = {
 }
 
 
+def layer_module(path: pathlib.Path) -> str:
+    """The name LAYERS knows `path` by: its own for a top-level module, its package's (cdp, cli) for a subpackage's."""
+    parts = path.relative_to(ROOT / "shmring").parts
+    return parts[0] if len(parts) > 1 else path.stem
+
+
 def package_imports(path: pathlib.Path) -> set[str]:
-    """The shmring modules (top-level names; cdp for its package) that `path` imports."""
-    in_cdp = path.parent.name == "cdp"
+    """The shmring modules (top-level names; a subpackage's name for its modules) that `path` imports."""
+    depth = len(path.relative_to(ROOT / "shmring").parts) - 1  # 1 inside a subpackage (cdp/, cli/)
     found = set()
     tree = ast.parse(path.read_text())
     # A module's `if __name__ == "__main__":` block is a program, not part of its layer: it may hand over to the CLI.
@@ -166,20 +174,26 @@ def package_imports(path: pathlib.Path) -> set[str]:
                  if not (isinstance(n, ast.If) and ast.unparse(n.test) == "__name__ == '__main__'")]
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
-            top_level = node.level == 1 and not in_cdp or node.level == 2 and in_cdp
-            if not top_level:
-                continue  # inside cdp/: its own modules
+            if node.level != depth + 1:
+                continue  # inside a subpackage: its own modules
             found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
     return {name for name in found if not name.startswith("_")}  # _hotpath, and `from . import __version__`
 
 
 def test_every_module_has_a_layer_and_imports_only_downwards():
     for path in (ROOT / "shmring").rglob("*.py"):
-        module = "cdp" if path.parent.name == "cdp" else path.stem
+        module = layer_module(path)
         assert module in LAYERS, f"shmring/{path.relative_to(ROOT / 'shmring')} has no layer in LAYERS (and README)"
         for imported in package_imports(path):
-            assert LAYERS[imported] < LAYERS[module] or module == imported == "cdp", (
+            assert LAYERS[imported] < LAYERS[module] or module == imported and path.parent.name == module, (
                 f"{path.relative_to(ROOT)} (layer {LAYERS[module]}) imports {imported} (layer {LAYERS[imported]})")
+
+
+def test_the_layer_rule_reads_a_subpackage_as_one_module():
+    own, top = ROOT / "shmring" / "cli" / "streams.py", ROOT / "shmring" / "ring.py"
+    assert layer_module(own) == "cli" and layer_module(top) == "ring"
+    assert layer_module(ROOT / "shmring" / "cli" / "__init__.py") == "cli"
+    assert "common" not in package_imports(own) and "reader" in package_imports(own)  # `from .common`, `from ..reader`
 
 
 def test_tools_import_shmring_and_each_other_without_path_edits():
