@@ -207,13 +207,15 @@ def live_run(args, clients: int, stalled: bool):
         for _ in range(clients // per):
             procs.append(multiprocessing.Process(target=client_process, args=(
                 serve.port, "/events/stream", per, args.live_s + 60, True, q, 0.0, target)))
-        if stalled:
-            procs.append(multiprocessing.Process(target=client_process, args=(
-                serve.port, "/events/stream", 1, args.live_s + 5, False, q, args.stall_s)))
-        for p in procs:
+        stalled_q = multiprocessing.Queue()  # its own queue: results arrive in any order
+        stalled_procs = [multiprocessing.Process(target=client_process, args=(
+            serve.port, "/events/stream", 1, args.live_s + 5, False, stalled_q, args.stall_s))] if stalled else []
+        for p in procs + stalled_procs:
             p.start()
         for _ in procs:
             q.get(timeout=60)
+        for _ in stalled_procs:
+            stalled_q.get(timeout=60)
         wait_clients(serve.base, clients + stalled)
         t0, e0 = time.monotonic(), cpu_ns(serve.edge_pid)
         sent = publish_paced(serve.socket, args.rate, args.live_s)
@@ -221,10 +223,11 @@ def live_run(args, clients: int, stalled: bool):
         edge_cpu = 100 * (cpu_ns(serve.edge_pid) - e0) / ((time.monotonic() - t0) * 1e9)
         target.value = sent
         results = [q.get(timeout=120) for _ in procs]
-        for p in procs:
+        for _ in stalled_procs:
+            stalled_q.get(timeout=120)
+        for p in procs + stalled_procs:
             p.join()
-        stats = [s for r in results for s in r]
-        live = stats[:clients]
+        live = [s for r in results for s in r]
         lat = sorted(x for s in live for x in s["latency_ms"])
         return dict(sent=sent, publish_rate=rate, edge_cpu_pct=edge_cpu, every_event=all(s["events"] == sent and s["gaps"] == 0 for s in live),
                     min_events=min(s["events"] for s in live), gaps=sum(s["gaps"] for s in live),
