@@ -113,6 +113,12 @@ class FlusherSupervisor:
             return False
         return any(r["pid"] == pid and r["role"] == "flusher" for r in readers)  # gating or retired as stalled
 
+    def closing(self) -> None:
+        """Right before the ring's close: a flusher that exits 0 from now on has drained it, and is not restarted
+        (close wakes it, so it may end before close returns). One that fails is still restarted while the ring
+        exists."""
+        self._closing.set()
+
     STOP_TIMEOUT_S = 10.0
     """After the ring is closed, how long the flusher may take to finish (then SIGTERM and SIGCONT, then SIGKILL)."""
 
@@ -430,6 +436,8 @@ def serve(name: str, *, stop: threading.Event, socket_path: str | None = None, l
     finally:
         if flusher_attached:
             supervisor.wait_attached()  # a flusher being restarted must attach before close, or it finds no ring
+        if supervisor is not None:
+            supervisor.closing()  # from now on a flusher that ends cleanly has drained the closed ring
         for forwarder in forwarders:
             forwarder.closing()
         complete = session.close()  # bounded: a stalled flusher's gate is retired after gate_stall_s
