@@ -76,23 +76,37 @@ static int Taker_init(Taker *self, PyObject *args, PyObject *kwargs) {
     return 0;
 }
 
-static PyObject *Taker_take_decoded(Taker *self, PyObject *arg) {
-    unsigned long long seq = PyLong_AsUnsignedLongLong(arg);
-    if (seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    if (!self->have_view) Py_RETURN_NONE;
+/* A copy of seq's record, if its slot is stamped for seq and the record lies whole in the data area: a new
+   bytes object, with the slot and the record's position for the caller's re-check after its fence. NULL
+   without an exception when it is not (the slow path judges), NULL with one on failure. */
+static PyObject *copy_record(Taker *self, unsigned long long seq, const char **slot_out, uint64_t *pos_out) {
     const char *ring = (const char *)self->view.buf;
     const char *slot = ring + self->header_bytes + (long long)(seq & self->mask) * self->slot_bytes;
-    uint64_t stamp = __atomic_load_n((const uint64_t *)(slot + SLOT_STAMP), __ATOMIC_ACQUIRE);
-    if (stamp != 2 * (uint64_t)seq) Py_RETURN_NONE;
+    if (__atomic_load_n((const uint64_t *)(slot + SLOT_STAMP), __ATOMIC_ACQUIRE) != 2 * (uint64_t)seq) return NULL;
     uint64_t pos = load_u64(slot + SLOT_POS);
     uint32_t length;
     memcpy(&length, slot + SLOT_LEN, 4);
     uint64_t off = pos % (uint64_t)self->data_bytes;
-    if (off + length > (uint64_t)self->data_bytes) Py_RETURN_NONE; /* not a whole record: the slow path judges */
-    PyObject *payload = PyBytes_FromStringAndSize(ring + self->data_base + off, (Py_ssize_t)length);
-    if (payload == NULL) return NULL;
+    if (off + length > (uint64_t)self->data_bytes) return NULL;
+    *slot_out = slot;
+    *pos_out = pos;
+    return PyBytes_FromStringAndSize(ring + self->data_base + off, (Py_ssize_t)length);
+}
+
+static PyObject *Taker_take_decoded(Taker *self, PyObject *arg) {
+    unsigned long long seq = PyLong_AsUnsignedLongLong(arg);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (!self->have_view) Py_RETURN_NONE;
+    const char *slot;
+    uint64_t pos;
+    PyObject *payload = copy_record(self, seq, &slot, &pos);
+    if (payload == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
     full_fence(); /* the copy is done before the re-check */
-    if (load_u64(ring + self->hdr_data_low) > pos || load_u64(slot + SLOT_STAMP) != stamp) {
+    if (load_u64((const char *)self->view.buf + self->hdr_data_low) > pos ||
+        load_u64(slot + SLOT_STAMP) != 2 * (uint64_t)seq) {
         Py_DECREF(payload);
         Py_RETURN_NONE;
     }
@@ -169,15 +183,13 @@ static PyObject *Taker_take_raw_run(Taker *self, PyObject *const *args, Py_ssize
         goto fail;
     }
     for (unsigned long long s = seq; copied < limit; s++) {
-        const char *slot = ring + self->header_bytes + (long long)(s & self->mask) * self->slot_bytes;
-        if (__atomic_load_n((const uint64_t *)(slot + SLOT_STAMP), __ATOMIC_ACQUIRE) != 2 * (uint64_t)s) break;
-        uint64_t pos = load_u64(slot + SLOT_POS);
-        uint32_t length;
-        memcpy(&length, slot + SLOT_LEN, 4);
-        uint64_t off = pos % (uint64_t)self->data_bytes;
-        if (off + length > (uint64_t)self->data_bytes) break; /* not a whole record: the slow path judges */
-        PyObject *payload = PyBytes_FromStringAndSize(ring + self->data_base + off, (Py_ssize_t)length);
-        if (payload == NULL) goto fail;
+        const char *slot;
+        uint64_t pos;
+        PyObject *payload = copy_record(self, s, &slot, &pos);
+        if (payload == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            break; /* not whole (yet): the run ends here */
+        }
         payloads[copied] = payload;
         memcpy(categories + (size_t)CATEGORY_BYTES * copied, slot + SLOT_CATEGORY, CATEGORY_BYTES);
         slots[copied] = slot;
@@ -223,13 +235,8 @@ done:
     PyMem_Free(categories);
     return out;
 fail:
-    for (Py_ssize_t i = 0; i < copied; i++) Py_DECREF(payloads[i]);
-    PyMem_Free(payloads);
-    PyMem_Free(slots);
-    PyMem_Free(positions);
-    PyMem_Free(categories);
-    Py_DECREF(out);
-    return NULL;
+    Py_CLEAR(out);
+    goto done;
 }
 
 static PyObject *Taker_release(Taker *self, PyObject *Py_UNUSED(unused)) {
