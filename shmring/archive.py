@@ -55,7 +55,7 @@ import msgspec
 from .errors import ConfigError
 from .filters import Filter
 from .logdir import CHECKPOINT_FILE
-from .results import RawRecord, ReadResult
+from .results import RawRecord, ReadResult, merge_ranges
 from .schema import CATEGORY_PATTERN, decode_envelope
 
 __all__ = ["Archive", "ArchiveSession"]
@@ -177,7 +177,7 @@ class Archive:
                 ts = _decode_ts(line).event.ts
             except msgspec.DecodeError:
                 ts = 0
-            lost = sum(b - a + 1 for a, b in _merge_ranges(gaps.get(session_id, [])))
+            lost = sum(b - a + 1 for a, b in merge_ranges(gaps.get(session_id, [])))
             out.append(((ts, order), ArchiveSession(session_id, first, last, events, lost)))
         out.sort(key=lambda pair: pair[0])
         return [session for _, session in out]
@@ -264,7 +264,7 @@ class Archive:
                     chains = {c: names for c, names in chains.items() if c in categories}
             # Known-lost ranges: the recorded gaps, and the seqs of torn lines as the file readers meet them
             # (always before the merge yields anything above them).
-            known = [(max(lo, after_seq + 1), hi) for lo, hi in _merge_ranges(gaps) if hi > after_seq]
+            known = [(max(lo, after_seq + 1), hi) for lo, hi in merge_ranges(gaps) if hi > after_seq]
             heapq.heapify(known)
 
             def torn(where: tuple[str, int], seq: int | None) -> None:
@@ -306,7 +306,7 @@ class Archive:
                             if not contiguous:
                                 lost.append((max(lo, nxt), min(hi, seq - 1)))
                         if not contiguous:
-                            for lo, hi in _merge_ranges([r for r in lost if r[0] <= r[1]]):
+                            for lo, hi in merge_ranges([r for r in lost if r[0] <= r[1]]):
                                 yield drop_out(hi, hi - lo + 1)
                     # With every category read, all that is missing below `seq` is lost.
                     if contiguous and seq > nxt:
@@ -318,7 +318,7 @@ class Archive:
             trailing = [(max(lo, nxt), min(hi, end - 1)) for lo, hi in known]
             if complete and contiguous:
                 trailing.append((nxt, end - 1))
-            for lo, hi in _merge_ranges([r for r in trailing if r[0] <= r[1]]):
+            for lo, hi in merge_ranges([r for r in trailing if r[0] <= r[1]]):
                 yield drop_out(hi, hi - lo + 1)
         finally:
             for fd in (held or {}).values():
@@ -648,15 +648,3 @@ def _merge_batches(streams: list[Iterator[list[tuple]]]) -> Iterator[list[tuple]
         batch, position, stream = buffers[0]
         yield batch[position:]
         yield from stream
-
-
-def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, with overlapping or adjacent ranges joined."""
-    out: list[tuple[int, int]] = []
-    for a, b in sorted(ranges):
-        if out and a <= out[-1][1] + 1:
-            if b > out[-1][1]:
-                out[-1] = (out[-1][0], b)
-        else:
-            out.append((a, b))
-    return out

@@ -39,13 +39,13 @@ from .group_table import (
     DEFAULT_CLAIM_TIMEOUT_S,
     MAX_RUNS,
     GroupTable,
-    _merge,
     validate_group_name,
 )
 from .layout import (
     MAX_READERS,
 )
 from .liveness import current_identity
+from .results import merge_ranges
 from .ring import FILTERED, LAPPED, READY
 from .schema import decode_envelope
 
@@ -162,7 +162,7 @@ class GroupMember:
             points.append((lo, hi))
         if self._cursor < self._claim_hi:
             points.append((self._cursor + 1, self._claim_hi))
-        runs = _merge(points)
+        runs = merge_ranges(points)
         if len(runs) > MAX_RUNS - 1:  # one whole range per recorded range instead
             runs = []
             for lo, hi in self._runs:

@@ -68,3 +68,15 @@ def decode_checked(payload: bytes, seq: int) -> Envelope | None:
     except msgspec.DecodeError:
         return None
     return envelope if envelope.seq == seq else None
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive seq ranges, sorted, with overlapping or adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out

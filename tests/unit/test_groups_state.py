@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from shmring.group_table import GroupTable, _merge, _merge_loose
+from shmring.group_table import GroupTable, _merge_loose
+from shmring.results import merge_ranges as _merge
 from shmring.layout import GROUP_GEN_OFFSET, REGISTRY_BYTES, U64, group_offset
 from shmring.liveness import current_identity
 from shmring.registry import Registry
