@@ -7,6 +7,7 @@ FORBIDDEN outcomes: a seq missing or twice in the sink, other bytes than the rin
 marker whose range is not exact, a failure that is not one line.
 """
 
+import contextlib
 import inspect
 import random
 import signal
@@ -102,24 +103,34 @@ def test_exactly_once_over_four_categories(kind, ring_name, procs, sink_server):
 # -- forwarder killed ----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def publishing(session, total: int, per_tick: int):
+    """While the block runs: a thread publishing up to `total` events, `per_tick` of them every 10 ms."""
+    stop = threading.Event()
+
+    def publish():
+        i = 0
+        while not stop.is_set() and i < total:
+            for _ in range(per_tick):
+                session.publish(event(i))
+                i += 1
+            time.sleep(0.01)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        publisher.join()
+
+
 @pytest.mark.parametrize("kind", SINKS)
 def test_forwarder_sigkill_ten_times(kind, ring_name, procs, sink_server):
     server = sink_server(kind)
     rng = random.Random(16)
     with CaptureSession.create(ring_name, capacity=65536) as session:
-        stop = threading.Event()
-
-        def publish():
-            i = 0
-            while not stop.is_set() and i < 60_000:
-                for _ in range(200):
-                    session.publish(event(i))
-                    i += 1
-                time.sleep(0.01)
-
-        publisher = threading.Thread(target=publish)
-        publisher.start()
-        try:
+        with publishing(session, 60_000, 200):
             pid = None
             for _ in range(10):
                 proc = procs("forward", ring_name, "--to", server.url)
@@ -127,9 +138,6 @@ def test_forwarder_sigkill_ten_times(kind, ring_name, procs, sink_server):
                 time.sleep(rng.uniform(0.05, 0.25))  # a random point of its work, not a synchronisation
                 proc.popen.kill()
                 proc.wait()
-        finally:
-            stop.set()
-            publisher.join()
         last = session.last_seq
         proc = procs("forward", ring_name, "--to", server.url)
         entries = wait_held(server, ring_name, last)
@@ -144,27 +152,12 @@ def test_sink_sigkill_and_restart_under_load(kind, ring_name, procs, sink_server
     server = sink_server(kind)
     with CaptureSession.create(ring_name, capacity=65536) as session:
         proc, _ = start_forwarder(procs, ring_name, server)
-        stop = threading.Event()
-
-        def publish():
-            i = 0
-            while not stop.is_set() and i < 40_000:
-                for _ in range(100):
-                    session.publish(event(i))
-                    i += 1
-                time.sleep(0.01)
-
-        publisher = threading.Thread(target=publish)
-        publisher.start()
-        try:
+        with publishing(session, 40_000, 100):
             wait_held(server, ring_name, 2000)
             server.kill()
             proc.wait_for_err("went away")
             server.start()
             wait_held(server, ring_name, session.last_seq + 2000)  # it forwards again, on its own
-        finally:
-            stop.set()
-            publisher.join()
         last = session.last_seq
         entries = wait_held(server, ring_name, last)
         assert_exactly_once(entries, ring_bytes(ring_name, last), session.capture_session_id)

@@ -23,7 +23,7 @@ from shmring.control import get_config, producer_stats, set_config
 from shmring.errors import ConfigError, ProducerNotRunning
 from shmring.producer_config import CATEGORIES, ProducerConfig
 from shmring.segment import control_socket_path
-from tests.integration.test_cdp import Browser, needs_chromium
+from tests.integration.test_cdp import browser, needs_chromium, shared_browser  # noqa: F401 - fixtures
 from tests.integration.test_cli import assert_one_line_error, procs, run, serve  # noqa: F401, F811 - fixtures
 
 TIMEOUT_S = 20
@@ -45,19 +45,6 @@ def site():
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def shared_browser():
-    b = Browser()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def browser(shared_browser):
-    shared_browser.reset()
-    return shared_browser
 
 
 def wait_until(predicate, what, timeout=TIMEOUT_S):
