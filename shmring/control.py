@@ -40,6 +40,7 @@ import msgspec
 from .errors import ConfigError, ControlError, ControlTimeout, ProducerNotRunning
 from .producer_config import ProducerConfig
 from .segment import control_socket_path, validate_ring_name
+from .unix_socket import listen_private
 
 __all__ = ["ConfigChange", "ControlServer", "get_config", "producer_stats", "set_config"]
 
@@ -175,16 +176,12 @@ class ControlServer:
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        """Listen (the caller has removed a stale socket file: ``ingest.prepare_socket_path``)."""
-        old_umask = os.umask(0o177)
+        """Listen (the caller has removed a stale socket file: ``unix_socket.prepare_socket_path``)."""
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_REQUEST_BYTES)
+            self._server = await listen_private(self._serve, self.path, limit=MAX_REQUEST_BYTES)
         except OSError as exc:
             raise ControlError(f"cannot listen on the control socket {self.path}: {exc.strerror or exc}",
                                name=self.name, path=self.path) from None
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -28,13 +28,12 @@ Rules:
 import asyncio
 import contextlib
 import os
-import socket
-import stat
 
 import msgspec
 
 from .errors import ConfigError, InvalidEvent, RingClosed, SocketPathError
 from .schema import decode_event
+from .unix_socket import listen_private, prepare_socket_path
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -66,28 +65,6 @@ def validate_ingest_limits(max_connections: object, max_buffered_bytes: object) 
             raise ConfigError(f"{option} must be a whole number of at least 1, not {value!r}")
 
 
-def prepare_socket_path(path: str) -> None:
-    """Refuse a path a live server listens on; remove a stale socket file."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise SocketPathError(f"socket path {path} exists and is not a socket; choose another path", path=path)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens: a leftover from a dead server
-        return
-    except OSError as exc:
-        raise SocketPathError(f"socket path {path} cannot be checked: {exc.strerror}", path=path) from None
-    finally:
-        probe.close()
-    raise SocketPathError(f"socket path {path} is in use by a running server; stop it or choose another path",
-                          path=path)
-
-
 class IngestServer:
     """Serves one socket path, publishing every accepted line through `publish`."""
 
@@ -111,16 +88,12 @@ class IngestServer:
 
     async def start(self) -> None:
         prepare_socket_path(self.path)
-        old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=READ_CHUNK_BYTES,
-                                                           backlog=ACCEPT_BACKLOG)
+            self._server = await listen_private(self._serve, self.path, limit=READ_CHUNK_BYTES,
+                                                backlog=ACCEPT_BACKLOG)
         except OSError as exc:
             raise SocketPathError(f"cannot listen on socket {self.path}: {exc.strerror or exc}; "
                                   "choose a path in an existing directory you can write", path=self.path) from None
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
         """Stop accepting, end every connection, remove the socket file."""

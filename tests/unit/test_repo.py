@@ -141,7 +141,7 @@ def test_no_bare_shmring_error_is_raised():
 LAYERS = {
     # bottom up: a module imports only modules of lower layers (README "Layout")
     "errors": 0,
-    "layout": 1,
+    "layout": 1, "unix_socket": 1,
     "ring": 2, "waiting": 2,
     "segment": 3, "liveness": 3, "header": 3,
     "schema": 4,
