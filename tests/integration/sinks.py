@@ -123,12 +123,16 @@ class Server:
 
     def nats_messages(self, stream: str, subject: str) -> list[tuple[dict, bytes]]:
         import nats
+        import nats.js.errors
 
         async def collect():
             nc = await nats.connect(self.url)
             try:
                 js = nc.jetstream()
-                total = (await js.stream_info(stream)).state.messages
+                try:
+                    total = (await js.stream_info(stream)).state.messages
+                except nats.js.errors.NotFoundError:
+                    return []  # the forwarder has not made its stream yet: it holds nothing
                 out = []
                 if total:
                     sub = await js.subscribe(subject, ordered_consumer=True)
