@@ -31,6 +31,7 @@ The parts, one extension (setup.py builds them together):
 - fields.c: one Event's fields, read by offset;
 - writer.c: the Writer type, its state and the publish fast path;
 - taker.c: the RecordTaker type, the reader's take-and-decode;
+- eventcount.c: the ring's wake word (one futex for every compiled sleeper);
 - module.c: the module, its functions and its initialisation.
 This header declares what one part uses of another; everything else is static.
 */
@@ -139,6 +140,18 @@ int ensure_room(void **buf, Py_ssize_t *size, Py_ssize_t need);
 Py_ssize_t encode_envelope(char **scratch, Py_ssize_t *scratch_size, Py_ssize_t max_record_bytes, PyObject *csid,
                            uint64_t seq, const EventFields *f, long long ts, PyObject *detail, const char *data,
                            Py_ssize_t data_len);
+
+/* -- eventcount.c ---------------------------------------------------------- */
+
+/* Move the wake word (a locked add: a full barrier) and FUTEX_WAKE every sleeper on it. */
+void eventcount_wake(char *word);
+
+/* wake_arm, wake_wait and wake_all, for the module. */
+extern PyMethodDef eventcount_methods[];
+
+/* A wait flag's values (layout.py's WAIT_SEMAPHORE, WAIT_FUTEX). */
+#define WAIT_SEMAPHORE 1
+#define WAIT_FUTEX 2
 
 /* -- writer.c, taker.c, module.c ------------------------------------------- */
 

@@ -1,4 +1,4 @@
-/* The module shmring._hotpath: its two functions (fence, compact_json), its
+/* The module shmring._hotpath: its two functions (fence, compact_json) and the wake word's (from eventcount.c), its
    types (Writer from writer.c, RecordTaker from taker.c) and the dealloc they
    share, its exception (StructLayoutMismatch from config.c), and the parts'
    initialisation. */
@@ -57,6 +57,7 @@ static int module_exec(PyObject *module) {
     encode_init();
     if (writer_init() < 0 || config_init(module) < 0) return -1;
     if (add_type(module, &Writer_spec, "Writer") < 0 || add_type(module, &Taker_spec, "RecordTaker") < 0) return -1;
+    if (PyModule_AddFunctions(module, eventcount_methods) < 0) return -1;
     return 0;
 }
 

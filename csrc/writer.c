@@ -27,7 +27,7 @@ typedef struct {
     Py_buffer ring_view, registry_view;
     int have_views;
     long long header_bytes, slot_bytes, hdr_head, hdr_data_low, reg_wait_flags, reg_scan_end, reg_gates_changed,
-        chunk_bytes, max_record_bytes;
+        reg_wake_word, chunk_bytes, max_record_bytes;
     PyObject *capture_session_id, *category_fields, *kind_codes, *detail_codes, *standard;
     PyObject *event_type, *source_type, *envelope_type, *raw_type, *no_data;
     PyObject *slow, *on_flags, *normalise_data, *encode_data;
@@ -86,7 +86,8 @@ static PyObject *Writer_configure_publish(Writer *self, PyObject *args, PyObject
         {"header_bytes", &self->header_bytes}, {"slot_bytes", &self->slot_bytes},
         {"hdr_head", &self->hdr_head}, {"hdr_data_low", &self->hdr_data_low},
         {"reg_wait_flags", &self->reg_wait_flags}, {"reg_scan_end", &self->reg_scan_end},
-        {"reg_gates_changed", &self->reg_gates_changed}, {"chunk_bytes", &self->chunk_bytes},
+        {"reg_gates_changed", &self->reg_gates_changed}, {"reg_wake_word", &self->reg_wake_word},
+        {"chunk_bytes", &self->chunk_bytes},
         {"max_record_bytes", &self->max_record_bytes}};
     if (read_layout(layout, fields, sizeof(fields) / sizeof(fields[0])) < 0) return NULL;
     if (PyDict_GetItemWithError(detail_codes, standard) == NULL) {
@@ -103,14 +104,15 @@ static PyObject *Writer_configure_publish(Writer *self, PyObject *args, PyObject
     self->envelope_seq_offset = envelope_offsets[F_SEQ];
     release_views(self);
     if (PyObject_GetBuffer(ring, &self->ring_view, PyBUF_WRITABLE) < 0) return NULL;
-    if (PyObject_GetBuffer(registry, &self->registry_view, PyBUF_SIMPLE) < 0) {
+    if (PyObject_GetBuffer(registry, &self->registry_view, PyBUF_WRITABLE) < 0) {
         PyBuffer_Release(&self->ring_view);
         return NULL;
     }
     self->have_views = 1;
     if (self->data_bytes < self->max_record_bytes || self->mask < 0 || self->slot_bytes != 64 ||
         self->data_base != self->header_bytes + (self->mask + 1) * self->slot_bytes ||
-        self->ring_view.len < self->data_base + self->data_bytes || self->registry_view.len < self->reg_scan_end) {
+        self->ring_view.len < self->data_base + self->data_bytes || self->registry_view.len < self->reg_scan_end ||
+        self->reg_wake_word % 4 || self->registry_view.len < self->reg_wake_word + 4) {
         release_views(self);
         PyErr_SetString(PyExc_ValueError, "the writer's sizes do not match the ring, the registry or the layout");
         return NULL;
@@ -252,7 +254,8 @@ static inline void set_field(PyObject *obj, Py_ssize_t offset, PyObject *value) 
     Py_XDECREF(old);
 }
 
-/* 1: published, *envelope set; 2: the same, and a wait flag is set (call on_flags).
+/* 1: published, *envelope set (and the wake word's sleepers woken); 2: the same, and a semaphore's wait
+   flag or the gates-changed flag is set (call on_flags).
    0: not vouched for, nothing written. -1: error, nothing written.
 
    Two phases. The first may run Python code (the data normaliser, or a
@@ -404,7 +407,10 @@ static int fast_publish(Writer *self, PyObject *event, PyObject **envelope_out) 
        wake-up: a reader sets its flag, fences, then re-checks the slot).
        Scanned here, while the registry is surely still mapped. */
     full_fence();
-    result = memchr(registry + self->reg_wait_flags, 1, (size_t)(self->reg_scan_end - self->reg_wait_flags)) ? 2 : 1;
+    unsigned char flags = 0;
+    for (long long i = self->reg_wait_flags; i < self->reg_scan_end; i++) flags |= (unsigned char)registry[i];
+    if (flags & WAIT_FUTEX) eventcount_wake((char *)registry + self->reg_wake_word); /* every compiled sleeper */
+    result = flags & WAIT_SEMAPHORE ? 2 : 1; /* semaphore sleepers, or gates changed: on_flags */
     *envelope_out = envelope;
     envelope = NULL;
 done:

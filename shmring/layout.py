@@ -42,13 +42,21 @@ at any moment.
 Registry segment ``/shmring.NAME+readers``::
 
     0      | magic | version | max_readers | epoch                    |
-    64     | wait flags: one byte per entry (1 = asleep on its sem)   |
+    64     | wait flags: one byte per entry (1 = asleep on its sem,   |
+           |   2 = asleep on the wake word)                           |
     128    | gates-changed flag (1 = a gating entry came or went)     |
+    136    | wake word (u32 futex: the compiled sleepers' eventcount) |
+    144    | futex waker (1 = this ring's writer wakes the wake word) |
     192    | entry 0 | entry 1 | ... (128 B each)                     |
     8384   | group 0 | group 1 | ... (consumer groups, see below)    |
 
-The writer scans the wait flags and the gates-changed flag with one
-``find`` per publish, so noticing a new flusher costs nothing extra.
+The writer scans the wait flags and the gates-changed flag once per
+publish, so noticing a new flusher costs nothing extra. It clears a flag of
+1 and posts that entry's semaphore; for flags of 2 it moves the wake word and
+wakes all its sleepers with one FUTEX_WAKE, and each sleeper clears its own
+flag (csrc/eventcount.c gives the handshake). Readers sleep on the wake word
+only with the accelerator and a futex waker byte of 1, which a writer sets
+when its publishes run compiled; otherwise on their semaphores.
 
 Entry: state | pid | start time | role | gating | cursor | delivered |
 dropped | filtered | start_seq | attached_us.
@@ -119,6 +127,10 @@ REG_WAIT_FLAGS = 64
 REG_GATES_CHANGED = REG_WAIT_FLAGS + MAX_READERS
 REG_SCAN_END = REG_GATES_CHANGED + 1
 """The writer's per-publish scan covers [REG_WAIT_FLAGS, REG_SCAN_END)."""
+REG_WAKE_WORD = 136
+REG_FUTEX_WAKER = 144
+WAIT_SEMAPHORE = 1
+WAIT_FUTEX = 2
 REG_ENTRIES = 192
 ENTRY_BYTES = 128
 REG_GROUPS = REG_ENTRIES + MAX_READERS * ENTRY_BYTES
@@ -174,6 +186,7 @@ ACCELERATOR_LAYOUT = {
     "reg_wait_flags": REG_WAIT_FLAGS,
     "reg_scan_end": REG_SCAN_END,
     "reg_gates_changed": REG_GATES_CHANGED,
+    "reg_wake_word": REG_WAKE_WORD,
     "chunk_bytes": DATA_CHUNK_BYTES,
     "max_record_bytes": MAX_RECORD_BYTES,
 }

@@ -465,10 +465,16 @@ class Reader(ReplayMerge):
     def _block(self, seq: int, wait_s: float) -> None:
         """Sleep on the semaphore until `seq` may have changed, at most `wait_s`. Raises at end of stream."""
         self._publish_progress()
-        self._registry.set_waiting(self._index, True)
-        # StoreLoad: our flag must be visible before we re-check the slot, or
-        # the writer could miss the flag while we miss its publish.
-        full_fence()
+        registry = self._registry
+        # Our flag must be visible before we re-check the slot (StoreLoad), or
+        # the writer could miss the flag while we miss its publish: arm_futex
+        # fences, and reads the wake word before the re-check.
+        futex = self._taker is not None and registry.futex_waker()
+        if futex:
+            seen = registry.arm_futex(self._index)
+        else:
+            registry.set_waiting(self._index, True)
+            full_fence()
         try:
             state = self._slot_state(seq)
             if state not in (EMPTY, WRITING):
@@ -479,9 +485,12 @@ class Reader(ReplayMerge):
                 return  # closed with seq half-written: it completes (close waits for the lock) or lapses
             if state == WRITING and not self._writer.alive():  # EMPTY with a dead writer: _check_end raised
                 wait_s = min(wait_s, STUCK_SLOT_S / 4)  # a half-written slot: soon judged by the stuck-slot rule
-            self._semaphore.wait(wait_s)
+            if futex:
+                registry.wait_futex(seen, wait_s)
+            else:
+                self._semaphore.wait(wait_s)
         finally:
-            self._registry.set_waiting(self._index, False)
+            registry.set_waiting(self._index, False)
 
     def _check_end(self, seq: int) -> None:
         """Slot `seq` was seen EMPTY: raise (for good) if nothing will ever fill it."""

@@ -5,7 +5,9 @@ Rules:
   corrupt the ring. Each reader writes only its own entry and wait flag.
 - Entries are claimed and released under ``flock`` on the segment, which the
   kernel releases if the holder dies. An entry whose owner is dead is free.
-- The writer only reads entries, and clears wait flags before posting a wake.
+- The writer only reads entries, and clears semaphore wait flags before
+  posting a wake. A reader asleep on the wake word clears its own flag
+  (csrc/eventcount.c says why).
 """
 
 import time
@@ -22,20 +24,24 @@ from .layout import (
     MAX_READERS,
     REG_CONFIG,
     REG_CONFIG_FMT,
+    REG_FUTEX_WAKER,
     REG_GATES_CHANGED,
     REG_MAGIC,
     REG_VERSION,
     REG_WAIT_FLAGS,
+    REG_WAKE_WORD,
     REGISTRY_MAGIC,
     ROLE_GROUP,
     LAYOUT_VERSION,
     ROLE_FLUSHER,
     ROLE_NAMES,
     U64,
+    WAIT_FUTEX,
     entry_offset,
 )
 from .errors import IncompatibleRing, RegistryFull
 from .liveness import is_alive
+from .ring import hotpath
 from .segment import ring_name_of
 
 __all__ = ["Registry", "RegistryEntry"]
@@ -60,6 +66,7 @@ class Registry:
 
     # -- set-up ---------------------------------------------------------------
     def initialise(self, epoch: int) -> None:
+        self.buf[REG_FUTEX_WAKER] = 0
         REG_CONFIG_FMT.pack_into(self.buf, REG_CONFIG, MAX_READERS, epoch)
         U64.pack_into(self.buf, REG_VERSION, LAYOUT_VERSION)
         U64.pack_into(self.buf, REG_MAGIC, REGISTRY_MAGIC)
@@ -201,8 +208,30 @@ class Registry:
     def set_waiting(self, index: int, waiting: bool) -> None:
         self.buf[REG_WAIT_FLAGS + index] = 1 if waiting else 0
 
+    # -- the wake word (csrc/eventcount.c) ------------------------------------
+    def set_futex_waker(self) -> None:
+        """Writer side: this ring's publishes wake the wake word, so compiled readers may sleep on it."""
+        self.buf[REG_FUTEX_WAKER] = 1
+
+    def futex_waker(self) -> bool:
+        """Reader side: whether this ring's writer wakes the wake word (then a compiled reader sleeps on it)."""
+        return self.buf[REG_FUTEX_WAKER] == 1
+
+    def arm_futex(self, index: int) -> int:
+        """Raise `index`'s flag as a wake-word sleeper, fence; the word to pass to ``wait_futex``."""
+        return hotpath.wake_arm(self.buf, REG_WAIT_FLAGS + index, REG_WAKE_WORD, WAIT_FUTEX)
+
+    def wait_futex(self, seen: int, timeout_s: float) -> bool:
+        """Sleep while the wake word is `seen`, at most `timeout_s`; False on timeout."""
+        return hotpath.wake_wait(self.buf, REG_WAKE_WORD, seen, timeout_s)
+
+    def wake_futex_sleepers(self) -> None:
+        """Writer side: wake every reader asleep on the wake word, if any raised its flag (a full barrier)."""
+        if hotpath is not None and self.buf.find(b"\x02", REG_WAIT_FLAGS, REG_WAIT_FLAGS + MAX_READERS) != -1:
+            hotpath.wake_all(self.buf, REG_WAKE_WORD)
+
     def sleepers(self):
-        """Indices whose wait flag is set (writer side)."""
+        """Indices whose flag says they sleep on their semaphore (writer side)."""
         buf = self.buf
         end = REG_WAIT_FLAGS + MAX_READERS
         i = buf.find(b"\x01", REG_WAIT_FLAGS, end)

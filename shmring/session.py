@@ -286,7 +286,9 @@ class _Resources:
         if self.registry is not None:
             # Wake every attached reader, asleep or about to sleep. The
             # closed-flag store is ordered before the flag loads by the
-            # locked instruction in the first semaphore post.
+            # locked instruction in the wake word's add or the first
+            # semaphore post.
+            self.registry.wake_futex_sleepers()
             for entry in self.registry.entries():
                 self.registry.set_waiting(entry["index"], False)
                 self.wake(entry["index"])
@@ -355,6 +357,7 @@ class CaptureSession:
                           "(SHMRING_PURE_PYTHON=1 chooses it without a warning)", RuntimeWarning)
             return
         self.publish = self._core.publish
+        res.registry.set_futex_waker()
 
     @classmethod
     def create(
@@ -502,6 +505,7 @@ class CaptureSession:
         # are globally visible before these flag loads (no lost wake-up).
         if self._wait_flags.find(b"\x01", REG_WAIT_FLAGS, REG_SCAN_END) != -1:
             self._on_flags()
+        self._res.registry.wake_futex_sleepers()
         return envelope
 
     def _on_flags(self) -> None:

@@ -45,6 +45,7 @@ def test_registry_fields():
     assert_disjoint_and_aligned([
         ("magic", L.REG_MAGIC, 8), ("version", L.REG_VERSION, 8), ("config", L.REG_CONFIG, L.REG_CONFIG_FMT.size),
         ("wait flags and gates-changed (one byte each)", L.REG_WAIT_FLAGS, L.REG_SCAN_END - L.REG_WAIT_FLAGS),
+        ("wake word", L.REG_WAKE_WORD, 4), ("futex waker", L.REG_FUTEX_WAKER, 1),
         ("entries", L.REG_ENTRIES, L.MAX_READERS * L.ENTRY_BYTES),
         ("groups", L.REG_GROUPS, L.MAX_GROUPS * L.GROUP_BYTES),
     ], L.REGISTRY_BYTES)
@@ -52,6 +53,7 @@ def test_registry_fields():
     assert L.REG_CONFIG + L.REG_CONFIG_FMT.size <= L.REG_WAIT_FLAGS
     assert L.REG_GATES_CHANGED == L.REG_WAIT_FLAGS + L.MAX_READERS and L.REG_SCAN_END == L.REG_GATES_CHANGED + 1
     assert L.REG_SCAN_END <= L.REG_ENTRIES and L.REG_ENTRIES % 64 == 0
+    assert L.REG_WAKE_WORD % 8 == 0 and L.REG_FUTEX_WAKER < L.REG_ENTRIES  # a futex word must be aligned
     assert L.entry_offset(L.MAX_READERS - 1) + L.ENTRY_BYTES == L.REG_GROUPS
     assert L.group_offset(L.MAX_GROUPS - 1) + L.GROUP_BYTES == L.REGISTRY_BYTES and L.GROUP_BYTES % 64 == 0
 
