@@ -203,6 +203,9 @@ class Reader(ReplayMerge):
         if gating and role == ROLE_FLUSHER:
             reader._committed = cursor
         reader._rearm = gating and role != ROLE_FLUSHER
+        # Nobody hurries a plain reader out of a doze, so it dozes on a timer: here
+        # a timed sleep costs about half a timed wait on a (shared) semaphore.
+        reader._doze = time.sleep if role == ROLE_READER and not gating else reader._semaphore.wait
         if reader._rearm:  # the writer waits on this cursor: show it often enough to keep the ring flowing
             reader._progress_every = max(1, min(PROGRESS_EVERY, info.capacity // 8))
         if archive is not None:
@@ -455,9 +458,10 @@ class Reader(ReplayMerge):
             self._spin(seq, wait_s)
         elif action == DOZE:
             self._publish_progress()
-            # On the semaphore, with no wait flag raised: publishes post nothing, but
-            # a writer held back by this gating reader posts to hurry it (and close wakes it).
-            self._semaphore.wait(wait_s)
+            # No wait flag raised: publishes post nothing. A gating reader dozes on its
+            # semaphore, which a writer it holds back posts to hurry it.
+            self._doze(wait_s)
+            strategy.dozed(now + wait_s, time.monotonic())
         else:
             self._block(seq, wait_s)
         return True

@@ -2,8 +2,8 @@
 
 Rules:
 - A strategy only decides; the reader carries the decision out. Decisions
-  depend on the clock and on what the reader took, nothing else, so they are
-  tested without processes.
+  depend on the clock, on what the reader took and on how late its dozes
+  ended, nothing else, so they are tested without processes.
 - Three ways to wait, cheapest per event first at high rates:
   ``SPIN`` polls the slot for a few µs (yielding the CPU in between);
   ``DOZE`` sleeps on a timer, with no wait flag raised, so the writer posts
@@ -15,9 +15,11 @@ Rules:
 - ``BlockingWait`` (``max_delay_s=0``) wakes for every event. It spins only
   while events arrive closer together than a sleep-and-wake costs.
 - ``BatchingWait`` (``max_delay_s=D``) dozes D after taking events, then takes
-  all that came meanwhile; an event waits at most D. A doze that finds
-  nothing means the stream went quiet: the next wait blocks, so an idle
-  batching reader costs what an idle blocking one does.
+  all that came meanwhile; an event waits at most D. A timed sleep ends late
+  (timer slack, scheduling), so it dozes D less what its dozes have lately
+  overshot, at most D/2 less. A doze that finds nothing means the stream
+  went quiet: the next wait blocks, so an idle batching reader costs what an
+  idle blocking one does.
 """
 
 __all__ = ["SPIN", "DOZE", "BLOCK", "IDLE_CHECK_S", "WaitStrategy", "BlockingWait", "BatchingWait", "wait_strategy"]
@@ -49,6 +51,9 @@ class WaitStrategy:
         """(SPIN, DOZE or BLOCK, for how many seconds at most): nothing is ready at `now`."""
         raise NotImplementedError
 
+    def dozed(self, planned_end: float, now: float) -> None:
+        """A doze meant to end at `planned_end` ended at `now` (only strategies that doze care)."""
+
 
 class BlockingWait(WaitStrategy):
     """Wake for every event (``max_delay_s=0``)."""
@@ -68,18 +73,32 @@ class BlockingWait(WaitStrategy):
 class BatchingWait(WaitStrategy):
     """Let events collect for up to `max_delay_s`, then take them in one go."""
 
-    __slots__ = ("max_delay_s",)
+    __slots__ = ("max_delay_s", "_late_s", "_late_spread_s")
+
+    LATE_WEIGHT = 1 / 16
+    """How fast the estimate of a doze's overshoot follows new ones (an exponential average)."""
 
     def __init__(self, max_delay_s: float):
         super().__init__()
         self.max_delay_s = max_delay_s
+        self._late_s = 0.0  # a doze's mean overshoot
+        self._late_spread_s = 0.0  # its mean absolute deviation
 
     def next_wait(self, now: float) -> tuple[str, float]:
         took, self._took_since_wait = self._took_since_wait, False
         if took:
-            # Doze from the last take: whatever is published meanwhile waits at most max_delay_s.
-            return DOZE, max(0.0, self._taken_at + self.max_delay_s - now)
+            # Doze from the last take: whatever is published meanwhile waits at most max_delay_s,
+            # and the doze ends early by what dozes overshoot (mean plus twice the spread).
+            early = min(self._late_s + 2 * self._late_spread_s, self.max_delay_s / 2)
+            return DOZE, max(0.0, self._taken_at + self.max_delay_s - early - now)
         return BLOCK, IDLE_CHECK_S
+
+    def dozed(self, planned_end: float, now: float) -> None:
+        """A doze meant to end at `planned_end` ended at `now`."""
+        late = min(max(0.0, now - planned_end), self.max_delay_s)  # a stall (SIGSTOP, swap) says nothing of timers
+        w = self.LATE_WEIGHT
+        self._late_spread_s += w * (abs(late - self._late_s) - self._late_spread_s)
+        self._late_s += w * (late - self._late_s)
 
 
 def wait_strategy(max_delay_s: float) -> WaitStrategy:

@@ -58,3 +58,31 @@ def test_a_late_decision_dozes_for_nothing_rather_than_a_negative_time():
     w = BatchingWait(0.002)
     w.taken(1.0)
     assert w.next_wait(1.5) == (DOZE, 0.0)
+
+
+def test_batching_reader_ends_its_dozes_early_by_what_they_overshoot():
+    w = BatchingWait(0.002)
+    t = 1.0
+    for _ in range(200):  # every doze ends 0.3 ms late
+        w.taken(t)
+        action, wait_s = w.next_wait(t)
+        assert action == DOZE
+        w.dozed(t + wait_s, t + wait_s + 0.0003)
+        t += wait_s + 0.0003
+    w.taken(t)
+    action, wait_s = w.next_wait(t)
+    assert action == DOZE and wait_s == pytest.approx(0.0017, abs=2e-5)  # so it wakes 2 ms after the take
+
+
+def test_batching_reader_never_shortens_a_doze_below_half_its_budget():
+    w = BatchingWait(0.002)
+    for i in range(100):  # timers overshoot wildly, or the process was stopped: each late by far more than D
+        w.dozed(float(i), i + 5.0)
+    w.taken(200.0)
+    assert w.next_wait(200.0) == (DOZE, pytest.approx(0.001))
+
+
+def test_blocking_reader_ignores_dozes():
+    w = BlockingWait()
+    w.dozed(1.0, 2.0)
+    assert w.next_wait(3.0) == (BLOCK, IDLE_CHECK_S)
