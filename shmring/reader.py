@@ -455,7 +455,7 @@ class Reader(ReplayMerge):
         if deadline is not None:
             wait_s = min(wait_s, deadline - now)
         if action == SPIN:
-            self._spin(seq, wait_s)
+            strategy.spun(self._spin(seq, wait_s))
         elif action == DOZE:
             self._publish_progress()
             # No wait flag raised: publishes post nothing. A gating reader dozes on its
@@ -513,13 +513,14 @@ class Reader(ReplayMerge):
             )
             raise self._end
 
-    def _spin(self, seq: int, spin_s: float) -> None:
-        """Poll slot `seq` for `spin_s`; back as soon as it changes."""
+    def _spin(self, seq: int, spin_s: float) -> bool:
+        """Poll slot `seq` for `spin_s`; back as soon as it changes. Whether it changed."""
         end = time.perf_counter() + spin_s
         while time.perf_counter() < end:
             if self._slot_state(seq) != EMPTY:
-                return
+                return True
             os.sched_yield()
+        return False
 
     def _slot_state(self, seq: int) -> int:
         """EMPTY, WRITING, LAPPED or FILTERED (= complete), without copying data."""

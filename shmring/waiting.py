@@ -13,7 +13,8 @@ Rules:
   both the backstop against a lost wake-up and the pace of writer-liveness
   checks: an idle reader wakes once a second.
 - ``BlockingWait`` (``max_delay_s=0``) wakes for every event. It spins only
-  while events arrive closer together than a sleep-and-wake costs.
+  while events arrive closer together than a sleep-and-wake costs, and backs
+  off from spinning while its spins find nothing.
 - ``BatchingWait`` (``max_delay_s=D``) dozes D after taking events, then takes
   all that came meanwhile; an event waits at most D. A timed sleep ends late
   (timer slack, scheduling), so it dozes D less what its dozes have lately
@@ -54,20 +55,43 @@ class WaitStrategy:
     def dozed(self, planned_end: float, now: float) -> None:
         """A doze meant to end at `planned_end` ended at `now` (only strategies that doze care)."""
 
+    def spun(self, found: bool) -> None:
+        """A spin ended: `found`, the slot changed during it (only strategies that spin care)."""
+
 
 class BlockingWait(WaitStrategy):
-    """Wake for every event (``max_delay_s=0``)."""
+    """Wake for every event (``max_delay_s=0``).
+
+    A short gap between takes also comes from a burst that is then followed
+    by a long quiet, so a spin that finds nothing makes the next spins wait:
+    it skips the next 1, 2, 4 ... up to ``MAX_SKIP`` chances to spin, and a
+    spin that finds its event ends the back-off.
+    """
 
     SPIN_S = 20e-6
     """How long a spin lasts; also the inter-arrival gap below which spinning beats sleeping."""
 
-    __slots__ = ()
+    MAX_SKIP = 64
+
+    __slots__ = ("_skip", "_backoff")
+
+    def __init__(self):
+        super().__init__()
+        self._skip = self._backoff = 0
 
     def next_wait(self, now: float) -> tuple[str, float]:
         took, self._took_since_wait = self._took_since_wait, False
         if took and self._gap_s is not None and self._gap_s < self.SPIN_S:
-            return SPIN, self.SPIN_S
+            if not self._skip:
+                return SPIN, self.SPIN_S
+            self._skip -= 1
         return BLOCK, IDLE_CHECK_S
+
+    def spun(self, found: bool) -> None:
+        if found:
+            self._backoff = 0
+        else:
+            self._backoff = self._skip = min(max(1, 2 * self._backoff), self.MAX_SKIP)
 
 
 class BatchingWait(WaitStrategy):

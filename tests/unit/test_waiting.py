@@ -86,3 +86,31 @@ def test_blocking_reader_ignores_dozes():
     w = BlockingWait()
     w.dozed(1.0, 2.0)
     assert w.next_wait(3.0) == (BLOCK, IDLE_CHECK_S)
+
+
+def test_blocking_reader_backs_off_from_spins_that_find_nothing_and_resumes_when_one_does():
+    w = BlockingWait()
+    t = 1.0
+
+    def burst_then_wait():
+        nonlocal t
+        w.taken(t)
+        w.taken(t + 2e-6)  # a burst: two takes 2 µs apart, then nothing for a while
+        t += 1e-3
+        return w.next_wait(t - 1e-3 + 3e-6)[0]
+
+    decisions = []
+    for _ in range(40):
+        action = burst_then_wait()
+        decisions.append(action)
+        if action == SPIN:
+            w.spun(False)
+    spins = [i for i, a in enumerate(decisions) if a == SPIN]
+    assert spins[:5] == [0, 2, 5, 10, 19]  # skipping 1, 2, 4, 8 chances after each failed spin
+    assert burst_then_wait() == BLOCK
+    waited = 1
+    while burst_then_wait() != SPIN:  # the back-off runs out: it is capped at MAX_SKIP chances
+        waited += 1
+    assert waited <= BlockingWait.MAX_SKIP
+    w.spun(True)  # this one found its event: a hot stream again
+    assert burst_then_wait() == SPIN
