@@ -21,7 +21,7 @@ from shmring import Reader
 from shmring.aio import archive_supported
 from shmring.cdp.browser import find_free_port
 from shmring.stats import ring_stats
-from tests.integration.test_cli import DEADLINE_S, SMALL, assert_one_line_error, ev, procs, run, serve  # noqa: F401
+from tests.integration.commands import DEADLINE_S, SMALL, assert_one_line_error, ev, run
 
 MIB = 1024 * 1024
 

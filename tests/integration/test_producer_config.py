@@ -23,8 +23,8 @@ from shmring.control import get_config, producer_stats, set_config
 from shmring.errors import ConfigError, ProducerNotRunning
 from shmring.producer_config import CATEGORIES, ProducerConfig
 from shmring.segment import control_socket_path
+from tests.integration.commands import assert_one_line_error, run
 from tests.integration.test_cdp import browser, needs_chromium, shared_browser  # noqa: F401 - fixtures
-from tests.integration.test_cli import assert_one_line_error, procs, run, serve  # noqa: F401, F811 - fixtures
 
 TIMEOUT_S = 20
 

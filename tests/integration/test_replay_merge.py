@@ -17,25 +17,11 @@ import pytest
 
 from shmring import CaptureSession, Filter, Reader
 from shmring.stats import ring_stats
-from tests.integration.test_cli import DEADLINE_S, SHMRING, Proc
+from tests.integration.commands import DEADLINE_S, SHMRING
 from tests.procs import TIMEOUT_S, make_event
 
 CATEGORIES = ("console", "network", "page", "interaction")
 CAPACITY = 1024
-
-
-@pytest.fixture
-def procs():
-    """Start shmring subprocesses (test_cli's Proc); every one still running at teardown is ended by pid."""
-    started = []
-
-    def start(*args, **kwargs) -> Proc:
-        started.append(Proc([*SHMRING, *args], **kwargs))
-        return started[-1]
-
-    yield start
-    for proc in reversed(started):
-        proc.reap()
 
 
 # -- the reader child ----------------------------------------------------------------------------------

@@ -1,0 +1,48 @@
+"""Fixtures the integration modules share: shmring subprocesses (``procs``, ``serve``).
+
+A fixture lives here once more than one test module needs it; helpers that are not fixtures live in plain
+modules beside it (commands.py, sinks.py, ...), so no test module imports from another. Every fixture ends
+what it started, by pid, at teardown.
+"""
+
+import re
+
+import pytest
+
+from tests.integration.commands import SHMRING, Proc
+
+
+@pytest.fixture
+def procs():
+    """Start shmring subprocesses; every one still running at teardown is ended by pid."""
+    started = []
+
+    def start(*args, **kwargs) -> Proc:
+        proc = Proc([*SHMRING, *args], **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        proc.reap()
+
+
+@pytest.fixture
+def serve(ring_name, procs, tmp_path):
+    """Start ``shmring serve`` and wait for its "serving ring" line."""
+
+    def start(name: str, *extra: str, socket_path: bool = True, log_dir: bool = False, new_session=False) -> Proc:
+        args = ["serve", name, *extra]
+        sock = str(tmp_path / f"{name[-4:]}.sock") if socket_path else None
+        logs = str(tmp_path / f"logs-{name[-4:]}") if log_dir else None
+        if sock:
+            args += ["--socket", sock]
+        if logs:
+            args += ["--log-dir", logs]
+        proc = procs(*args, new_session=new_session)
+        ready = proc.wait_for_err("serving ring")
+        proc.name, proc.socket, proc.log_dir = name, sock, logs
+        proc.session_id = re.search(r"capture session ([^,]+),", ready)[1]
+        return proc
+
+    return start
