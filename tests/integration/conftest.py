@@ -1,4 +1,5 @@
-"""Fixtures the integration modules share: shmring subprocesses (``procs``, ``serve``).
+"""Fixtures the integration modules share: shmring subprocesses (``procs``, ``serve``), a Chromium per module
+(``shared_browser``, ``browser``) and the loop page a producer captures (``site``).
 
 A fixture lives here once more than one test module needs it; helpers that are not fixtures live in plain
 modules beside it (commands.py, sinks.py, ...), so no test module imports from another. Every fixture ends
@@ -9,7 +10,10 @@ import re
 
 import pytest
 
+from shmring.cdp.browser import PageServer
+from tests.integration.chromium import Browser
 from tests.integration.commands import SHMRING, Proc
+from tests.integration.producers import LOOP
 
 
 @pytest.fixture
@@ -46,3 +50,25 @@ def serve(ring_name, procs, tmp_path):
         return proc
 
     return start
+
+
+@pytest.fixture(scope="module")
+def shared_browser():
+    b = Browser()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def browser(shared_browser):
+    shared_browser.reset()
+    return shared_browser
+
+
+@pytest.fixture(scope="module")
+def site():
+    server = PageServer({"/loop.html": (200, "text/html", LOOP),
+                         "/api/tick": (200, "application/json", b'{"ok":true}')})
+    server.start()
+    yield server
+    server.stop()

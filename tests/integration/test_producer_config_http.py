@@ -28,21 +28,18 @@ from shmring.edge import EdgeConfig
 from shmring.errors import ControlTimeout
 from shmring.httpd import run_edge
 from shmring.segment import control_socket_path
+from tests.integration.chromium import needs_chromium
 from tests.integration.commands import DEADLINE_S
-from tests.integration.test_cdp import needs_chromium
-from tests.integration.test_http import Frames, connected
-from tests.integration.test_producer_config import (  # noqa: F401 - fixtures
+from tests.integration.producers import (
     Events,
-    browser,
     config_events,
     data,
     flowing,
     open_loop_tab,
-    shared_browser,
-    site,
     stats_when_ready,
     wait_until,
 )
+from tests.integration.test_http import Frames, connected
 
 DEFAULT = {"enabled": True, "categories": ["console", "network", "page", "interaction"], "detail_level": "standard"}
 P = "/producers/cdp"

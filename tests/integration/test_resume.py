@@ -35,7 +35,6 @@ from tests.integration.commands import (
 )
 from tests.procs import TIMEOUT_S, writer
 
-
 # -- helpers -----------------------------------------------------------------------------------
 
 
