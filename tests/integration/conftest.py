@@ -1,4 +1,4 @@
-"""Fixtures the integration modules share: shmring subprocesses (``procs``, ``serve``), a Chromium per module
+"""Fixtures the integration modules share: shmring subprocesses (``procs``, ``serve``, ``edge``), a Chromium per module
 (``shared_browser``, ``browser``) and the loop page a producer captures (``site``).
 
 A fixture lives here once more than one test module needs it; helpers that are not fixtures live in plain
@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from shmring.cdp.browser import PageServer
+from shmring.cdp.browser import PageServer, find_free_port
 from tests.integration.chromium import Browser
-from tests.integration.commands import SHMRING, Proc
+from tests.integration.commands import SHMRING, SMALL, Proc
 from tests.integration.producers import LOOP
 
 
@@ -48,6 +48,20 @@ def serve(ring_name, procs, tmp_path):
         proc.name, proc.socket, proc.log_dir = name, sock, logs
         proc.session_id = re.search(r"capture session ([^,]+),", ready)[1]
         return proc
+
+    return start
+
+
+@pytest.fixture
+def edge(serve):
+    """Start serve with --http on a free loopback port; returns the serve Proc with .base (the URL)."""
+
+    def start(name, *extra, log_dir=False):
+        port = find_free_port()
+        srv = serve(name, *SMALL, "--http", f"127.0.0.1:{port}", *extra, log_dir=log_dir)
+        srv.base = f"http://127.0.0.1:{port}"
+        srv.port = port
+        return srv
 
     return start
 

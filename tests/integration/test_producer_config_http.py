@@ -30,6 +30,7 @@ from shmring.httpd import run_edge
 from shmring.segment import control_socket_path
 from tests.integration.chromium import needs_chromium
 from tests.integration.commands import DEADLINE_S
+from tests.integration.http_clients import Frames, connected
 from tests.integration.producers import (
     Events,
     config_events,
@@ -39,7 +40,6 @@ from tests.integration.producers import (
     stats_when_ready,
     wait_until,
 )
-from tests.integration.test_http import Frames, connected
 
 DEFAULT = {"enabled": True, "categories": ["console", "network", "page", "interaction"], "detail_level": "standard"}
 P = "/producers/cdp"
