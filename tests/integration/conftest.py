@@ -6,14 +6,18 @@ modules beside it (commands.py, sinks.py, ...), so no test module imports from a
 what it started, by pid, at teardown.
 """
 
+import os
 import re
+import subprocess
 
 import pytest
 
 from shmring.cdp.browser import PageServer, find_free_port
 from tests.integration.chromium import Browser
 from tests.integration.commands import SHMRING, SMALL, Proc
+from tests.integration.flusher_procs import FLUSH, REPO
 from tests.integration.producers import LOOP
+from tests.procs import TIMEOUT_S
 
 
 @pytest.fixture
@@ -64,6 +68,29 @@ def edge(serve):
         return srv
 
     return start
+
+
+@pytest.fixture
+def flushers(tmp_path):
+    """Start ``python -m shmring flush`` children; any still alive at teardown is killed by pid."""
+    started = []
+
+    def start(name, directory, *args, entry=FLUSH):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        err = open(tmp_path / f"flusher-{len(started)}.err", "wb")
+        proc = subprocess.Popen([*entry, name, str(directory), *args],
+                                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        err.close()
+        proc.err_path = err.name
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
