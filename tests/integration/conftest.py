@@ -17,6 +17,7 @@ from tests.integration.chromium import Browser
 from tests.integration.commands import SHMRING, SMALL, Proc
 from tests.integration.flusher_procs import FLUSH, REPO
 from tests.integration.producers import LOOP
+from tests.integration.sinks import NATS_SERVER, REDIS_SERVER, Server
 from tests.procs import TIMEOUT_S
 
 
@@ -113,3 +114,20 @@ def site():
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def sink_server(tmp_path):
+    """Factory: start a sink server of a kind ("redis" or "nats"); every one is stopped at teardown."""
+    started = []
+    if not REDIS_SERVER or not NATS_SERVER:
+        pytest.skip("needs Debian's redis-server and nats-server (.ci/run installs them)")
+
+    def start(kind: str, password: str | None = None) -> Server:
+        server = Server(kind, str(tmp_path / f"{kind}-{len(started)}"), password).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

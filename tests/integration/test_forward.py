@@ -20,7 +20,7 @@ from shmring import CaptureSession, Event, Reader, Source
 from shmring.reader import RawRecord
 from shmring.stats import ring_stats
 from tests.integration.commands import assert_one_line_error, run
-from tests.integration.sinks import DEADLINE_S, free_port, held, sink_server  # noqa: F401 - a fixture
+from tests.integration.sinks import DEADLINE_S, free_port, held
 
 CATEGORIES = ("console", "network", "page", "system")
 SINKS = ("redis", "nats")
