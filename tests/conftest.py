@@ -19,7 +19,7 @@ from shmring.segment import unlink_ring_objects
 # and conftests by itself; these must be named before anything imports them).
 pytest.register_assert_rewrite("tests.integration.chromium", "tests.integration.commands",
                                "tests.integration.flusher_procs", "tests.integration.http_clients",
-                               "tests.integration.producers")
+                               "tests.integration.prepared", "tests.integration.producers")
 
 RUN_PREFIX = f"shmring-test-{os.getpid()}-"
 
