@@ -1,9 +1,15 @@
-"""Fixtures the integration modules share: shmring subprocesses (``procs``, ``serve``, ``edge``), a Chromium per module
-(``shared_browser``, ``browser``) and the loop page a producer captures (``site``).
+"""The integration tests' shared fixtures; each ends what it started at teardown (processes by pid).
 
-A fixture lives here once more than one test module needs it; helpers that are not fixtures live in plain
-modules beside it (commands.py, sinks.py, ...), so no test module imports from another. Every fixture ends
-what it started, by pid, at teardown.
+- ``procs``, ``serve``, ``edge``: shmring subprocesses (commands.py's ``Proc``); serve is ready at its "serving
+  ring" line; edge is serve with the small ring and ``--http`` on a free loopback port.
+- ``flushers``: ``python -m shmring flush`` children (flusher_procs.py has their waits).
+- ``shared_browser``, ``browser``: one Chromium per module (chromium.py), reset to one blank tab for each test.
+- ``site``: the loop page a CDP producer captures (producers.py watches it).
+- ``sink_server``: redis-server and nats-server (sinks.py reads what they hold).
+
+Fixtures live here and plain helpers in those modules, so that no test module imports another. A module's own
+fixture of the same name overrides one here, in that module: test_cdp.py's ``site`` is its own test page, and
+test_producer_config_http.py's ``edge`` runs serve without the small ring.
 """
 
 import os
@@ -96,6 +102,7 @@ def flushers(tmp_path):
 
 @pytest.fixture(scope="module")
 def shared_browser():
+    """One Chromium for the module, stopped at its end."""
     b = Browser()
     yield b
     b.stop()
@@ -103,12 +110,14 @@ def shared_browser():
 
 @pytest.fixture
 def browser(shared_browser):
+    """The module's Chromium, left with one blank tab for this test."""
     shared_browser.reset()
     return shared_browser
 
 
 @pytest.fixture(scope="module")
 def site():
+    """The loop page (and its /api/tick) on a loopback page server, for the module."""
     server = PageServer({"/loop.html": (200, "text/html", LOOP),
                          "/api/tick": (200, "application/json", b'{"ok":true}')})
     server.start()
