@@ -15,6 +15,12 @@ import pytest
 from shmring.ring import hotpath
 from shmring.segment import unlink_ring_objects
 
+# The integration tests' helper modules report a failed assert as a test module does (pytest rewrites test modules
+# and conftests by itself; these must be named before anything imports them).
+pytest.register_assert_rewrite("tests.integration.chromium", "tests.integration.commands",
+                               "tests.integration.flusher_procs", "tests.integration.http_clients",
+                               "tests.integration.prepared", "tests.integration.producers")
+
 RUN_PREFIX = f"shmring-test-{os.getpid()}-"
 
 

@@ -377,6 +377,16 @@ class CdpCapture:
         loop = asyncio.get_running_loop()
         backoff = 0.1
         reported_down = False
+
+        async def retry_later(message: str) -> None:
+            """Log `message` once per outage, then wait the back-off and double it (up to max_backoff_s)."""
+            nonlocal backoff, reported_down
+            if not reported_down:
+                reported_down = True
+                self.log(message)
+            await _wait(stopping, backoff)
+            backoff = min(backoff * 2, self.max_backoff_s)
+
         try:
             while not stopping.is_set():
                 try:
@@ -384,12 +394,8 @@ class CdpCapture:
                     ws = await connect(ws_url, max_size=None, ping_interval=None, compression=None, proxy=None,
                                        open_timeout=5, close_timeout=1, max_queue=None)
                 except Exception as exc:  # noqa: BLE001 - refused, reset, not CDP, timed out: all "no browser"
-                    if not reported_down:
-                        reported_down = True
-                        self.log(f"capture-cdp: no browser at {self.cdp_url} ({exc}); retrying with back-off "
-                                 f"up to {self.max_backoff_s:g} s until one is up")
-                    await _wait(stopping, backoff)
-                    backoff = min(backoff * 2, self.max_backoff_s)
+                    await retry_later(f"capture-cdp: no browser at {self.cdp_url} ({exc}); retrying with back-off "
+                                      f"up to {self.max_backoff_s:g} s until one is up")
                     continue
                 connections = self.counts["connections"]
                 try:
@@ -400,17 +406,13 @@ class CdpCapture:
                         await ws.close()
                 if stopping.is_set():
                     break
-                if self.counts["connections"] > connections:  # it was up: say once that it is gone
-                    backoff = 0.1
-                    reported_down = True
-                    self.log(f"capture-cdp: lost the browser at {self.cdp_url}: {reason}; retrying with back-off "
-                             f"up to {self.max_backoff_s:g} s until it is back")
-                elif not reported_down:
-                    reported_down = True
-                    self.log(f"capture-cdp: the browser at {self.cdp_url} does not answer CDP ({reason}); retrying "
-                             f"with back-off up to {self.max_backoff_s:g} s")
-                await _wait(stopping, backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
+                if self.counts["connections"] > connections:  # it was up: a new outage, from the shortest wait
+                    backoff, reported_down = 0.1, False
+                    await retry_later(f"capture-cdp: lost the browser at {self.cdp_url}: {reason}; retrying with "
+                                      f"back-off up to {self.max_backoff_s:g} s until it is back")
+                else:
+                    await retry_later(f"capture-cdp: the browser at {self.cdp_url} does not answer CDP ({reason}); "
+                                      f"retrying with back-off up to {self.max_backoff_s:g} s")
         finally:
             for task in (watcher, control):
                 if task is not None:

@@ -28,6 +28,10 @@ Rules:
   also passes ingest's 4 MiB limit: an event whose JSON is over 1,000,000
   bytes is sent with ``data`` null and ``truncated`` true, never dropped
   silently.
+- Length: about 620 lines, over the project's ~600, for one concept: one
+  dispatch table (``CdpMapper._handlers``) whose handlers share the state
+  kept per target (frames, requests in flight, execution contexts) and the
+  clock anchor; split, a handler would be read apart from the state it keeps.
 """
 
 import json

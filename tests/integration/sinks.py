@@ -1,5 +1,6 @@
 """Real sink servers for the forwarder's tests: redis-server and nats-server (JetStream), each started on a free
-loopback port with its own temporary directory, waited for by handshake, and ended by pid at teardown.
+loopback port with its own temporary directory, waited for by handshake, and ended by pid at teardown (the
+``sink_server`` fixture in conftest.py starts them).
 
 Readers of what a sink holds return [(seq, session, kind, payload_or_range)] in the sink's order.
 """
@@ -184,18 +185,3 @@ def held(server: Server, ring: str) -> list[tuple]:
     return out
 
 
-@pytest.fixture
-def sink_server(tmp_path):
-    """Factory: start a sink server of a kind ("redis" or "nats"); every one is stopped at teardown."""
-    started = []
-    if not REDIS_SERVER or not NATS_SERVER:
-        pytest.skip("needs Debian's redis-server and nats-server (.ci/run installs them)")
-
-    def start(kind: str, password: str | None = None) -> Server:
-        server = Server(kind, str(tmp_path / f"{kind}-{len(started)}"), password).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()

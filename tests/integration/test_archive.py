@@ -13,46 +13,17 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from shmring import Archive, CaptureSession, ConfigError, Filter, Flusher
+from shmring import Archive, ConfigError, Filter
 from shmring.flusher import GAPS_FILE
 from shmring.schema import encode_envelope
-from tests.procs import TIMEOUT_S, make_event
+from tests.integration.prepared import flush_session
+from tests.procs import TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[2]
-CATEGORIES = ("console", "network", "page", "interaction")
-
-
-def flush_session(name, directory, count, *, capacity=64, before=0, session_id=None, max_file_bytes=None):
-    """Publish `count` events (round-robin over CATEGORIES) to a new ring with a Flusher into `directory`,
-    attached after the first `before`; return (capture_session_id, {seq: (category, published bytes)})."""
-    session = CaptureSession.create(name, capture_session_id=session_id, capacity=capacity, data_bytes=1 << 20)
-    published = {}
-
-    def publish(first, last):
-        for i in range(first, last + 1):
-            category = CATEGORIES[i % len(CATEGORIES)]
-            envelope = session.publish(make_event(i, category))
-            published[envelope.seq] = (category, encode_envelope(envelope))
-
-    try:
-        publish(1, before)
-        flusher = Flusher(name, directory, max_file_bytes=max_file_bytes)
-        stats = {}
-        runner = threading.Thread(target=lambda: stats.update(flusher.run()))
-        runner.start()
-        publish(before + 1, count)
-    finally:
-        session.close()  # waits for the gating flusher to write everything
-    runner.join(TIMEOUT_S)
-    assert not runner.is_alive()
-    flusher.close()
-    assert stats["ending"] == "closed"
-    return session.capture_session_id, published
 
 
 def events_and_drops(results):

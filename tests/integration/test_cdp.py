@@ -24,21 +24,11 @@ import types
 
 import pytest
 
-from shmring import ConfigError, Reader, ShmringError
+from shmring import Reader, ShmringError
 from shmring.cdp.browser import BrowserControl, Chromium, PageServer, find_free_port, resolve_chromium
 from shmring.cdp.capture import CdpCapture
 from shmring.serve import serve
-
-
-def _chromium_missing() -> str:
-    try:
-        resolve_chromium()
-    except ConfigError as exc:
-        return f"the browser tests need it: {exc}"
-    return ""
-
-
-needs_chromium = pytest.mark.skipif(bool(_chromium_missing()), reason=_chromium_missing())
+from tests.integration.chromium import Browser, needs_chromium
 
 TIMEOUT_S = 20
 BIG = 1_200_000  # a console argument over the 1,000,000-byte rule
@@ -114,27 +104,6 @@ def site():
     server.stop()
 
 
-class Browser(Chromium):
-    """A started Chromium (its directory goes at stop) with the tests' helpers."""
-
-    def __init__(self, port=None):
-        super().__init__(port=port)
-        self.start()
-
-    def reset(self):
-        """Leave one blank tab: no page of an earlier test replays its console into the next."""
-        with BrowserControl(self.cdp_url) as control:
-            control.call("Target.createTarget", {"url": "about:blank"})
-            for info in control.call("Target.getTargets")["targetInfos"]:
-                if info["type"] == "page" and info["url"] != "about:blank":
-                    control.close_tab(info["targetId"])
-
-    def stop(self, *, kill=False):
-        if kill and self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # a crash: no clean shutdown
-        super().stop()
-
-
 @pytest.fixture
 def private_tmp(monkeypatch):
     """A TMPDIR of this test's own, so what a launch leaves behind can be listed; removed at teardown.
@@ -146,19 +115,6 @@ def private_tmp(monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile reads TMPDIR again
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def shared_browser():
-    b = Browser()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def browser(shared_browser):
-    shared_browser.reset()
-    return shared_browser
 
 
 @contextlib.contextmanager

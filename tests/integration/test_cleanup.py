@@ -9,7 +9,7 @@ import os
 from shmring import CaptureSession, Reader, cleanup
 from shmring.layout import ring_bytes
 from shmring.segment import create_segment, ring_exists, ring_shm_name
-from tests.integration.test_segment import make_orphan
+from tests.integration.prepared import make_orphan
 
 SMALL = dict(capacity=8, data_bytes=1 << 20)
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 import shmring.ring
-from tests.integration.test_cli import DEADLINE_S, SHMRING, procs, run  # noqa: F401 - procs is a fixture
+from tests.integration.commands import DEADLINE_S, SHMRING, run
 
 WITHOUT_ACCELERATOR = """
 import runpy, sys

@@ -25,100 +25,31 @@ from shmring import CaptureSession, Event, Flusher, FlushError, InvalidEvent, Re
 from shmring.flusher import CHECKPOINT_FILE, GAPS_FILE
 from shmring.layout import DETAIL_CODES, KIND_CODES
 from shmring.schema import Envelope, EventPreparer, encode_envelope
+from tests.integration.flusher_procs import (
+    CATEGORIES,
+    FLUSH,
+    finish,
+    poll_until,
+    publish,
+    stderr_of,
+    wait_attached,
+    wait_written,
+)
 from tests.procs import TIMEOUT_S, faulty_flusher, make_event
-
-REPO = Path(__file__).resolve().parents[2]
-CATEGORIES = ("console", "network", "page", "interaction")
-
 
 # -- helpers ---------------------------------------------------------------------------
 
 
-FLUSH = [sys.executable, "-m", "shmring", "flush"]
 OLD_ENTRY = [sys.executable, "-m", "shmring.flusher"]
 RUNPY_WARNING = "RuntimeWarning: 'shmring.flusher' found in sys.modules"
 """What runpy prints for ``python -m shmring.flusher``: the package has imported the module (for
 ``shmring.Flusher``) before runpy runs it again as __main__. ``shmring flush`` has no such warning."""
 
 
-@pytest.fixture
-def flushers(tmp_path):
-    """Start ``python -m shmring flush`` children; any still alive at teardown is killed by pid."""
-    started = []
-
-    def start(name, directory, *args, entry=FLUSH):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-        err = open(tmp_path / f"flusher-{len(started)}.err", "wb")
-        proc = subprocess.Popen([*entry, name, str(directory), *args],
-                                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        err.close()
-        proc.err_path = err.name
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(TIMEOUT_S)
-
-
-def stderr_of(proc) -> str:
-    return Path(proc.err_path).read_text()
-
-
-def finish(proc, expect_rc=0) -> str:
-    """Wait for a flusher process to end by itself; return its stderr (never a traceback, never a warning)."""
-    assert proc.wait(TIMEOUT_S) == expect_rc, stderr_of(proc)
-    err = stderr_of(proc)
-    assert "Traceback" not in err and "Warning" not in err, err
-    return err
-
-
 def kill(proc) -> None:
     """SIGKILL one flusher we started, by pid, and reap it."""
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(TIMEOUT_S)
-
-
-def poll_until(condition, what, timeout=TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
-
-def flusher_entry(session, pid):
-    for entry in session._res.registry.entries():
-        if entry["pid"] == pid and entry["role"] == "flusher" and entry["gating"]:
-            return entry
-    return None
-
-
-def wait_attached(session, proc) -> None:
-    poll_until(lambda: flusher_entry(session, proc.pid) is not None or proc.poll() is not None, "a flusher to attach")
-    assert proc.poll() is None, stderr_of(proc)
-
-
-def wait_written(session, pid, seq) -> None:
-    """Until the flusher `pid` has written (committed) everything up to `seq`."""
-    def done():
-        entry = flusher_entry(session, pid)
-        return entry is not None and entry["cursor"] >= seq
-
-    poll_until(done, f"flusher {pid} to write seq {seq}")
-
-
-def publish(session, first, last, categories=CATEGORIES, rng=None):
-    """Publish events first..last (their data.i is the seq they get); return {seq: category}."""
-    out = {}
-    for i in range(first, last + 1):
-        category = rng.choice(categories) if rng else categories[i % len(categories)]
-        env = session.publish(make_event(i, category))
-        assert env.seq == i
-        out[i] = category
-    return out
 
 
 def read_lines(path: Path) -> list[dict]:

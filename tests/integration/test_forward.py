@@ -19,8 +19,8 @@ import pytest
 from shmring import CaptureSession, Event, Reader, Source
 from shmring.reader import RawRecord
 from shmring.stats import ring_stats
-from tests.integration.sinks import DEADLINE_S, free_port, held, sink_server  # noqa: F401 - a fixture
-from tests.integration.test_cli import assert_one_line_error, procs, run  # noqa: F401 - a fixture
+from tests.integration.commands import assert_one_line_error, run
+from tests.integration.sinks import DEADLINE_S, free_port, held
 
 CATEGORIES = ("console", "network", "page", "system")
 SINKS = ("redis", "nats")

@@ -19,14 +19,7 @@ from shmring import CaptureSession, Producer, Reader
 from shmring.flusher import GAPS_FILE
 from shmring.layout import ENTRY_GATING_OFFSET, REG_GATES_CHANGED, U64, entry_offset
 from shmring.stats import ring_stats
-from tests.integration.test_flusher import (  # noqa: F401, F811 - flushers is a fixture
-    finish,
-    flushers,
-    poll_until,
-    publish,
-    wait_attached,
-    wait_written,
-)
+from tests.integration.flusher_procs import finish, poll_until, publish, wait_attached, wait_written
 from tests.procs import TIMEOUT_S, make_event
 
 STALL_S = 1.0

@@ -51,7 +51,7 @@ from shmring.layout import (
 )
 from shmring.ring import NO_GATE, hotpath
 from shmring.schema import BUILTIN_CATEGORIES, encode_envelope
-from tests.unit.test_compact_json import json_texts  # the generator of JSON texts the compactor is tested on
+from tests.json_texts import json_texts  # the generator of JSON texts the compactor is tested on
 
 if hotpath is None:
     pytest.skip("the accelerator shmring._hotpath is not built (or SHMRING_PURE_PYTHON is set)",

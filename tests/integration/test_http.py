@@ -5,13 +5,11 @@ once its session frame arrived. Every read has a deadline. FORBIDDEN: an event m
 out of order in a stream, a drop frame with an id, the edge or the ring lost to a hostile client.
 """
 
-import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 
 import httpx
@@ -21,107 +19,10 @@ from shmring import Reader
 from shmring.aio import archive_supported
 from shmring.cdp.browser import find_free_port
 from shmring.stats import ring_stats
-from tests.integration.test_cli import DEADLINE_S, SMALL, assert_one_line_error, ev, procs, run, serve  # noqa: F401
+from tests.integration.commands import DEADLINE_S, assert_one_line_error, ev, run
+from tests.integration.http_clients import Frames, connected, publish
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def edge(serve):
-    """Start serve with --http on a free loopback port; returns the serve Proc with .base (the URL)."""
-
-    def start(name, *extra, log_dir=False):
-        port = find_free_port()
-        srv = serve(name, *SMALL, "--http", f"127.0.0.1:{port}", *extra, log_dir=log_dir)
-        srv.base = f"http://127.0.0.1:{port}"
-        srv.port = port
-        return srv
-
-    return start
-
-
-def publish(base, *events, headers=None) -> list[int]:
-    body = b"".join(json.dumps(e).encode() + b"\n" for e in events)
-    r = httpx.post(f"{base}/events/publish", content=body, headers={"Content-Type": "application/x-ndjson",
-                                                                     **(headers or {})}, timeout=DEADLINE_S)
-    assert r.status_code == 200, r.text
-    return [json.loads(line)["seq"] for line in r.text.splitlines()]
-
-
-def connected(frames) -> bool:
-    return any(f.get("event") == "session" for f in frames)
-
-
-class Frames:
-    """An SSE stream read with httpx: parsed frames, by a thread, so every wait has a deadline."""
-
-    def __init__(self, url, headers=None, params=None):
-        self.frames: list[dict] = []
-        self.lines: list[str] = []
-        self.closed = False
-        self.response = None
-        self._cond = threading.Condition()
-        self._client = httpx.Client(timeout=httpx.Timeout(DEADLINE_S, read=None))
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(url, headers, params), daemon=True)
-        self._thread.start()
-        assert self._ready.wait(DEADLINE_S)
-
-    def _run(self, url, headers, params):
-        try:
-            with self._client.stream("GET", url, headers=headers, params=params) as response:
-                self.response = response
-                self._ready.set()
-                if response.status_code != 200:
-                    response.read()
-                    return
-                frame = {}
-                for line in response.iter_lines():
-                    with self._cond:
-                        self.lines.append(line)
-                        if line == "":
-                            if frame:
-                                self.frames.append(frame)
-                            frame = {}
-                        elif line.startswith(":"):
-                            self.frames.append({"comment": line})
-                        else:
-                            key, _, value = line.partition(":")
-                            frame[key] = value[1:] if value.startswith(" ") else value
-                        self._cond.notify_all()
-        except httpx.HTTPError:
-            pass
-        finally:
-            self._ready.set()
-            with self._cond:
-                self.closed = True
-                self._cond.notify_all()
-
-    def wait(self, predicate, what, timeout=DEADLINE_S):
-        assert self.response is not None and self.response.status_code == 200, (
-            self.response and (self.response.status_code, self.response.text))
-        with self._cond:
-            if not self._cond.wait_for(lambda: predicate(self.frames) or self.closed, timeout) or not predicate(
-                    self.frames):
-                pytest.fail(f"{what}: not seen within {timeout} s; last frames {str(self.frames[-5:])[:600]}")
-
-    def events(self) -> list[dict]:
-        return [f for f in self.frames if "id" in f]
-
-    def wait_events(self, n):
-        self.wait(lambda frames: len([f for f in frames if "id" in f]) >= n, f"{n} events")
-        return self.events()
-
-    def close(self):
-        """Hang up: shut the socket down under the reading thread, which then ends."""
-        stream = self.response.extensions.get("network_stream") if self.response is not None else None
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self._thread.join(DEADLINE_S)
-        assert not self._thread.is_alive()
-        self._client.close()
 
 
 def test_curl_stream_headers_session_events_and_the_end_frame(ring_name, edge):

@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from shmring.cdp.browser import BrowserControl, Chromium, chromium_available
-from tests.integration.test_cli import DEADLINE_S, ev, procs, serve  # noqa: F401
-from tests.integration.test_http import edge, publish  # noqa: F401
+from tests.integration.commands import DEADLINE_S, ev
+from tests.integration.http_clients import publish
 
 pytestmark = pytest.mark.skipif(not chromium_available(), reason="needs Chromium (apt-get install -y chromium)")
 

@@ -22,6 +22,7 @@ import pytest
 from shmring import Producer
 from shmring.errors import ConfigError
 from shmring.ingest import IngestServer
+from tests.integration.commands import replies_until_end
 
 DEADLINE_S = 30
 MIB = 1024 * 1024
@@ -105,21 +106,6 @@ def replies(sock: socket.socket, count: int) -> list[dict]:
         chunk = sock.recv(1 << 16)
         assert chunk, f"the server ended the connection before {count} replies: {bytes(buffer)[:200]!r}"
         buffer += chunk
-    return [json.loads(raw) for raw in buffer.splitlines()]
-
-
-def replies_until_end(sock: socket.socket) -> list[dict]:
-    """Every reply line until the server ends the connection (EOF, or a reset if input was left unread)."""
-    buffer = bytearray()
-    while True:
-        try:
-            chunk = sock.recv(1 << 16)
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            break
-        buffer += chunk
-    assert buffer.endswith(b"\n") or not buffer, buffer[-200:]
     return [json.loads(raw) for raw in buffer.splitlines()]
 
 

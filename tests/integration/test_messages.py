@@ -17,15 +17,7 @@ import pytest
 
 from shmring import Flusher, Reader, RingNotFound
 from shmring.stats import ring_stats
-from tests.integration.test_cli import (  # noqa: F401 - procs and serve are fixtures
-    DEADLINE_S,
-    SHMRING,
-    assert_one_line_error,
-    procs,
-    run,
-    serve,
-    shm_entries,
-)
+from tests.integration.commands import DEADLINE_S, SHMRING, assert_one_line_error, run, shm_entries
 
 
 def test_flush_on_a_missing_ring_says_what_tail_says(ring_name, tmp_path):

@@ -28,12 +28,18 @@ from shmring.edge import EdgeConfig
 from shmring.errors import ControlTimeout
 from shmring.httpd import run_edge
 from shmring.segment import control_socket_path
-from tests.integration.test_cdp import needs_chromium
-from tests.integration.test_cli import DEADLINE_S, procs, serve  # noqa: F401 - fixtures
-from tests.integration.test_http import Frames, connected
-from tests.integration.test_producer_config import (  # noqa: F401 - fixtures
-    Events, browser, config_events, data, flowing, open_loop_tab, shared_browser, site, stats_when_ready,
-    wait_until)
+from tests.integration.chromium import needs_chromium
+from tests.integration.commands import DEADLINE_S
+from tests.integration.http_clients import Frames, connected
+from tests.integration.producers import (
+    Events,
+    config_events,
+    data,
+    flowing,
+    open_loop_tab,
+    stats_when_ready,
+    wait_until,
+)
 
 DEFAULT = {"enabled": True, "categories": ["console", "network", "page", "interaction"], "detail_level": "standard"}
 P = "/producers/cdp"

@@ -17,25 +17,12 @@ import pytest
 
 from shmring import CaptureSession, Filter, Reader
 from shmring.stats import ring_stats
-from tests.integration.test_cli import DEADLINE_S, SHMRING, Proc
+from tests.integration.commands import DEADLINE_S, SHMRING
+from tests.integration.prepared import flush_session
 from tests.procs import TIMEOUT_S, make_event
 
 CATEGORIES = ("console", "network", "page", "interaction")
 CAPACITY = 1024
-
-
-@pytest.fixture
-def procs():
-    """Start shmring subprocesses (test_cli's Proc); every one still running at teardown is ended by pid."""
-    started = []
-
-    def start(*args, **kwargs) -> Proc:
-        started.append(Proc([*SHMRING, *args], **kwargs))
-        return started[-1]
-
-    yield start
-    for proc in reversed(started):
-        proc.reap()
 
 
 # -- the reader child ----------------------------------------------------------------------------------
@@ -385,7 +372,6 @@ def test_a_rotation_between_listing_and_opening_hides_no_file_from_the_replay(ri
     listed the directory. The replay (complete=True) lists again and reads every file; a plain Archive read,
     which opens each file when it gets to it, would miss the renamed one (shown, so this test can fail)."""
     from shmring import Archive
-    from tests.integration.test_archive import flush_session
 
     directory = tmp_path / "logs"
     session_id, _ = flush_session(ring_name, directory, 4_000, max_file_bytes=20_000)

@@ -22,7 +22,7 @@ import pytest
 from shmring import Archive, Producer, ResumeError
 from shmring.resume import prepare_resume
 from shmring.stats import ring_stats
-from tests.integration.test_cli import (
+from tests.integration.commands import (
     DEADLINE_S,
     SMALL,
     assert_one_line_error,
@@ -30,13 +30,10 @@ from tests.integration.test_cli import (
     ev,
     flusher_of,
     jl,
-    procs,  # noqa: F401 - a fixture serve uses
     run,
-    serve,  # noqa: F401 - the fixture
     shm_entries,
 )
 from tests.procs import TIMEOUT_S, writer
-
 
 # -- helpers -----------------------------------------------------------------------------------
 

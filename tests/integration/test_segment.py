@@ -8,29 +8,14 @@ import os
 import pytest
 
 from shmring import CaptureSession, Reader, RingNotFound
-from shmring.layout import REGISTRY_BYTES
-from shmring.segment import (
-    WakeSemaphore,
-    create_segment,
-    orphaned_ring_names,
-    registry_shm_name,
-    ring_age_s,
-    ring_exists,
-    unlink_orphan,
-)
+from shmring.segment import orphaned_ring_names, ring_age_s, ring_exists, unlink_orphan
+from tests.integration.prepared import make_orphan
 
 SMALL = dict(capacity=8, data_bytes=1 << 20)
 
 
 def shm_entries(name):
     return sorted(e for e in os.listdir("/dev/shm") if name in e)
-
-
-def make_orphan(name: str, wake_indexes=(0, 3)) -> None:
-    """What a writer killed between unlinking its ring and its registry leaves: a registry and wake semaphores."""
-    create_segment(registry_shm_name(name), REGISTRY_BYTES).close()
-    for index in wake_indexes:
-        WakeSemaphore(name, index).close()
 
 
 def test_ring_exists_and_its_age(ring_name):

@@ -16,16 +16,14 @@ import signal
 import subprocess
 
 from shmring import Producer
-from tests.integration.test_cli import (  # noqa: F401 - procs and serve are fixtures
+from tests.integration.commands import (
     DEADLINE_S,
     SHMRING,
     assert_one_line_error,
     envelopes,
     ev,
     jl,
-    procs,
     run,
-    serve,
     wait_for_reader,
 )
 

@@ -196,6 +196,37 @@ def test_the_layer_rule_reads_a_subpackage_as_one_module():
     assert "common" not in package_imports(own) and "reader" in package_imports(own)  # `from .common`, `from ..reader`
 
 
+def imported_test_modules(path: pathlib.Path) -> list[str]:
+    """The test modules (test_*) that the file at `path` imports, however it names them."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[-1].startswith("test_")]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if module.split(".")[-1].startswith("test_"):
+                found.append(module)
+            elif node.level or module.split(".")[0] == "tests":
+                found += [f"{module}.{a.name}" for a in node.names if a.name.startswith("test_")]
+    return found
+
+
+def test_no_test_module_imports_another():
+    # Shared fixtures live in a conftest.py, shared helpers in a plain module beside the tests (tests/procs.py,
+    # tests/integration/commands.py, ...): a fixture imported from a test module is defined again in the importer.
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        assert not imported_test_modules(path), f"{path.relative_to(ROOT)} imports {imported_test_modules(path)}"
+
+
+def test_the_test_import_rule_sees_each_form(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import tests.integration.test_cli\nfrom tests.integration.test_http import edge\n"
+                      "from .test_flusher import flushers\nfrom tests.integration import test_cdp\n"
+                      "from tests.integration.commands import run\nimport test_helpers_elsewhere\n")
+    assert imported_test_modules(module) == ["tests.integration.test_cli", "tests.integration.test_http",
+                                             "test_flusher", "tests.integration.test_cdp", "test_helpers_elsewhere"]
+
+
 def test_tools_import_shmring_and_each_other_without_path_edits():
     scripts = sorted((ROOT / "tools").glob("*.py"))
     assert scripts
