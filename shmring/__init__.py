@@ -5,7 +5,6 @@ seqlocked slots; any number of ``Reader``s attach by name, each with its own
 seq cursor, and learn exactly how many events they lost.
 """
 
-from .aio import AsyncReader
 from .archive import Archive
 from .errors import (
     ConfigError,
@@ -66,3 +65,16 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # AsyncReader is imported on first use: asyncio costs every process that never needs it ~50 ms to start.
+    if name == "AsyncReader":
+        from .aio import AsyncReader
+
+        return AsyncReader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"AsyncReader"})
