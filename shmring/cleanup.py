@@ -8,7 +8,10 @@ Rules:
   not those of a ring that was listed at the start and closed meanwhile:
   its writer removes them itself.
 - Rings of another user are not judged and not touched.
+- Given names, only those rings (and their leftovers) are judged.
 """
+
+from collections.abc import Iterable
 
 from .errors import IncompatibleRing, RingNotFound
 from .header import open_ring_info, read_owner
@@ -48,11 +51,13 @@ def _in_use(name: str) -> bool:
     return not complete and ring_age_s(name) < CREATION_WINDOW_S
 
 
-def collect_garbage() -> list[str]:
-    """Remove rings whose writer is dead, and orphaned registries/semaphores. Return the names removed."""
+def collect_garbage(names: Iterable[str] | None = None) -> list[str]:
+    """Remove rings whose writer is dead, and orphaned registries/semaphores; only those of `names` when given.
+    Return the names removed."""
+    wanted = None if names is None else set(names)
     removed = []
-    names = set(list_ring_names())
-    for name in sorted(names):
+    present = set(list_ring_names())
+    for name in sorted(present if wanted is None else present & wanted):
         try:
             in_use = _in_use(name)
         except (RingNotFound, FileNotFoundError, PermissionError):
@@ -61,6 +66,7 @@ def collect_garbage() -> list[str]:
             unlink_ring_objects(name)
             removed.append(name)
     for name in orphaned_ring_names():
-        if name not in names and unlink_orphan(name) and name not in removed:
+        if (wanted is None or name in wanted) and name not in present and unlink_orphan(name) \
+                and name not in removed:
             removed.append(name)
     return removed

@@ -4,10 +4,17 @@ Every ring a test makes is named from ``ring_name`` (prefix ``shmring-test-<pid>
 and removed at teardown, pass or fail; the session ends by checking that
 nothing with this run's prefix is left in /dev/shm. Child processes are
 registered and, if still alive at teardown, killed by pid.
+
+The suite runs on two pytest-xdist workers. A test marked ``alone`` runs while
+no other test does: one with effects beyond its own rings (``shmring gc``
+judges every ring on the machine) or a bound on timing that the other
+worker's load would blur. The others share.
 """
 
+import fcntl
 import multiprocessing
 import os
+import tempfile
 import uuid
 
 import pytest
@@ -22,6 +29,36 @@ pytest.register_assert_rewrite("tests.integration.chromium", "tests.integration.
                                "tests.integration.prepared", "tests.integration.producers")
 
 RUN_PREFIX = f"shmring-test-{os.getpid()}-"
+
+
+def _lock_path() -> str | None:
+    """The lock file the xdist workers of this run share (None when the suite runs in one process)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return None if run is None else os.path.join(tempfile.gettempdir(), f"shmring-tests-{run}.lock")
+
+
+@pytest.fixture(autouse=True)
+def _alone_when_marked(request):
+    """Shared for every test, exclusive for one marked ``alone`` (see the module docstring)."""
+    path = _lock_path()
+    if path is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if request.node.get_closest_marker("alone") else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def pytest_sessionfinish(session):
+    path = _lock_path()
+    if path is not None and not hasattr(session.config, "workerinput"):  # the controller, after every worker
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def _leftovers() -> list[str]:

@@ -97,12 +97,22 @@ def cmd_ls(args) -> int:
 
 def cmd_gc(args) -> int:
     from ..cleanup import collect_garbage
+    from ..segment import list_ring_names, orphaned_ring_names, ring_not_found
 
-    removed = collect_garbage()
+    removed = collect_garbage(args.names or None)
     for name in removed:
         print(f"removed {name}")
-    if not removed:
-        print("nothing to remove: every ring has a live writer")
+    if not args.names:
+        if not removed:
+            print("nothing to remove: every ring has a live writer")
+        return 0
+    present = set(list_ring_names()) | set(orphaned_ring_names())
+    missing = [n for n in args.names if n not in removed and n not in present]
+    for name in args.names:
+        if name not in removed and name in present:
+            print(f"kept {name}: its writer is alive")
+    if missing:  # the others are judged already: the first unknown name is the error
+        raise ring_not_found(missing[0])
     return 0
 
 
@@ -121,4 +131,6 @@ def add_parsers(sub) -> None:
     s.set_defaults(func=cmd_ls)
 
     s = sub.add_parser("gc", help="remove rings whose writer is dead")
+    s.add_argument("names", nargs="*", metavar="NAME", type=_ring_name,
+                   help="judge only these rings (default: every ring on the machine)")
     s.set_defaults(func=cmd_gc)

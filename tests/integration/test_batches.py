@@ -185,6 +185,7 @@ def paced_writer(name, ready, go, rate, seconds, result_queue):
     session.close()
 
 
+@pytest.mark.alone  # a latency bound
 @pytest.mark.parametrize("max_delay_s", [0.0, 0.02])
 def test_max_delay_s_bounds_the_delivery_latency(ring_name, spawn, max_delay_s):
     ready, go, results = spawn.Event(), spawn.Event(), spawn.Queue()

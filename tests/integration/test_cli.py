@@ -522,6 +522,7 @@ def test_stat_on_a_live_ring_only_reads(ring_name, serve, procs):
     assert follower.wait() == 0
 
 
+@pytest.mark.alone  # plain `shmring gc` judges every ring on the machine
 def test_ls_and_gc_remove_only_dead_rings(ring_name, more_ring_names, serve, spawn):
     live = serve(ring_name, *SMALL, socket_path=False)
     dead = more_ring_names()
@@ -551,6 +552,11 @@ def test_ls_and_gc_remove_only_dead_rings(ring_name, more_ring_names, serve, spa
         assert_one_line_error(orphan_tail, "died")
 
         live_before = shm_entries(ring_name)
+        kept = run("gc", ring_name)  # named: only that ring is judged, and a live one stays
+        assert kept.returncode == 0 and kept.stdout.decode().splitlines() == [f"kept {ring_name}: its writer is alive"]
+        assert shm_entries(dead) != []
+        unknown = more_ring_names()
+        assert_one_line_error(run("gc", unknown), "no ring", unknown)
         gc = run("gc")
         assert gc.returncode == 0 and gc.stderr == b""
         removed = gc.stdout.decode().splitlines()

@@ -86,6 +86,7 @@ def _start_writer(ctx, name, count, **kwargs):
     return proc, go
 
 
+@pytest.mark.alone  # each member's share follows scheduling
 def test_two_members_split_the_stream_without_overlap_or_gap(ring_name, spawn, tmp_path, ring_path):
     count = 20_000
     proc, go = _start_writer(spawn, ring_name, count, capacity=4096)

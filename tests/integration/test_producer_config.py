@@ -45,6 +45,7 @@ def producer_cli(name, *args):
 # -- the tests -----------------------------------------------------------------------
 
 
+@pytest.mark.alone  # timed against a live browser
 @needs_chromium
 def test_network_off_stops_network_in_the_browser_and_on_returns_it_at_verbose(ring_name, serve, browser, site):
     srv = serve(ring_name, "--cdp", browser.cdp_url)
