@@ -7,6 +7,7 @@ seq cursor, and learn exactly how many events they lost.
 
 from .archive import Archive
 from .errors import (
+    PACKAGE_ERRORS,
     ConfigError,
     EventTooLarge,
     FlushError,
@@ -44,24 +45,7 @@ __all__ = [
     "Flusher",
     "Archive",
     "Producer",
-    "PublishRejected",
-    "ShmringError",
-    "ConfigError",
-    "SocketPathError",
-    "InvalidEvent",
-    "EventTooLarge",
-    "RingNotFound",
-    "RingBusy",
-    "IncompatibleRing",
-    "RingClosed",
-    "ReaderClosed",
-    "WriterGone",
-    "RegistryFull",
-    "UnsupportedPlatform",
-    "FlushError",
-    "ProducerError",
-    "ServeError",
-    "ResumeError",
+    *PACKAGE_ERRORS,
 ]
 
 __version__ = "0.1.0"

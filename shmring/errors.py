@@ -13,7 +13,7 @@ Rules:
 - Errors pickle whole (message and fields), so they cross processes.
 """
 
-__all__ = [
+PACKAGE_ERRORS = (
     "ShmringError",
     "ConfigError",
     "SocketPathError",
@@ -32,6 +32,12 @@ __all__ = [
     "PublishRejected",
     "ServeError",
     "ResumeError",
+)
+"""The errors ``shmring`` itself exports (``from shmring import RingClosed``); the others belong to one room's API
+(``shmring.cdp``, ``shmring.forward``, ...)."""
+
+__all__ = [
+    *PACKAGE_ERRORS,
     "DemoError",
     "CdpError",
     "MalformedCdp",
