@@ -23,10 +23,17 @@ Rules:
   for the ``cors_origins`` named. At most ``max_clients`` streams: the next
   gets 503. Bodies over ``MAX_BODY_BYTES`` get 413; bad requests 400 with
   ``{"error": "…"}``.
+- ``POST /events/publish`` is a plain ASGI app that the innermost middleware
+  hands the request to before the routing (the auth and CORS around it
+  apply as to every route). It publishes over one pipelined connection to
+  the ingest socket and answers from the ring, mapped once.
+- A connection's writes in one turn of the loop go out as one send (a
+  response's head and body together): ``_HttpProtocol``.
 - Nothing here prints: uvicorn logs warnings only, through ``logging``.
 """
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hmac
@@ -48,6 +55,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .aio import AsyncReader, archive_supported
 from .control import PRODUCERS, get_config, set_config
@@ -67,7 +75,6 @@ SEND_TIMEOUT_S = 120.0
 """A client whose socket takes nothing for this long is disconnected (a slow one gets drops instead)."""
 STREAM_MAX_DELAY_S = 0.005
 """Each stream's latency budget: events collect for up to 5 ms, then go out in one chunk."""
-INGEST_POOL = 8
 CONTROL_BODY_BYTES = 64 * 1024
 CONTROL_THREADS = 4
 VIEWER = pathlib.Path(__file__).with_name("static") / "viewer.html"
@@ -79,59 +86,281 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class _IngestLink(asyncio.Protocol):
+    """One connection to the serve's ingest socket, pipelined: the exchanges write their lines in turn, and the
+    replies, which come back in the order the lines went, are handed out in that order (a FIFO of waiters)."""
+
+    def __init__(self):
+        self.transport = None
+        self.lost = False
+        self._tail = b""  # the start of a reply line still to come
+        self._waiting: collections.deque[tuple[list[bytes], int, asyncio.Future]] = collections.deque()
+        self._writable: asyncio.Future | None = None  # set while the socket's write buffer is over its high water
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def send(self, data: bytes, count: int) -> asyncio.Future:
+        """Write `data` (`count` lines); the future gets their `count` replies."""
+        if self.lost:  # lost after the exchange found it open: its future would never be answered
+            raise ConnectionError("the ingest socket closed")
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(([], count, future))
+        self.transport.write(data)  # whole, at once: lines of concurrent exchanges never interleave
+        return future
+
+    async def writable(self) -> None:
+        if self._writable is not None:
+            await asyncio.shield(self._writable)
+
+    def data_received(self, data: bytes):
+        lines = (self._tail + data if self._tail else data).split(b"\n")
+        self._tail = lines.pop()
+        i = 0
+        while i < len(lines):
+            if not self._waiting:
+                self._fail(ConnectionError("the ingest socket sent a reply nobody asked for"))
+                self.transport.close()
+                return
+            got, count, future = self._waiting[0]
+            take = lines[i:i + count - len(got)]
+            got += take
+            i += len(take)
+            if len(got) == count:
+                self._waiting.popleft()
+                if not future.done():  # a cancelled exchange's replies are read all the same
+                    future.set_result(got)
+
+    def connection_lost(self, exc):
+        self.lost = True
+        self._fail(ConnectionError("the ingest socket closed"))
+        self.resume_writing()
+
+    def _fail(self, exc: Exception) -> None:
+        self.lost = True
+        while self._waiting:
+            future = self._waiting.popleft()[2]
+            if not future.done():
+                future.set_exception(exc)
+
+    def pause_writing(self):
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self):
+        if self._writable is not None:
+            if not self._writable.done():
+                self._writable.set_result(None)
+            self._writable = None
+
+
 class _Ingest:
-    """A small pool of connections to the serve's ingest socket; one exchange holds a connection."""
+    """The edge's one connection to the serve's ingest socket, shared by every request, opened when first needed
+    and again after it breaks."""
 
     def __init__(self, path: str):
         self.path = path
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self._slots = asyncio.Semaphore(INGEST_POOL)
+        self._link: _IngestLink | None = None
+        self._opening: asyncio.Future | None = None
+
+    async def _connected(self) -> _IngestLink:
+        link = self._link
+        if link is not None and not link.lost:
+            return link
+        if self._opening is None:  # one connect for all the requests that find no link
+            self._opening = asyncio.ensure_future(
+                asyncio.get_running_loop().create_unix_connection(_IngestLink, self.path))
+        opening = self._opening
+        try:
+            _, link = await asyncio.shield(opening)
+        finally:
+            if self._opening is opening and opening.done():
+                self._opening = None
+        self._link = link
+        return link
 
     async def exchange(self, lines: list[bytes]) -> list[bytes]:
         """Send `lines` (each one JSON line, no newline); return the reply line for each, in order."""
-        async with self._slots:
-            conn = self._idle.pop() if self._idle else await asyncio.open_unix_connection(self.path,
-                                                                                         limit=8 * 1024 * 1024)
-            reader, writer = conn
-            try:
-                async def send():
-                    for i in range(0, len(lines), 512):
-                        writer.write(b"".join(line + b"\n" for line in lines[i:i + 512]))
-                        await writer.drain()
-
-                sending = asyncio.ensure_future(send())
-                replies = []
-                try:
-                    for _ in lines:
-                        reply = await reader.readline()
-                        if not reply.endswith(b"\n"):
-                            raise ConnectionError("the ingest socket closed")
-                        replies.append(reply[:-1])
-                    await sending
-                finally:
-                    if not sending.done():
-                        sending.cancel()
-            except BaseException:
-                writer.close()
-                raise
-            self._idle.append(conn)
-            return replies
+        link = await self._connected()
+        future = link.send(b"\n".join(lines) + b"\n", len(lines))
+        await link.writable()
+        return await future
 
     def close(self) -> None:
-        for _, writer in self._idle:
-            writer.close()
-        self._idle.clear()
+        if self._link is not None and self._link.transport is not None:
+            self._link.transport.close()
+        self._link = None
 
 
-def _envelope_at(name: str, seq: int) -> bytes | None:
-    """Event `seq`'s envelope JSON as the ring holds it; None if it is gone already."""
-    ring = open_segment(ring_shm_name(name), writable=False)
-    try:
-        info = open_ring_info(name, ring)
-        taken = RingReaderCore(ring.buf, info.capacity, info.data_bytes).take_ready(seq)
+class _Envelopes:
+    """The ring, mapped once read-only, from which a publish answers with its event's envelope."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._ring = None
+        self._core: RingReaderCore | None = None
+
+    def at(self, seq: int) -> bytes | None:
+        """Event `seq`'s envelope JSON as the ring holds it; None if it is gone already (or the ring is)."""
+        core = self._core
+        if core is None or core.closed():  # closed: a ring of this name made later is another segment
+            self.close()
+            try:
+                ring = open_segment(ring_shm_name(self.name), writable=False)
+            except ShmringError:
+                return None
+            try:
+                info = open_ring_info(self.name, ring)
+            except BaseException:
+                ring.close()
+                raise
+            self._ring, self._core = ring, RingReaderCore(ring.buf, info.capacity, info.data_bytes)
+            core = self._core
+        taken = core.take_ready(seq)
         return None if taken is None else bytes(taken[0])
-    finally:
-        ring.close()
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._core = None
+            self._ring.close()
+            self._ring = None
+
+
+_TOO_LARGE = f"the body is over {MAX_BODY_BYTES} bytes (4 MiB); send fewer events per request"
+
+
+class _Publish:
+    """``POST /events/publish`` as a plain ASGI app (the route a single-event client waits on, one request
+    at a time): a JSON Event gets the Envelope JSON as the ring holds it; ``application/x-ndjson`` gets one
+    reply line per event as the ingest socket gives it."""
+
+    def __init__(self, ingest: "_Ingest", envelopes: "_Envelopes", publishes: Counter):
+        self.ingest = ingest
+        self.envelopes = envelopes
+        self.accepted = publishes.labels("accepted")
+        self.rejected = publishes.labels("rejected")
+
+    async def __call__(self, scope, receive, send):
+        length = kind = None
+        for key, value in scope["headers"]:
+            if key == b"content-length" and length is None:
+                length = value
+            elif key == b"content-type" and kind is None:
+                kind = value
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return await _error(413, _TOO_LARGE)(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client is gone: nobody to answer
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return await _error(413, _TOO_LARGE)(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        kind = b"" if kind is None else kind.split(b";")[0].strip().lower()
+        reply = await self._reply(kind, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if isinstance(reply, Response):
+            return await reply(scope, receive, send)
+        content, media_type = reply
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"%d" % len(content)), (b"content-type", media_type)]})
+        await send({"type": "http.response.body", "body": content})
+
+    async def _reply(self, kind: bytes, body: bytes) -> Response | tuple[bytes, bytes]:
+        """The error response, or the 200 reply's body and content type."""
+        try:
+            if kind == b"application/x-ndjson":
+                lines = [line for line in (raw.strip() for raw in body.split(b"\n")) if line]
+                replies = await self.ingest.exchange(lines) if lines else []
+                accepted = sum(1 for reply in replies if reply.startswith(b'{"seq"'))
+                if accepted:
+                    self.accepted.inc(accepted)
+                if len(replies) - accepted:
+                    self.rejected.inc(len(replies) - accepted)
+                return b"".join(reply + b"\n" for reply in replies), b"application/x-ndjson"
+            try:
+                line = msgspec.json.format(body, indent=0)
+                if not isinstance(_decode_json.decode(line), dict):
+                    raise msgspec.DecodeError("the body is not a JSON object")
+            except msgspec.DecodeError as exc:
+                self.rejected.inc()
+                return _error(400, f"the body is not a JSON Event object ({exc}); send one Event, "
+                                   "or application/x-ndjson lines")
+            (reply,) = await self.ingest.exchange([line])
+        except (OSError, ConnectionError) as exc:
+            return _error(503, f"the ring's ingest socket is not available ({exc}); retry later")
+        answer = _decode_json.decode(reply)
+        if "seq" not in answer:
+            self.rejected.inc()
+            return _error(400, str(answer.get("error", "event not accepted")))
+        self.accepted.inc()
+        envelope = self.envelopes.at(answer["seq"])
+        if envelope is None:  # overwritten already: a ring far too small for its rate
+            return JSONResponse({"seq": answer["seq"]})
+        return envelope, b"application/json"
+
+
+class _PublishFirst:
+    """ASGI middleware, innermost: a ``POST /events/publish`` goes straight to `publish`, past the routing
+    (the route stays, for the 405 of other methods). What is outside it (the auth, CORS) applies as before."""
+
+    def __init__(self, app, publish: _Publish):
+        self.app = app
+        self.publish = publish
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/events/publish" and scope["method"] == "POST":
+            return await self.publish(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class _Batched:
+    """A connection's transport whose writes in one turn of the loop reach the socket as one write: a
+    response's head and body are one send, not two (a client then wakes once per response, not twice).
+    What is held goes out when the response completes, else when the loop turns; ``close`` sends it first."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._flush_handle = self._loop.call_soon(self.flush)
+        self._held.append(data)
+
+    def flush(self) -> None:
+        if self._held:
+            self._flush_handle.cancel()
+            data = b"".join(self._held) if len(self._held) > 1 else self._held[0]
+            self._held.clear()
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+
+    def __getattr__(self, name):  # the rest (is_closing, get_extra_info, pause_reading, ...) is the socket's
+        return getattr(self._transport, name)
+
+
+class _HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing through `_Batched`."""
+
+    def connection_made(self, transport):
+        super().connection_made(_Batched(transport, self.loop))
+
+    def on_response_complete(self):
+        self.transport.flush()
+        super().on_response_complete()
 
 
 class _RingCollector:
@@ -241,7 +470,7 @@ def create_app(config: EdgeConfig) -> Starlette:
                         ["result"], registry=metrics)
     sse_events = Counter("shmring_sse_events_sent", "event frames sent to SSE clients", registry=metrics)
     sse_drops = Counter("shmring_sse_drop_frames_sent", "dropped frames sent to SSE clients", registry=metrics)
-    ingest = _Ingest(config.socket_path)
+    publish = _Publish(_Ingest(config.socket_path), _Envelopes(config.name), publishes)
     clients = 0
     name = config.name
     archive = config.log_dir if archive_supported() else None  # replay-merge: history beyond the ring
@@ -285,47 +514,6 @@ def create_app(config: EdgeConfig) -> Starlette:
 
         return _Stream(body(), on_end=ended, ping=0, send_timeout=SEND_TIMEOUT_S,
                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    async def publish(request: Request):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, f"the body is over {MAX_BODY_BYTES} bytes (4 MiB); send fewer events per request")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return _error(413, f"the body is over {MAX_BODY_BYTES} bytes (4 MiB); send fewer events per request")
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        try:
-            if kind == "application/x-ndjson":
-                lines = [line for line in (raw.strip() for raw in bytes(body).split(b"\n")) if line]
-                replies = await ingest.exchange(lines) if lines else []
-                accepted = sum(1 for reply in replies if reply.startswith(b'{"seq"'))
-                if accepted:
-                    publishes.labels("accepted").inc(accepted)
-                if len(replies) - accepted:
-                    publishes.labels("rejected").inc(len(replies) - accepted)
-                return Response(b"".join(reply + b"\n" for reply in replies), media_type="application/x-ndjson")
-            try:
-                line = msgspec.json.format(bytes(body), indent=0)
-                if not isinstance(_decode_json.decode(line), dict):
-                    raise msgspec.DecodeError("the body is not a JSON object")
-            except msgspec.DecodeError as exc:
-                publishes.labels("rejected").inc()
-                return _error(400, f"the body is not a JSON Event object ({exc}); send one Event, "
-                                   "or application/x-ndjson lines")
-            (reply,) = await ingest.exchange([line])
-        except (OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            return _error(503, f"the ring's ingest socket is not available ({exc}); retry later")
-        answer = _decode_json.decode(reply)
-        if "seq" not in answer:
-            publishes.labels("rejected").inc()
-            return _error(400, str(answer.get("error", "event not accepted")))
-        publishes.labels("accepted").inc()
-        envelope = _envelope_at(name, answer["seq"])
-        if envelope is None:  # overwritten already: a ring far too small for its rate
-            return JSONResponse({"seq": answer["seq"]})
-        return Response(envelope, media_type="application/json")
 
     async def capture_session(request: Request):
         try:
@@ -397,6 +585,7 @@ def create_app(config: EdgeConfig) -> Starlette:
                                      allow_methods=["GET", "POST", "PUT", "PATCH"],
                                      allow_headers=["Authorization", "Content-Type", "Last-Event-ID"]))
     middleware.append(Middleware(_Auth, token=config.token))
+    middleware.append(Middleware(_PublishFirst, publish=publish))
     routes = [
         Route("/", viewer),
         Route("/events/stream", stream),
@@ -441,7 +630,8 @@ def run_edge(config: EdgeConfig) -> None:
     app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="warning", access_log=False,
-        lifespan="off", backlog=4096, timeout_graceful_shutdown=3, server_header=False))
+        lifespan="off", backlog=4096, timeout_graceful_shutdown=3, server_header=False,
+        http=_HttpProtocol, proxy_headers=False))  # nothing here reads the client's address
 
     async def main():
         watcher = asyncio.ensure_future(_exit_when_ring_ends(server, config.name, app.state.clients))
