@@ -14,6 +14,7 @@ worker's load would blur. The others share.
 import fcntl
 import multiprocessing
 import os
+import signal
 import tempfile
 import uuid
 
@@ -27,6 +28,12 @@ from shmring.segment import unlink_ring_objects
 pytest.register_assert_rewrite("tests.integration.chromium", "tests.integration.commands",
                                "tests.integration.flusher_procs", "tests.integration.http_clients",
                                "tests.integration.prepared", "tests.integration.producers")
+
+# Tests end demo and README processes with Ctrl-C (SIGINT), which must reach them at its default, as in a terminal.
+# A suite started as a background job of a non-interactive shell inherits SIGINT ignored, and an ignored signal
+# stays ignored across exec; a handled one is reset to the default there.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 RUN_PREFIX = f"shmring-test-{os.getpid()}-"
 
