@@ -15,7 +15,6 @@ import fcntl
 import multiprocessing
 import os
 import signal
-import tempfile
 import uuid
 
 import pytest
@@ -38,34 +37,27 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 RUN_PREFIX = f"shmring-test-{os.getpid()}-"
 
 
-def _lock_path() -> str | None:
-    """The lock file the xdist workers of this run share (None when the suite runs in one process)."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    return None if run is None else os.path.join(tempfile.gettempdir(), f"shmring-tests-{run}.lock")
+@pytest.fixture(scope="session")
+def _lock_path(tmp_path_factory) -> str | None:
+    """The lock file the xdist workers of this run share, in the run's pytest temporary directory (which pytest
+    prunes); None when the suite runs in one process."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return None
+    return str(tmp_path_factory.getbasetemp().parent / "alone.lock")  # the parent of popen-gwN: the run's own
 
 
 @pytest.fixture(autouse=True)
-def _alone_when_marked(request):
+def _alone_when_marked(request, _lock_path):
     """Shared for every test, exclusive for one marked ``alone`` (see the module docstring)."""
-    path = _lock_path()
-    if path is None:
+    if _lock_path is None:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if request.node.get_closest_marker("alone") else fcntl.LOCK_SH)
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def pytest_sessionfinish(session):
-    path = _lock_path()
-    if path is not None and not hasattr(session.config, "workerinput"):  # the controller, after every worker
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 def _leftovers() -> list[str]:
