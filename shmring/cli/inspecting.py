@@ -99,18 +99,19 @@ def cmd_gc(args) -> int:
     from ..cleanup import collect_garbage
     from ..segment import list_ring_names, orphaned_ring_names, ring_not_found
 
-    removed = collect_garbage(args.names or None)
+    names = args.names
+    present = set(list_ring_names()) | set(orphaned_ring_names()) if names else set()
+    removed = collect_garbage(names or None)
     for name in removed:
         print(f"removed {name}")
-    if not args.names:
+    if not names:
         if not removed:
             print("nothing to remove: every ring has a live writer")
         return 0
-    present = set(list_ring_names()) | set(orphaned_ring_names())
-    missing = [n for n in args.names if n not in removed and n not in present]
-    for name in args.names:
-        if name not in removed and name in present:
+    for name in names:
+        if name in present and name not in removed:
             print(f"kept {name}: its writer is alive")
+    missing = [name for name in names if name not in present]
     if missing:  # the others are judged already: the first unknown name is the error
         raise ring_not_found(missing[0])
     return 0
