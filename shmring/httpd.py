@@ -186,11 +186,6 @@ class _Ingest:
         await link.writable()
         return await future
 
-    def close(self) -> None:
-        if self._link is not None and self._link.transport is not None:
-            self._link.transport.close()
-        self._link = None
-
 
 class _Envelopes:
     """The ring, mapped once read-only, from which a publish answers with its event's envelope."""
