@@ -7,7 +7,6 @@ seq cursor, and learn exactly how many events they lost.
 
 from .archive import Archive
 from .errors import (
-    PACKAGE_ERRORS,
     ConfigError,
     EventTooLarge,
     FlushError,
@@ -45,7 +44,24 @@ __all__ = [
     "Flusher",
     "Archive",
     "Producer",
-    *PACKAGE_ERRORS,
+    "PublishRejected",
+    "ShmringError",
+    "ConfigError",
+    "SocketPathError",
+    "InvalidEvent",
+    "EventTooLarge",
+    "RingNotFound",
+    "RingBusy",
+    "IncompatibleRing",
+    "RingClosed",
+    "ReaderClosed",
+    "WriterGone",
+    "RegistryFull",
+    "UnsupportedPlatform",
+    "FlushError",
+    "ProducerError",
+    "ServeError",
+    "ResumeError",
 ]
 
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ Rules:
 - Errors pickle whole (message and fields), so they cross processes.
 """
 
-PACKAGE_ERRORS = (
+__all__ = [
     "ShmringError",
     "ConfigError",
     "SocketPathError",
@@ -32,12 +32,6 @@ PACKAGE_ERRORS = (
     "PublishRejected",
     "ServeError",
     "ResumeError",
-)
-"""The errors ``shmring`` itself exports (``from shmring import RingClosed``); the others belong to one room's API
-(``shmring.cdp``, ``shmring.forward``, ...)."""
-
-__all__ = [
-    *PACKAGE_ERRORS,
     "DemoError",
     "CdpError",
     "MalformedCdp",
