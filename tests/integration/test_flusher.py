@@ -311,9 +311,10 @@ def test_close_right_after_publishing_waits_for_the_flusher(ring_name, flushers,
     for category in ("console", "page"):
         lines = (out / f"{category}.jsonl").read_bytes().split(b"\n")
         assert lines == [encode_envelope(e) for e in envelopes if e.event.category == category] + [b""]
-    assert sorted(os.listdir(out)) == [CHECKPOINT_FILE, "console.jsonl", "page.jsonl"]  # files open lazily
     assert [e for e in os.listdir("/dev/shm") if ring_name in e] == []
     finish(proc)
+    # Once it has exited (until then it may be writing its checkpoint's temporary file): files open lazily.
+    assert sorted(os.listdir(out)) == [CHECKPOINT_FILE, "console.jsonl", "page.jsonl"]
 
 
 def test_close_waits_for_a_flusher_restarted_within_the_grace_period(ring_name, flushers, tmp_path):
