@@ -14,7 +14,8 @@ Rules:
   checks: an idle reader wakes once a second.
 - ``BlockingWait`` (``max_delay_s=0``) wakes for every event. It spins only
   while events arrive closer together than a sleep-and-wake costs, and backs
-  off from spinning while its spins find nothing.
+  off from spinning while its spins find nothing (``SpinBackoff``, which the
+  HTTP edge's wait for an ingest reply uses too).
 - ``BatchingWait`` (``max_delay_s=D``) dozes D after taking events, then takes
   all that came meanwhile; an event waits at most D. A timed sleep ends late
   (timer slack, scheduling), so it dozes D less what its dozes have lately
@@ -23,12 +24,38 @@ Rules:
   idle blocking one does.
 """
 
-__all__ = ["SPIN", "DOZE", "BLOCK", "IDLE_CHECK_S", "WaitStrategy", "BlockingWait", "BatchingWait", "wait_strategy"]
+__all__ = ["SPIN", "DOZE", "BLOCK", "IDLE_CHECK_S", "SpinBackoff", "WaitStrategy", "BlockingWait", "BatchingWait",
+           "wait_strategy"]
 
 SPIN, DOZE, BLOCK = "spin", "doze", "block"
 
 IDLE_CHECK_S = 1.0
 """Longest single block: bounds a lost wake-up and paces writer-liveness checks."""
+
+
+class SpinBackoff:
+    """Whether a spin is worth trying: a spin that finds nothing makes the next 1, 2, 4 ... up to ``MAX_SKIP``
+    chances pass without one, and a spin that finds what it waited for ends the back-off."""
+
+    MAX_SKIP = 64
+
+    __slots__ = ("_skip", "_backoff")
+
+    def __init__(self):
+        self._skip = self._backoff = 0
+
+    def allowed(self) -> bool:
+        """Spin this time? (Each call that answers no uses up one skipped chance.)"""
+        if not self._skip:
+            return True
+        self._skip -= 1
+        return False
+
+    def spun(self, found: bool) -> None:
+        if found:
+            self._backoff = 0
+        else:
+            self._backoff = self._skip = min(max(1, 2 * self._backoff), self.MAX_SKIP)
 
 
 class WaitStrategy:
@@ -63,35 +90,28 @@ class BlockingWait(WaitStrategy):
     """Wake for every event (``max_delay_s=0``).
 
     A short gap between takes also comes from a burst that is then followed
-    by a long quiet, so a spin that finds nothing makes the next spins wait:
-    it skips the next 1, 2, 4 ... up to ``MAX_SKIP`` chances to spin, and a
-    spin that finds its event ends the back-off.
+    by a long quiet, so spins back off while they find nothing (``SpinBackoff``).
     """
 
     SPIN_S = 20e-6
     """How long a spin lasts; also the inter-arrival gap below which spinning beats sleeping."""
 
-    MAX_SKIP = 64
+    MAX_SKIP = SpinBackoff.MAX_SKIP
 
-    __slots__ = ("_skip", "_backoff")
+    __slots__ = ("_backoff",)
 
     def __init__(self):
         super().__init__()
-        self._skip = self._backoff = 0
+        self._backoff = SpinBackoff()
 
     def next_wait(self, now: float) -> tuple[str, float]:
         took, self._took_since_wait = self._took_since_wait, False
-        if took and self._gap_s is not None and self._gap_s < self.SPIN_S:
-            if not self._skip:
-                return SPIN, self.SPIN_S
-            self._skip -= 1
+        if took and self._gap_s is not None and self._gap_s < self.SPIN_S and self._backoff.allowed():
+            return SPIN, self.SPIN_S
         return BLOCK, IDLE_CHECK_S
 
     def spun(self, found: bool) -> None:
-        if found:
-            self._backoff = 0
-        else:
-            self._backoff = self._skip = min(max(1, 2 * self._backoff), self.MAX_SKIP)
+        self._backoff.spun(found)
 
 
 class BatchingWait(WaitStrategy):

@@ -361,3 +361,61 @@ def test_hostile_clients_do_not_hurt_others_or_the_ring(ring_name, edge):
     assert httpx.get(f"{srv.base}/healthz").status_code == 200
     stalled.close()
     watcher.close()
+
+
+def test_a_publish_waiting_for_its_reply_leaves_the_edge_serving_others(ring_name, tmp_path):
+    """The edge polls the ingest socket for a publish's reply only briefly (httpd.REPLY_SPIN_S): while the writer
+    withholds the reply, the edge answers other requests, and the publish gets its envelope once it comes. The
+    writer's ingest side is played by the test, so that the reply can be held until the edge is seen serving."""
+    import sys
+    import threading
+
+    from shmring import CaptureSession, Event, Source
+
+    path = str(tmp_path / "ingest.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    listener.settimeout(DEADLINE_S)
+    port = find_free_port()
+    base = f"http://127.0.0.1:{port}"
+    with listener, CaptureSession.create(ring_name, capacity=64) as session:
+        envelope = session.publish(Event(type="console.test", category="console", source=Source(kind="cdp"),
+                                         data={"i": 1}))
+        edge = subprocess.Popen([sys.executable, "-m", "shmring", "edge", ring_name, "--socket", path,
+                                 "--http", f"127.0.0.1:{port}"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            while True:
+                try:
+                    assert httpx.get(f"{base}/healthz").status_code == 200
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline and edge.poll() is None, edge.stderr.read1(4096)
+                    time.sleep(0.02)
+            replies = []
+            poster = threading.Thread(target=lambda: replies.append(
+                httpx.post(f"{base}/events/publish", json=ev(1), timeout=DEADLINE_S)))
+            poster.start()
+            conn, _ = listener.accept()  # the edge connects at its first publish
+            with conn:
+                conn.settimeout(DEADLINE_S)
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = conn.recv(65536)
+                    assert chunk, "the edge closed its ingest connection"
+                    line += chunk
+                assert json.loads(line)["data"] == {"i": 1}
+                # The edge now waits for the reply: it still serves others, at once.
+                t0 = time.monotonic()
+                assert httpx.get(f"{base}/healthz", timeout=DEADLINE_S).status_code == 200
+                assert time.monotonic() - t0 < 5.0
+                assert poster.is_alive() and not replies
+                conn.sendall(b'{"seq":%d}\n' % envelope.seq)
+                poster.join(DEADLINE_S)
+            assert replies and replies[0].status_code == 200
+            assert replies[0].json()["seq"] == envelope.seq and replies[0].json()["event"]["data"] == {"i": 1}
+        finally:
+            edge.kill()
+            edge.wait(DEADLINE_S)
+            edge.stderr.close()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shmring.waiting import BLOCK, DOZE, IDLE_CHECK_S, SPIN, BatchingWait, BlockingWait, wait_strategy
+from shmring.waiting import BLOCK, DOZE, IDLE_CHECK_S, SPIN, BatchingWait, BlockingWait, SpinBackoff, wait_strategy
 
 
 def test_factory_picks_by_budget():
@@ -114,3 +114,25 @@ def test_blocking_reader_backs_off_from_spins_that_find_nothing_and_resumes_when
     assert waited <= BlockingWait.MAX_SKIP
     w.spun(True)  # this one found its event: a hot stream again
     assert burst_then_wait() == SPIN
+
+
+def test_spin_backoff_skips_twice_as_many_chances_after_each_fruitless_spin_and_resets_on_a_find():
+    b = SpinBackoff()
+    pattern = []
+    for _ in range(16):
+        allowed = b.allowed()
+        pattern.append(allowed)
+        if allowed:
+            b.spun(False)
+    assert pattern == [True, False, True, False, False, True, False, False, False, False, True,
+                       False, False, False, False, False]
+    while not b.allowed():
+        pass
+    b.spun(True)
+    assert b.allowed() and b.allowed()  # a spin that found what it waited for: no back-off
+    for _ in range(20):  # capped at MAX_SKIP chances
+        b.spun(False)
+    skipped = 0
+    while not b.allowed():
+        skipped += 1
+    assert skipped == SpinBackoff.MAX_SKIP
