@@ -33,7 +33,7 @@ import threading
 import time
 
 from .errors import ConfigError, RingClosed
-from .reader import RawRecord, Reader, ReadResult
+from .reader import WRITER_LOOK_S, RawRecord, Reader, ReadResult
 from .ring import EMPTY, full_fence
 from .filters import Filter
 from .waiting import DOZE, IDLE_CHECK_S, SPIN, wait_strategy
@@ -361,11 +361,11 @@ class _Waker:
                 registry.set_waiting(index, True)
                 full_fence()  # StoreLoad: the flag is visible before we look, or a publish could miss us
                 latest = core.latest()
-                ended = core.closed() or not reader._writer.alive()
+                ended = core.closed() or not reader._writer.alive(WRITER_LOOK_S)
                 if latest == seen and not ended:
                     semaphore.wait(IDLE_CHECK_S)
                     latest = core.latest()
-                    ended = core.closed() or not reader._writer.alive()
+                    ended = core.closed() or not reader._writer.alive(WRITER_LOOK_S)
                 registry.set_waiting(index, False)
                 if ended:
                     self._end()

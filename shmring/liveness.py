@@ -6,8 +6,10 @@ Rules:
 - A zombie (killed but not yet reaped) is dead.
 """
 
+import math
 import os
 import select
+import time
 
 import psutil
 
@@ -82,12 +84,13 @@ class ProcessWatch:
     ``psutil.Process`` (which compares start times) does the same job.
     """
 
-    __slots__ = ("pid", "_fd", "_poll", "_proc", "_dead")
+    __slots__ = ("pid", "_fd", "_poll", "_proc", "_dead", "_seen_alive_at")
 
     def __init__(self, pid: int, start_time: float):
         self.pid = pid
         self._fd = self._poll = self._proc = None
         self._dead = False
+        self._seen_alive_at = -math.inf
         try:
             self._fd = os.pidfd_open(pid)
         except (AttributeError, OSError):
@@ -105,9 +108,16 @@ class ProcessWatch:
             except psutil.Error:
                 self._dead = True
 
-    def alive(self) -> bool:
+    def alive(self, max_age_s: float = 0.0) -> bool:
+        """Whether the process lives; with `max_age_s`, a look that found it alive at most that long ago answers
+        without a new one (a reader that looks before every sleep need not make a syscall per event)."""
         if self._dead:
             return False
+        if max_age_s:
+            now = time.monotonic()
+            if now - self._seen_alive_at < max_age_s:
+                return True
+            self._seen_alive_at = now
         if self._poll is not None:
             self._dead = bool(self._poll.poll(0))
         elif self._proc is not None:
