@@ -114,8 +114,8 @@ class _IngestLink(asyncio.Protocol):
         self._poll.register(transport.get_extra_info("socket").fileno(), select.POLLIN)
 
     def alone(self) -> bool:
-        """Whether one exchange only is waiting for its replies."""
-        return len(self._waiting) == 1
+        """Whether one exchange only is waiting for its replies, its lines all handed to the socket."""
+        return len(self._waiting) == 1 and self._writable is None
 
     def spin_until_readable(self, spin_s: float) -> bool:
         """Poll the socket until it has bytes to read, at most `spin_s`, yielding the CPU between looks; whether

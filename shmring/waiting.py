@@ -19,9 +19,9 @@ Rules:
 - ``BatchingWait`` (``max_delay_s=D``) dozes D after taking events, then takes
   all that came meanwhile; an event waits at most D. A timed sleep ends late
   (timer slack, scheduling), so it dozes D less what its dozes have lately
-  overshot (their mean and three times their spread) and D/32, at most D/2 less. A doze that finds nothing means the stream
-  went quiet: the next wait blocks, so an idle batching reader costs what an
-  idle blocking one does.
+  overshot (their mean and three times their spread) and D/32, at most D/2
+  less. A doze that finds nothing means the stream went quiet: the next wait
+  blocks, so an idle batching reader costs what an idle blocking one does.
 """
 
 __all__ = ["SPIN", "DOZE", "BLOCK", "IDLE_CHECK_S", "SpinBackoff", "WaitStrategy", "BlockingWait", "BatchingWait",

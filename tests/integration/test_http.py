@@ -10,12 +10,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 
 import httpx
 import pytest
 
-from shmring import Reader
+from shmring import CaptureSession, Event, Reader, Source
 from shmring.aio import archive_supported
 from shmring.cdp.browser import find_free_port
 from shmring.stats import ring_stats
