@@ -28,7 +28,7 @@ from .errors import (
 )
 from .flusher import Flusher
 from .producer import Producer
-from .reader import Filter, Reader, ReadResult
+from .reader import Filter, RawRecord, Reader, ReadResult
 from .schema import Envelope, Event, Source
 from .session import CaptureSession
 
@@ -40,6 +40,7 @@ __all__ = [
     "Reader",
     "AsyncReader",
     "ReadResult",
+    "RawRecord",
     "Filter",
     "Flusher",
     "Archive",

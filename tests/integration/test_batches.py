@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from shmring import CaptureSession, ConfigError, Filter, Reader, RingClosed, WriterGone
-from shmring.reader import RawRecord
+from shmring import RawRecord
 from shmring.schema import encode_envelope
 from tests.procs import TIMEOUT_S, make_event, writer
 

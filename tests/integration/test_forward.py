@@ -17,7 +17,7 @@ import time
 import pytest
 
 from shmring import CaptureSession, Event, Reader, Source
-from shmring.reader import RawRecord
+from shmring import RawRecord
 from shmring.stats import ring_stats
 from tests.integration.commands import assert_one_line_error, run
 from tests.integration.sinks import DEADLINE_S, free_port, held

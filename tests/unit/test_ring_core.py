@@ -127,7 +127,7 @@ def _takers(buf):
 
 
 def test_a_raw_run_is_the_whole_records_from_seq_with_their_category_names():
-    from shmring.reader import RawRecord
+    from shmring import RawRecord
 
     buf, writer, _ = new_ring()
     for seq, category in enumerate(["console", "network", "network", "page", "page"], 1):
@@ -145,7 +145,7 @@ def test_a_raw_run_is_the_whole_records_from_seq_with_their_category_names():
 
 
 def test_a_raw_run_stops_before_a_lapped_or_half_written_slot():
-    from shmring.reader import RawRecord
+    from shmring import RawRecord
 
     buf, writer, _ = new_ring()
     for seq in range(1, CAPACITY + 3):
