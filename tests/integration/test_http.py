@@ -369,11 +369,6 @@ def test_a_publish_waiting_for_its_reply_leaves_the_edge_serving_others(ring_nam
     """The edge polls the ingest socket for a publish's reply only briefly (httpd.REPLY_SPIN_S): while the writer
     withholds the reply, the edge answers other requests, and the publish gets its envelope once it comes. The
     writer's ingest side is played by the test, so that the reply can be held until the edge is seen serving."""
-    import sys
-    import threading
-
-    from shmring import CaptureSession, Event, Source
-
     path = str(tmp_path / "ingest.sock")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
