@@ -130,6 +130,9 @@ import time
 import msgspec
 import psutil
 
+import plain_flat_out
+from baseline import alternate, baseline_build, working_tree_build
+from children import await_msgs, cleanup, spawn
 from common import (CAPTURE_SESSION_ID, BenchError, Stamp, choose_pad, cpu_snapshot, foreign_pct, make_data,
                     make_event, process_cpu_ns)
 from shmring import CaptureSession, Envelope, Event, Reader, RingClosed
@@ -486,70 +489,6 @@ def gating_reader_main(name: str, idx: int, results) -> None:
 # --------------------------------------------------------------------------
 # Parent-side helpers
 # --------------------------------------------------------------------------
-
-def spawn(ctx, target, args_list: list[tuple]) -> list:
-    procs = []
-    for args in args_list:
-        p = ctx.Process(target=target, args=args, daemon=True)
-        p.start()
-        procs.append(p)
-    return procs
-
-
-def await_msgs(results, kind: str, n: int, timeout: float) -> dict[int, object]:
-    """Collect `n` messages of `kind` ("ready" or "done"), keyed by child index."""
-    got: dict[int, object] = {}
-    deadline = time.monotonic() + timeout
-    while len(got) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise BenchError(f"timed out waiting for {n - len(got)} child(ren) to report {kind!r}")
-        try:
-            msg_kind, idx, payload = results.get(True, left)
-        except queue_mod.Empty:
-            continue
-        if msg_kind == "error":
-            raise BenchError(f"child {idx} failed: {payload}")
-        if msg_kind != kind:
-            raise BenchError(f"child {idx} sent {msg_kind!r} while waiting for {kind!r}")
-        got[idx] = payload
-    return got
-
-
-def reap(procs, timeout: float = 10.0) -> None:
-    """Join our children; terminate (then kill) any that overrun, by their own pid."""
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            print(f"  warning: child pid {p.pid} overran; terminating it", file=sys.stderr)
-            p.terminate()
-            p.join(2.0)
-            if p.is_alive():
-                p.kill()
-                p.join(2.0)
-
-
-def cleanup(session, procs, queues, ok: bool) -> None:
-    """Close the ring (removing its /dev/shm objects), reap our children, close our queues.
-
-    After a failure or an interrupt the children get 1 s, not 10, before we
-    terminate them, and queues do not wait for their feeder threads (whose
-    reader may be gone).
-    """
-    try:
-        if session is not None:
-            session.close()
-    finally:
-        reap(procs, 10.0 if ok else 1.0)
-        for q in queues:
-            if not ok:
-                q.cancel_join_thread()
-            q.close()
-            if ok:
-                q.join_thread()
-
 
 def schedstat_ns(pid: int) -> int | None:
     """CPU time of `pid` in ns from /proc/PID/schedstat (Linux), or None."""
@@ -1277,6 +1216,7 @@ def all_steps(ctx, event: Event, pad: str, d: dict) -> list[tuple[str, object]]:
     for kind in ("gating_reader", "flusher"):
         steps.append((f"gating_publish_{kind}",
                       lambda kind=kind: measure_gating_publish(ctx, event, kind, 10_000, d["writer"])))
+    steps += plain_flat_out.plain_steps(ctx, plain_flat_out.PLAIN_EVENTS)
     return steps
 
 
@@ -1291,9 +1231,15 @@ GROUPS = {
     "flusher": lambda k: k in ("flush_batch", "flush_paced_10k"),
     "replay": lambda k: k.startswith("replay_"),
     "groups": lambda k: k.startswith(("group_", "gating_publish_")),
+    "plain": lambda k: k.startswith(("plain_", "floor_")),
 }
 GROUPS["rates"] = lambda k: any(GROUPS[g](k) for g in ("idle", "reader", "flat", "writer", "flusher"))
-"""--only: the issue-11 targets (rates) and its parts, the original measures (classic), or step keys."""
+"""--only: the issue-11 targets (rates) and its parts, the original measures (classic), issue 25's plain reader
+flat out against the pure-Python floor (plain), or step keys."""
+BASELINE_DEFAULT = "plain,idle,reader"
+"""What --baseline runs unless --only says: issue 25's figures (the plain reader flat out, the readers at rate)."""
+BASELINE_QUICK = "plain_read_2,plain_iter_2,floor_2,rate_10k_0,rate_10k_2ms"
+"""--baseline --quick: the same figures at two readers and 10k/s only, in under two minutes here."""
 
 
 def select_steps(steps: list[tuple[str, object]], only: str | None) -> list[tuple[str, object]]:
@@ -1315,13 +1261,21 @@ def select_steps(steps: list[tuple[str, object]], only: str | None) -> list[tupl
     return [(k, fn) for k, fn in steps if k in wanted]
 
 
-def one_run(steps: list[tuple[str, object]]) -> dict:
+def one_run(steps: list[tuple[str, object]], keep_going: bool = False) -> dict:
+    """Every step once. keep_going: a step that fails is recorded as {"error": ...} and the run goes on (under
+    --baseline a revision may lack what a step uses)."""
     r = {}
     ncpu = os.cpu_count() or 1
     start = before = cpu_snapshot()
     for key, fn in steps:
         load = os.getloadavg()[0]
-        r[key] = fn()
+        try:
+            r[key] = fn()
+        except (BenchError, Exception) as exc:
+            if not keep_going:
+                raise
+            r[key] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"    {key}: failed: {r[key]['error']}", file=sys.stderr)
         after = cpu_snapshot()
         r[key]["foreign_cpu_pct"] = foreign_pct(before, after)
         r[key]["loadavg_1m_at_start"] = load
@@ -1329,6 +1283,7 @@ def one_run(steps: list[tuple[str, object]]) -> dict:
               f"{r[key]['foreign_cpu_pct']:4.1f}% of the machine, load {load:.2f}", file=sys.stderr)
         before = after
     end = cpu_snapshot()
+    plain_flat_out.ratios(r)
     if "fanout_shm_2" in r and "fanout_mpq_2" in r:
         r["ratio_shm_over_mpq_2"] = r["fanout_shm_2"]["reader_rate_mean"] / r["fanout_mpq_2"]["reader_rate_mean"]
     # Interference: CPU the machine spent on processes other than ours, and
@@ -1419,6 +1374,7 @@ ROWS = [
     ("13. in the ring, read_raw_many: without / with archive=",
      lambda r: (r["replay_ring"]["raw_without"], r["replay_ring"]["raw_with"]), "ev/s", "—", "rates"),
     ("13. in the ring, read_raw_many: with / without", lambda r: r["replay_ring"]["raw_ratio"], "×", "≈ 1", "ratio"),
+    *plain_flat_out.ROWS,
     ("noise: other processes' CPU during run", lambda r: r["foreign_cpu_pct"], "% of all cores", "≈ 0", "pct1"),
     ("noise: hypervisor steal during run", lambda r: r["steal_pct"], "% of all cores", "≈ 0", "pct1"),
 ]
@@ -1511,6 +1467,7 @@ TARGETS = [
      "rate"),
     ("flusher's added writer CPU per publish", lambda r: r["flush_batch"]["cpu_overhead_pct"], "%", "<=", 25.0,
      "spct"),
+    *plain_flat_out.TARGETS,
 ]
 
 
@@ -1575,11 +1532,13 @@ def accounting_problems(runs: list[dict]) -> list[str]:
     must agree with ours. Anything else is a shmring bug."""
     problems = []
     for i, r in enumerate(runs):
-        keys = [k for k in r if isinstance(r[k], dict) and (k in ("fanout_shm_1", "fanout_shm_2", "paced_150k_2",
-                                                                   "fanout_raw_2") or k.startswith("writer_"))]
+        keys = [k for k in r if isinstance(r[k], dict) and "error" not in r[k]
+                and (k in ("fanout_shm_1", "fanout_shm_2", "paced_150k_2", "fanout_raw_2")
+                     or k.startswith(("writer_", "plain_", "floor_")))]
         checks = [(key, r[key]["published"] if "published" in r[key] else r[key]["writer"]["published"],
                    r[key]["readers"]) for key in keys]
-        checks += [(key, r[key]["writer"]["published"], [r[key]]) for key in r if key.startswith("rate_")]
+        checks += [(key, r[key]["writer"]["published"], [r[key]]) for key in r
+                   if key.startswith("rate_") and "error" not in r[key]]
         if "latency_10k" in r:
             lat = r["latency_10k"]
             checks.append(("latency_10k", lat["writer"]["published"],
@@ -1600,10 +1559,12 @@ def accounting_problems(runs: list[dict]) -> list[str]:
 def per_reader_details(runs: list[dict]) -> str:
     """Each reader of each run: delivered rate, drops, CPU per event, blocking waits per event."""
     lines = ["Per reader, run by run (delivered rate / drops / CPU µs per event / blocking waits per event):"]
+    plain = [(key, f"25. {key}") for n in plain_flat_out.PLAIN_READERS
+             for key in (f"floor_{n}", f"plain_read_{n}", f"plain_iter_{n}")]
     for key, label in (("fanout_shm_1", "2. shmring, 1 reader"), ("fanout_shm_2", "2. shmring, 2 readers"),
                        ("paced_150k_2", "4. shmring, 150k/s paced"), ("fanout_mpq_2", "5. mp.Queue, 2 readers"),
-                       ("fanout_raw_2", "9. shmring read_raw_many, 2 readers")):
-        if key not in runs[0]:
+                       ("fanout_raw_2", "9. shmring read_raw_many, 2 readers"), *plain):
+        if key not in runs[0] or any("readers" not in r.get(key, {}) for r in runs):
             continue
         cells = []
         for r in runs:
@@ -1671,10 +1632,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="also print every result as JSON")
     parser.add_argument("--only", metavar="WHAT[,WHAT...]",
                         help="run only these groups (" + ", ".join(GROUPS) + ") or measures (their keys, "
-                        "e.g. rate_10k_0, or a prefix ending in *: writer_*); default: everything")
+                        "e.g. rate_10k_0, or a prefix ending in *: writer_*); default: everything "
+                        f"(with --baseline: {BASELINE_DEFAULT}, and with --quick as well: {BASELINE_QUICK})")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also build git revision REV into a temporary virtual environment and run the same "
+                        "measures under both, alternating, in one table: REV, the working tree, their ratio")
+    parser.add_argument("--emit-run", metavar="FILE", help=argparse.SUPPRESS)  # --baseline's children: one run
     args = parser.parse_args(argv)
-    if args.runs < 3:
+    if args.runs < 3 and not args.emit_run:
         parser.error("--runs must be at least 3 (medians of fewer runs mean little here)")
+    if args.baseline and args.emit_run:
+        parser.error("--baseline and --emit-run do not go together")
+    if args.baseline:
+        return baseline_main(parser, args)
 
     if args.quick:
         durations = {"flat": 1.0, "fanout": 1.0, "latency": 1.0, "idle": 1.0, "paced": 1.0, "flush": 1.0,
@@ -1694,6 +1664,11 @@ def main(argv: list[str] | None = None) -> int:
         steps = select_steps(all_steps(ctx, event, pad, durations), args.only)
     except BenchError as exc:
         parser.error(str(exc))
+    if args.emit_run:
+        run = one_run(steps, keep_going=True)
+        with open(args.emit_run, "w") as f:
+            json.dump(run, f)
+        return 0
     command = " ".join(["python", "tools/bench.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"shmring bench: envelope {size} B encoded, {args.runs} runs, phases {durations}, "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}", file=sys.stderr)
@@ -1735,7 +1710,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(rows))
     if any(_values(runs, t[1]) is not None for t in TARGETS):
         print()
-        print("Targets of issues 11 and 13 (pass/fail on the median):")
+        print("Targets of issues 11, 13 and 25 (pass/fail on the median):")
         print()
         print(targets_table(runs))
     if any(_values(runs, t[1]) is not None for t in GROUP_TARGETS):
@@ -1773,6 +1748,98 @@ def main(argv: list[str] | None = None) -> int:
                           "summary": [{k: v for k, v in row.items() if k != "kind"} for row in rows],
                           "leftover_shm": leftover_shm()}, indent=2))
     return 0
+
+
+def baseline_main(parser, args) -> int:
+    """--baseline REV: the selected measures under REV's build and under the working tree, alternating."""
+    only = args.only or (BASELINE_QUICK if args.quick else BASELINE_DEFAULT)
+    try:
+        select_steps(all_steps(None, None, "", {}), only)  # a bad --only fails here, before any build
+    except BenchError as exc:
+        parser.error(str(exc))
+    command = " ".join(["python", "tools/bench.py", *sys.argv[1:]])
+    t_start = time.monotonic()
+    background = psutil.cpu_percent(interval=0.5)
+    try:
+        work = working_tree_build()
+        with baseline_build(args.baseline) as base:
+            child_args = ["--only", only, *(["--quick"] if args.quick else [])]
+            runs = alternate([base, work], child_args, args.runs)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the baseline build removed", file=sys.stderr)
+        return 130
+    print()
+    print(f"shmring bench --baseline — {args.runs} runs alternating the two builds, "
+          f"{'quick' if args.quick else 'default'} phases, {time.monotonic() - t_start:.0f} s total, "
+          f"machine {background:.0f}% busy before start")
+    print(f"command: {command}")
+    print(f"- {base.label}: {base.description}")
+    print(f"- working tree: {work.description}")
+    print()
+    print(comparison_table(runs[base.label], runs[work.label], base.label))
+    verdicts = baseline_verdicts(runs[base.label], runs[work.label], base.label)
+    if verdicts:
+        print()
+        print(f"Issue 25 (pass/fail on the medians; against {base.label} and the floor of the same runs):")
+        print()
+        print(verdicts)
+    if any(_values(runs[work.label], t[1]) is not None for t in TARGETS):
+        print()
+        print("The working tree's targets of issues 11, 13 and 25 (pass/fail on the median):")
+        print()
+        print(targets_table(runs[work.label]))
+    notes = []
+    for label, build_runs in runs.items():
+        notes += [f"{label}: {n}" for n in accounting_problems(build_runs)]
+        for i, r in enumerate(build_runs):
+            notes += [f"{label}, run {i + 1}: {key}: {x['error']}" for key, x in r.items()
+                      if isinstance(x, dict) and "error" in x]
+        notes += [f"{label}: {n}" for n in noisy_steps(build_runs)]
+    for n in notes:
+        print(f"- {n}")
+    return 0
+
+
+def comparison_table(base_runs: list[dict], work_runs: list[dict], base_label: str) -> str:
+    """Each measure's median under the baseline and the working tree, and working tree / baseline."""
+    lines = [f"| measure | {base_label} | working tree | working tree / {base_label} | unit |",
+             "|---|---:|---:|---:|---|"]
+    for label, get, unit, _target, kind in ROWS:
+        base, work = _values(base_runs, get), _values(work_runs, get)
+        if base is None and work is None:
+            continue
+        b = _median(base) if base is not None else float("nan")
+        w = _median(work) if work is not None else float("nan")
+        ratio = (w / b if isinstance(b, (int, float)) and isinstance(w, (int, float)) and b else float("nan"))
+        lines.append(f"| {label} | {fmt(b, kind)} | {fmt(w, kind)} | {fmt(ratio, 'ratio')} | {unit} |")
+    return "\n".join(lines)
+
+
+def baseline_verdicts(base_runs: list[dict], work_runs: list[dict], base_label: str) -> str:
+    """Issue 25's targets: the plain reader flat out against the baseline build and against the floor."""
+    checks = []
+    for n in plain_flat_out.PLAIN_READERS:
+        for mode, label in (("read", "read(timeout=1)"), ("iter", "for result in reader")):
+            key = f"plain_{mode}_{n}"
+            base = _values(base_runs, lambda r, k=key: r[k]["reader_rate_mean"])
+            work = _values(work_runs, lambda r, k=key: r[k]["reader_rate_mean"])
+            if base is not None and work is not None:
+                threshold = 1.3 if n == 2 else 1.0
+                checks.append((f"{n} reader{'s' if n > 1 else ''}, {label}: working tree / {base_label}",
+                               statistics.median(work) / statistics.median(base), threshold))
+            floor = _values(work_runs, lambda r, k=f"ratio_{mode}_floor_{n}": r[k])
+            if floor is not None and n == 2:
+                checks.append((f"{n} readers, {label}: working tree / pure-Python floor (same runs)",
+                               statistics.median(floor), 1.4))
+    if not checks:
+        return ""
+    lines = ["| target | figure | pass/fail |", "|---|---:|---|"]
+    for label, value, threshold in checks:
+        lines.append(f"| {label} | {value:.2f}× | {'pass' if value >= threshold else 'FAIL'} (≥ {threshold:g}×) |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
