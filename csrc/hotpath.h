@@ -30,7 +30,9 @@ The parts, one extension (setup.py builds them together):
 - config.c: the layout checks (layout.py's slot format, msgspec's Structs);
 - fields.c: one Event's fields, read by offset;
 - writer.c: the Writer type, its state and the publish fast path;
-- taker.c: the RecordTaker type, the reader's take-and-decode;
+- taker.c: the RecordTaker type, the reader's take-and-decode, its cursor
+  and its per-event read (ReadMethod) and iteration (ReadIterator);
+- metadata.c: Source.__post_init__ (MetadataOrder), which every decode calls;
 - eventcount.c: the ring's wake word (one futex for every compiled sleeper);
 - module.c: the module, its functions and its initialisation.
 This header declares what one part uses of another; everything else is static.
@@ -153,11 +155,20 @@ extern PyMethodDef eventcount_methods[];
 #define WAIT_SEMAPHORE 1
 #define WAIT_FUTEX 2
 
+/* -- metadata.c ------------------------------------------------------------ */
+
+int metadata_init(void);
+extern PyType_Spec MetadataOrder_spec;
+
 /* -- writer.c, taker.c, module.c ------------------------------------------- */
 
 int writer_init(void);
 extern PyType_Spec Writer_spec;
 extern PyType_Spec Taker_spec;
+extern PyType_Spec ReadMethod_spec;
+
+/* After the RecordTaker type is made: remembers it, and adds the ReadIterator type to `module`. */
+int taker_init(PyObject *module, PyObject *taker_type);
 
 /* The tp_dealloc of both types (GC-tracked heap types): untrack, `clear`, free, release the type. */
 void dealloc_cleared(PyObject *self, inquiry clear);

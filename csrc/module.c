@@ -1,5 +1,6 @@
 /* The module shmring._hotpath: its two functions (fence, compact_json) and the wake word's (from eventcount.c), its
-   types (Writer from writer.c, RecordTaker from taker.c) and the dealloc they
+   types (Writer from writer.c; RecordTaker, ReadMethod and ReadIterator from taker.c; MetadataOrder from
+   metadata.c) and the dealloc they
    share, its exception (StructLayoutMismatch from config.c), and the parts'
    initialisation. */
 
@@ -42,21 +43,26 @@ static PyMethodDef module_methods[] = {
      "compact_json(data) -> bytes | None: data validated and compacted, or None when not vouched for."},
     {NULL}};
 
-static int add_type(PyObject *module, PyType_Spec *spec, const char *name) {
+static PyObject *add_type(PyObject *module, PyType_Spec *spec, const char *name) {
     PyObject *type = PyType_FromModuleAndSpec(module, spec, NULL);
-    if (type == NULL) return -1;
+    if (type == NULL) return NULL;
     if (PyModule_AddObject(module, name, type) < 0) {
         Py_DECREF(type);
-        return -1;
+        return NULL;
     }
-    return 0;
+    return type; /* borrowed: the module holds it */
 }
 
 static int module_exec(PyObject *module) {
     compact_init();
     encode_init();
     if (writer_init() < 0 || config_init(module) < 0) return -1;
-    if (add_type(module, &Writer_spec, "Writer") < 0 || add_type(module, &Taker_spec, "RecordTaker") < 0) return -1;
+    PyObject *taker_type;
+    if (add_type(module, &Writer_spec, "Writer") == NULL ||
+        (taker_type = add_type(module, &Taker_spec, "RecordTaker")) == NULL ||
+        add_type(module, &ReadMethod_spec, "ReadMethod") == NULL || taker_init(module, taker_type) < 0 ||
+        metadata_init() < 0 || add_type(module, &MetadataOrder_spec, "MetadataOrder") == NULL)
+        return -1;
     if (PyModule_AddFunctions(module, eventcount_methods) < 0) return -1;
     return 0;
 }

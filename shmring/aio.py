@@ -36,7 +36,7 @@ from .errors import ConfigError, RingClosed
 from .reader import WRITER_LOOK_S, RawRecord, Reader, ReadResult
 from .ring import EMPTY, full_fence
 from .filters import Filter
-from .waiting import DOZE, IDLE_CHECK_S, SPIN, wait_strategy
+from .waiting import DOZE, IDLE_CHECK_S, wait_strategy
 
 __all__ = ["AsyncReader"]
 
@@ -151,9 +151,7 @@ class AsyncReader:
             action, wait_s = strategy.next_wait(now)
             if deadline is not None:
                 wait_s = min(wait_s, deadline - now)
-            if action == SPIN:
-                await asyncio.sleep(0)
-            elif action == DOZE:
+            if action == DOZE:
                 self._reader._publish_progress()
                 await asyncio.sleep(wait_s)
             else:

@@ -41,6 +41,21 @@ class Filter:
         )
         self._kind_codes = None if self.source_kinds is None else frozenset(KIND_CODES[k] for k in self.source_kinds)
 
+    @property
+    def kind_codes(self) -> frozenset[int] | None:
+        """The accepted source kinds as the slot stores them (None: any)."""
+        return self._kind_codes
+
+    @property
+    def detail_codes(self) -> frozenset[int] | None:
+        """The accepted detail levels as the slot stores them (None: any)."""
+        return self._detail_codes
+
+    @property
+    def category_fields(self) -> frozenset[bytes] | None:
+        """The accepted categories as the slot stores them, NUL-padded to 32 bytes (None: any)."""
+        return self._category_fields
+
     def accepts_slot(self, kind: int, detail: int, category: bytes) -> bool:
         return (
             (self._kind_codes is None or kind in self._kind_codes)

@@ -101,17 +101,17 @@ class GroupMember:
         return reader
 
     def _join_group(self, group: str, gating: bool, claim_timeout_s: float | None) -> None:
-        self._fast = False
+        self._state.fast = False
         self._group_name = group
         table = GroupTable(self._registry)
         self._identity = current_identity()
         self._group_index, self._member_id, settings = table.join(
-            group, repr(self._filter) if self._filter is not None else "", gating, claim_timeout_s, self._cursor,
+            group, repr(self._filter) if self._filter is not None else "", gating, claim_timeout_s, self._state.cursor,
             *self._identity)
         self._group_gating = settings["gating"]
         self._claim_timeout_s = settings["claim_timeout_s"]
         self._claim_max = max(1, min(CLAIM_MAX, self.capacity // 4))
-        self._claim_hi = self._cursor  # no claim yet: nothing unread
+        self._claim_hi = self._state.cursor  # no claim yet: nothing unread
         self._claim_redelivered = False
         self._held: dict[int, int] = {}
         self._n_unacked = 0
@@ -119,7 +119,7 @@ class GroupMember:
         self._drop_range = (0, 0)  # the drop _take returned last
         self._runs: list[tuple[int, int]] = []  # as recorded in the group
         self._forfeited: set[int] = set()
-        self._hint = self._cursor + 1
+        self._hint = self._state.cursor + 1
         self._last_sync = time.monotonic()
         self._last_reap = 0.0
         self._direct = self._take_decoded if self._filter is None else None
@@ -145,7 +145,7 @@ class GroupMember:
         held = self._held
         if self._n_unacked == 0:  # everything delivered is acknowledged (UNACKED left here: by ack())
             counts = Counter(held.values())
-            runs = [(self._cursor + 1, self._claim_hi)] if self._cursor < self._claim_hi else []
+            runs = [(self._state.cursor + 1, self._claim_hi)] if self._state.cursor < self._claim_hi else []
             return runs, (counts[_ACKED] + counts[_UNACKED], counts[_FILTERED], counts[_DROPPED]), list(held)
         points = []  # runs of unacknowledged seqs, in delivery order (ascending within each claim)
         lo = hi = -2
@@ -160,8 +160,8 @@ class GroupMember:
                 lo = hi = s
         if lo >= 0:
             points.append((lo, hi))
-        if self._cursor < self._claim_hi:
-            points.append((self._cursor + 1, self._claim_hi))
+        if self._state.cursor < self._claim_hi:
+            points.append((self._state.cursor + 1, self._claim_hi))
         runs = merge_ranges(points)
         if len(runs) > MAX_RUNS - 1:  # one whole range per recorded range instead
             runs = []
@@ -210,7 +210,7 @@ class GroupMember:
         self._hint = position + 1
         if claimed is not None:
             self._runs = runs + [claimed[:2]]
-            self._cursor = claimed[0] - 1
+            self._state.cursor = claimed[0] - 1
             self._claim_hi = claimed[1]
             self._claim_redelivered = claimed[2]
         elif claim and not reap:
@@ -218,8 +218,8 @@ class GroupMember:
         if full:
             return None
         if drop is not None:
-            self._cursor = drop[1]
-            self._dropped += drop[1] - drop[0] + 1
+            self._state.cursor = drop[1]
+            self._state.dropped += drop[1] - drop[0] + 1
             self._owe_drop(*drop)
             self._publish_progress()
         return claimed is not None
@@ -242,24 +242,25 @@ class GroupMember:
         self._held.clear()
         self._n_unacked = 0
         self._runs = []
-        self._claim_hi = self._cursor
+        self._claim_hi = self._state.cursor
         self._group_index, self._member_id, _ = self._group_table.join(
-            self._group_name, repr(self._filter) if self._filter is not None else "", False, None, self._cursor,
+            self._group_name, repr(self._filter) if self._filter is not None else "", False, None, self._state.cursor,
             *self._identity)
 
     # -- reading ----------------------------------------------------------------
     def read(self, timeout: float | None = None):
         ReadResult = self._results[0]
-        seq = self._cursor + 1
+        state = self._state
+        seq = state.cursor + 1
         if seq <= self._claim_hi and self._direct is not None and not self._detached:
             envelope = self._direct(seq)
             if envelope is not None and envelope is not False:
-                self._cursor = seq
-                self._delivered += 1
+                state.cursor = seq
+                state.delivered += 1
                 self._held[seq] = _UNACKED
                 self._n_unacked += 1
-                self._unpublished += 1
-                if self._unpublished >= 256:
+                state.unpublished += 1
+                if state.unpublished >= 256:
                     self._publish_progress()
                 return ReadResult(envelope, redelivered=True) if self._claim_redelivered else ReadResult(envelope)
         taken = self._take(timeout)
@@ -273,8 +274,8 @@ class GroupMember:
         except msgspec.DecodeError:
             envelope = None
         if envelope is None or envelope.seq != seq:
-            self._delivered -= 1
-            self._dropped += 1
+            self._state.delivered -= 1
+            self._state.dropped += 1
             self._held[seq] = _DROPPED
             self._n_unacked -= 1
             return ReadResult(dropped=1, dropped_from=seq, dropped_to=seq)
@@ -317,8 +318,9 @@ class GroupMember:
         held = self._held
         if self._drops_due:
             return self._pay_drop()
+        state = self._state
         while True:
-            seq = self._cursor + 1
+            seq = state.cursor + 1
             if seq > self._claim_hi:
                 got = self._sync(self._claim_max)
                 if self._drops_due:
@@ -334,15 +336,15 @@ class GroupMember:
                 continue
             status, payload, fields = poll(seq, accept)
             if status == READY:
-                self._cursor = seq
-                self._delivered += 1
+                state.cursor = seq
+                state.delivered += 1
                 held[seq] = _UNACKED
                 self._n_unacked += 1
-                self._unpublished += 1
+                state.unpublished += 1
                 return seq, payload, fields
             if status == FILTERED:
-                self._cursor = seq
-                self._filtered += 1
+                state.cursor = seq
+                state.filtered += 1
                 held[seq] = _FILTERED
                 continue
             if status == LAPPED:  # overwritten before we read it: the rest of the claim that is gone is a drop
@@ -350,8 +352,8 @@ class GroupMember:
                 last = min(self._claim_hi, max(seq, oldest - 1))
                 for s in range(seq, last + 1):
                     held[s] = _DROPPED
-                self._cursor = last
-                self._dropped += last - seq + 1
+                state.cursor = last
+                state.dropped += last - seq + 1
                 self._publish_progress()
                 self._owe_drop(seq, last)
                 if last < self._claim_hi:
@@ -364,8 +366,8 @@ class GroupMember:
                 self._stuck_seq, self._stuck_since = seq, now
             elif now - self._stuck_since > STUCK_SLOT_S and not self._writer.alive():
                 held[seq] = _DROPPED
-                self._cursor = seq
-                self._dropped += 1
+                state.cursor = seq
+                state.dropped += 1
                 self._owe_drop(seq, seq)
                 return self._pay_drop()
             if deadline is not None and now >= deadline:
@@ -405,7 +407,7 @@ class GroupMember:
 
     def _handed_back(self, runs: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
         """At close: `runs` split into what was given (unacknowledged) and the claim's unread rest (not given)."""
-        lo, hi = self._cursor + 1, self._claim_hi
+        lo, hi = self._state.cursor + 1, self._claim_hi
         if lo > hi:
             return [(a, b, True) for a, b in runs]
         out = []

@@ -129,7 +129,7 @@ class ReplayMerge:
     __slots__ = ()
 
     def _begin_replay(self) -> int:
-        self._fast = False
+        self._state.fast = False
         self._replaying = True
         self.read = self._replay_read
         self.read_many = self._replay_read_many
@@ -142,7 +142,7 @@ class ReplayMerge:
         for attr in ("read", "read_many", "read_raw_many", "_take"):
             self.__dict__.pop(attr, None)
         self._stop_walk()
-        self._fast = self._filter is None and self._end is None and not self._detached
+        self._state.fast = self._end is None and not self._detached
 
     def _stop_walk(self) -> None:
         walk, self._replay_walk = self._replay_walk, None
@@ -160,13 +160,13 @@ class ReplayMerge:
                 return self._replay_walk
             until = self._replay_until
             self._replay_until = None
-            if until is not None and until > self._cursor:
+            if until is not None and until > self._state.cursor:
                 # A walk is done: the seqs up to its bound it did not show are other categories' events
                 # or ones the filter judged out (a lost one was shown as a drop).
-                self._filtered += until - self._cursor
-                self._cursor = until
+                self._state.filtered += until - self._state.cursor
+                self._state.cursor = until
                 self._publish_progress()
-            seq = self._cursor + 1
+            seq = self._state.cursor + 1
             core = self._core
             # The same test as the ring's (slot and data area), so the ring does not send the reader back here.
             oldest = max(core.oldest_retained(core.latest()), self._first_seq)
@@ -179,7 +179,7 @@ class ReplayMerge:
                 if not self._history.pause(deadline):
                     return None
                 continue
-            self._replay_walk = self._history.walk(self._cursor, until)
+            self._replay_walk = self._history.walk(self._state.cursor, until)
             self._replay_until = until
 
     def _replay_steps(self, max_events: int, timeout: float | None, ring_many):
@@ -203,12 +203,13 @@ class ReplayMerge:
         dropped = sum(map(_step_dropped, steps))
         delivered = len(steps) - (sum(1 for step in steps if step.dropped) if dropped else 0)
         last_seq = steps[-1].seq
-        self._filtered += last_seq - self._cursor - delivered - dropped
-        self._delivered += delivered
-        self._dropped += dropped
-        self._cursor = last_seq
-        self._unpublished += len(steps)
-        if self._unpublished >= self._progress_every:
+        state = self._state
+        state.filtered += last_seq - state.cursor - delivered - dropped
+        state.delivered += delivered
+        state.dropped += dropped
+        state.cursor = last_seq
+        state.unpublished += len(steps)
+        if state.unpublished >= state.progress_every:
             self._publish_progress()
         return steps
 
@@ -260,18 +261,19 @@ class ReplayMerge:
                 self._replay_walk = None
                 walk.close()
                 return self._replay_read(timeout)
-            cursor = self._cursor
+            state = self._state
+            cursor = state.cursor
             seq = step.seq
             if step.dropped:
-                self._dropped += step.dropped
-                self._filtered += step.dropped_from - 1 - cursor
+                state.dropped += step.dropped
+                state.filtered += step.dropped_from - 1 - cursor
             else:
-                self._delivered += 1
+                state.delivered += 1
                 if seq != cursor + 1:
-                    self._filtered += seq - 1 - cursor
-            self._cursor = seq
-            self._unpublished += 1
-            if self._unpublished >= self._progress_every:
+                    state.filtered += seq - 1 - cursor
+            state.cursor = seq
+            state.unpublished += 1
+            if state.unpublished >= state.progress_every:
                 self._publish_progress()
         if step.dropped:
             return ReadResult(dropped=step.dropped, dropped_from=step.dropped_from, dropped_to=step.dropped_to)
@@ -287,8 +289,8 @@ class ReplayMerge:
         """A line of the files as the ring's read gives it: decoded, or (not its seq's envelope) a drop of one."""
         envelope = decode_checked(step.payload, step.seq)
         if envelope is None:
-            self._delivered -= 1
-            self._dropped += 1
+            self._state.delivered -= 1
+            self._state.dropped += 1
             return ReadResult(dropped=1, dropped_from=step.seq, dropped_to=step.seq)
         return ReadResult(envelope)
 

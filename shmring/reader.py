@@ -56,13 +56,15 @@ from .layout import (
 from .liveness import ProcessWatch, current_identity
 from .groups import DEFAULT_CLAIM_TIMEOUT_S, GroupMember
 from .registry import Registry
-from .ring import EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, accelerator, check_memory_model, full_fence
+from .ring import (EMPTY, FILTERED, LAPPED, READY, WRITING, RingReaderCore, accelerator, check_memory_model,
+                   full_fence, hotpath)
 from .filters import Filter
 from .history import History, ReplayMerge
 from .results import RawRecord, ReadResult, check_max_events, decode_checked
 from .schema import Envelope, decode_envelope
 from .segment import Mapping, WakeSemaphore, open_segment, registry_shm_name, ring_shm_name, validate_ring_name
-from .waiting import DOZE, SPIN, wait_strategy
+from .waiting import DOZE, wait_strategy
+from .accounting import ReaderState
 
 __all__ = ["Reader", "GatingReader", "ReadResult", "RawRecord", "Filter", "RingInfo", "open_ring_info"]
 
@@ -75,6 +77,9 @@ a syscall, was a tenth of a plain reader's CPU per event at 10k events/s."""
 PROGRESS_EVERY = 256
 """Publish the cursor to the registry at least this often (and before sleeping)."""
 MAX_DELAY_S_LIMIT = 10.0
+
+_compiled_read = hotpath.ReadMethod if hotpath is not None else (lambda read: read)
+"""Reader.read with its per-event fast path in C, for readers whose ``_state`` is a RecordTaker."""
 
 
 class Reader(ReplayMerge):
@@ -104,19 +109,26 @@ class Reader(ReplayMerge):
             except hotpath.StructLayoutMismatch as refused:  # another msgspec: the reference path decodes
                 warnings.warn(f"{refused}; this reader decodes on the pure-Python path "
                               "(SHMRING_PURE_PYTHON=1 chooses it without a warning)", RuntimeWarning)
+        cls = type(self)
         if self._taker is not None:
             self._take_decoded = self._taker.take_decoded
             self._take_raw_run = self._taker.take_raw_run
+            # The taker holds the cursor and counters, so that its read and iteration take events in C,
+            # and applies the filter there too.
+            self._state = self._taker
+            self._taker.connect(result_type=ReadResult, on_progress=cls._publish_progress,
+                                read_slow=cls._read_slow, next_slow=cls._next_slow)
+            if _filter is not None:
+                self._taker.set_filter(kind_codes=_filter.kind_codes, detail_codes=_filter.detail_codes,
+                                       category_fields=_filter.category_fields)
         else:
             self._take_decoded = _python_take_decoded(self._core.take_ready)
             self._take_raw_run = _python_take_raw_run(self._core.take_ready_run)
-        self._fast = _filter is None  # cleared at the end of the stream
+            self._state = ReaderState()
         self._start = _cursor
-        self._cursor = _cursor
-        self._delivered = 0
-        self._dropped = 0
-        self._filtered = 0
-        self._unpublished = 0
+        self._state.cursor = _cursor
+        self._state.progress_every = PROGRESS_EVERY
+        self._state.fast = True  # cleared at the end of the stream
         self._end: ShmringError | None = None
         self._detached = False
         # A gating reader (the flusher) publishes only what its owner has
@@ -124,7 +136,6 @@ class Reader(ReplayMerge):
         # anything at or below the published cursor.
         self._committed: int | None = None
         self._rearm = False  # a plain gating reader: re-arms its gate if the writer retired it
-        self._progress_every = PROGRESS_EVERY
         self._first_seq = _info.first_seq
         self._strategy = wait_strategy(_max_delay_s)
         self._max_delay_s = _max_delay_s
@@ -259,7 +270,7 @@ class Reader(ReplayMerge):
     @property
     def cursor(self) -> int:
         """The seq of the last event consumed, dropped or filtered out."""
-        return self._cursor
+        return self._state.cursor
 
     @property
     def start_seq(self) -> int:
@@ -268,17 +279,18 @@ class Reader(ReplayMerge):
 
     @property
     def delivered(self) -> int:
-        return self._delivered
+        return self._state.delivered
 
     @property
     def dropped(self) -> int:
-        return self._dropped
+        return self._state.dropped
 
     @property
     def filtered(self) -> int:
-        return self._filtered
+        return self._state.filtered
 
     # -- reading --------------------------------------------------------------
+    @_compiled_read
     def read(self, timeout: float | None = None) -> ReadResult | None:
         """The next ReadResult; None only if `timeout` seconds pass first.
 
@@ -286,30 +298,32 @@ class Reader(ReplayMerge):
         RingClosed once the closed ring is drained, WriterGone once the
         ring of a dead writer is drained.
         """
-        if self._fast:
-            seq = self._cursor + 1
+        # The per-event fast path; with the accelerator it runs in C (_compiled_read), step for step, and
+        # applies the filter as _take does (here a filtered reader takes that path).
+        state = self._state
+        if state.fast and self._accept is None:
+            seq = state.cursor + 1
             envelope = self._take_decoded(seq)
-            if envelope is not None:
-                if envelope is False:  # whole, but not seq's envelope
-                    self._drop_to(seq)
-                    return ReadResult(dropped=1, dropped_from=seq, dropped_to=seq)
-                self._cursor = seq
-                self._delivered += 1
-                self._unpublished += 1
-                if self._unpublished >= self._progress_every:
+            if envelope is not None and envelope is not False:  # False: whole, but not seq's envelope
+                if state.took(seq):
                     self._publish_progress()
                 return ReadResult(envelope)
+        return self._read_slow(timeout)
+
+    def _read_slow(self, timeout: float | None = None) -> ReadResult | None:
+        """``read`` for whatever its fast path does not take: a wait, a drop, a filter, the end, a replay."""
         taken = self._take(timeout)
         if taken is None:
             return None
+        state = self._state
         if type(taken) is int:
             if not taken:  # the files hold the next seq: the replay's read took over
                 return self.read(timeout)
-            return ReadResult(dropped=taken, dropped_from=self._cursor - taken + 1, dropped_to=self._cursor)
+            return ReadResult(dropped=taken, dropped_from=state.cursor - taken + 1, dropped_to=state.cursor)
         envelope = decode_checked(taken[1], taken[0])
         if envelope is None:
-            self._delivered -= 1
-            self._dropped += 1
+            state.delivered -= 1
+            state.dropped += 1
             return ReadResult(dropped=1, dropped_from=taken[0], dropped_to=taken[0])
         return ReadResult(envelope)
 
@@ -355,6 +369,7 @@ class Reader(ReplayMerge):
         if taken == 0 and type(taken) is int:  # the files hold the next seq: the replay's read takes over
             return self.read_raw_many(max_events, timeout)
         records = []
+        state = self._state
         names = self._category_names
         try:
             while True:
@@ -362,22 +377,23 @@ class Reader(ReplayMerge):
                     if not taken:  # the files hold the next seq
                         records += self.read_raw_many(max_events - len(records), 0)
                         break
-                    records.append(RawRecord(self._cursor, "", b"", taken, self._cursor - taken + 1, self._cursor))
+                    cursor = state.cursor
+                    records.append(RawRecord(cursor, "", b"", taken, cursor - taken + 1, cursor))
                 else:
                     seq, payload, fields = taken
                     records.append(RawRecord(seq, names.get(fields[8]) or self._category_name(fields[8]), payload))
-                    if self._fast and len(records) < max_events:
+                    if state.fast and self._accept is None and len(records) < max_events:
                         run = self._take_raw_run(seq + 1, max_events - len(records), RawRecord, names)
                         if run:
                             records += run
-                            self._cursor = seq + len(run)
-                            self._delivered += len(run)
-                            self._unpublished += len(run)
+                            state.cursor = seq + len(run)
+                            state.delivered += len(run)
+                            state.unpublished += len(run)
                 if len(records) >= max_events or (taken := self._take(0)) is None:
                     break
         except (RingClosed, WriterGone):
             pass  # the end sticks: the next call raises it
-        if self._unpublished >= self._progress_every:
+        if state.unpublished >= state.progress_every:
             self._publish_progress()
         return records
 
@@ -388,32 +404,28 @@ class Reader(ReplayMerge):
     def _take(self, timeout: float | None):
         """The next step undecoded: (seq, payload, slot fields), a drop count, or None on timeout."""
         if self._end is not None:
-            self._fast = False
+            self._state.fast = False
             raise self._end
         if self._detached:
-            self._fast = False
+            self._state.fast = False
             raise ReaderClosed(f"this reader of ring {self.name!r} is closed; attach a new one", name=self.name)
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = self._core.poll
         accept = self._accept
+        state = self._state
         while True:
-            seq = self._cursor + 1
+            seq = state.cursor + 1
             if seq < self._first_seq:  # never in this ring: the writer continued a session from first_seq
                 if self._history is not None:
                     return self._begin_replay()
                 return self._drop_to(self._first_seq - 1)
             status, payload, fields = poll(seq, accept)
             if status == READY:
-                self._cursor = seq
-                self._delivered += 1
-                self._unpublished += 1
-                if self._unpublished >= self._progress_every:
+                if state.took(seq):
                     self._publish_progress()
                 return seq, payload, fields
             if status == FILTERED:
-                self._cursor = seq
-                self._filtered += 1
-                self._unpublished += 1
+                state.passed(seq)
                 continue
             if status == LAPPED:
                 if self._history is not None:
@@ -434,9 +446,9 @@ class Reader(ReplayMerge):
         return self.read(timeout=0)
 
     def _drop_to(self, last_lost: int) -> int:
-        lost = last_lost - self._cursor
-        self._cursor = last_lost
-        self._dropped += lost
+        lost = last_lost - self._state.cursor
+        self._state.cursor = last_lost
+        self._state.dropped += lost
         self._publish_progress()
         return lost
 
@@ -455,7 +467,7 @@ class Reader(ReplayMerge):
         if self._resynced_at is not None and seq - self._resynced_at < capacity // 4:
             oldest = min(oldest + capacity // 16, latest + 1)
         lost = self._drop_to(max(oldest, seq + 1) - 1)
-        self._resynced_at = self._cursor
+        self._resynced_at = self._state.cursor
         return lost
 
     def _await(self, seq: int, deadline: float | None) -> bool:
@@ -471,15 +483,13 @@ class Reader(ReplayMerge):
                 self._check_end(seq)
             return False
         strategy = self._strategy
-        if self._cursor != self._cursor_at_wait:
-            self._cursor_at_wait = self._cursor
+        if self._state.cursor != self._cursor_at_wait:
+            self._cursor_at_wait = self._state.cursor
             strategy.taken(now)
         action, wait_s = strategy.next_wait(now)
         if deadline is not None:
             wait_s = min(wait_s, deadline - now)
-        if action == SPIN:
-            strategy.spun(self._spin(seq, wait_s))
-        elif action == DOZE:
+        if action == DOZE:
             self._publish_progress()
             # No wait flag raised: publishes post nothing. A gating reader dozes on its
             # semaphore, which a writer it holds back posts to hurry it.
@@ -525,35 +535,27 @@ class Reader(ReplayMerge):
             if self._slot_state(seq) == EMPTY:
                 self._end = RingClosed(
                     f"ring {self.name!r} was closed by its writer and this reader has read all of it "
-                    f"(last seq {self._cursor})"
+                    f"(last seq {self._state.cursor})"
                 )
                 raise self._end
         elif (not self._writer.alive(WRITER_LOOK_S) and self._slot_state(seq) == EMPTY
               and not self._core.closed()):
             self._end = WriterGone(
                 f"the writer of ring {self.name!r} (pid {self._info.writer_pid}) died without closing "
-                f"it; this reader has read all it left (last seq {self._cursor}). "
+                f"it; this reader has read all it left (last seq {self._state.cursor}). "
                 "Run `shmring gc`, or create the ring again"
             )
             raise self._end
-
-    def _spin(self, seq: int, spin_s: float) -> bool:
-        """Poll slot `seq` for `spin_s`; back as soon as it changes. Whether it changed."""
-        end = time.perf_counter() + spin_s
-        while time.perf_counter() < end:
-            if self._slot_state(seq) != EMPTY:
-                return True
-            os.sched_yield()
-        return False
 
     def _slot_state(self, seq: int) -> int:
         """EMPTY, WRITING, LAPPED or FILTERED (= complete), without copying data."""
         return self._core.poll(seq, _reject_all)[0]
 
     def _publish_progress(self) -> None:
-        self._unpublished = 0
-        cursor = self._cursor if self._committed is None else self._committed
-        self._registry.publish_progress(self._index, cursor, self._delivered, self._dropped, self._filtered)
+        state = self._state
+        state.unpublished = 0
+        cursor = state.cursor if self._committed is None else self._committed
+        self._registry.publish_progress(self._index, cursor, state.delivered, state.dropped, state.filtered)
         if self._rearm and self._registry.gate_retired(self._index):
             self._registry.rearm_gate(self._index)  # it stalled and the writer went on; it takes events again
 
@@ -565,6 +567,12 @@ class Reader(ReplayMerge):
     # -- lifecycle ------------------------------------------------------------
     def __iter__(self) -> Iterator[ReadResult]:
         """Yield ReadResults until the ring is closed and drained."""
+        state = self._state
+        if type(state) is not ReaderState:  # the compiled taker: its iterator takes events in C
+            return state.iterate(self)
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[ReadResult]:
         while True:
             try:
                 result = self.read()
@@ -572,6 +580,16 @@ class Reader(ReplayMerge):
                 return
             if result is not None:
                 yield result
+
+    def _next_slow(self) -> ReadResult:
+        """The compiled iterator's next result when its fast path takes none; StopIteration at the end."""
+        while True:
+            try:
+                result = self.read()
+            except RingClosed:
+                raise StopIteration from None
+            if result is not None:
+                return result
 
     def close(self) -> None:
         """Detach: free the registry entry and unmap. Idempotent."""
@@ -581,7 +599,7 @@ class Reader(ReplayMerge):
         if self._detached:
             return
         self._detached = True
-        self._fast = False
+        self._state.fast = False
         if self._replay_walk is not None:
             self._stop_walk()
         try:
@@ -612,8 +630,8 @@ class Reader(ReplayMerge):
                 pass
 
     def __repr__(self) -> str:
-        return (f"<Reader {self.name!r} cursor={self._cursor} delivered={self._delivered} "
-                f"dropped={self._dropped} filtered={self._filtered}>")
+        return (f"<Reader {self.name!r} cursor={self._state.cursor} delivered={self._state.delivered} "
+                f"dropped={self._state.dropped} filtered={self._state.filtered}>")
 
 
 class GatingReader(Reader):
@@ -642,9 +660,10 @@ class GatingReader(Reader):
 
     def commit(self, seq: int | None = None) -> None:
         """Everything up to `seq` (default: all read so far) is safe; let the writer past it."""
-        seq = self._cursor if seq is None else seq
-        if not self._committed <= seq <= self._cursor:
-            raise ConfigError(f"commit {seq} is outside [{self._committed}, {self._cursor}]: commit only what was read")
+        seq = self._state.cursor if seq is None else seq
+        if not self._committed <= seq <= self._state.cursor:
+            raise ConfigError(f"commit {seq} is outside [{self._committed}, {self._state.cursor}]: "
+                              "commit only what was read")
         if seq == self._committed:
             return
         self._committed = seq

@@ -6,6 +6,8 @@ Rules:
 - ``RawRecord`` is the undecoded twin of ``ReadResult``: the envelope JSON
   exactly as the writer encoded it. Ring, files and replay-merge give the same
   types, so a consumer cannot tell (and need not care) where a step came from.
+- Neither is tracked by the cyclic garbage collector (``gc=False``): they hold
+  an Envelope, bytes and numbers, never a cycle.
 - A record's bytes become a ``ReadResult`` only through ``decode_checked``:
   bytes that are not their seq's envelope are a counted drop of one, never
   a wrong event and never an exception.
@@ -19,7 +21,7 @@ from .schema import Envelope, decode_envelope
 __all__ = ["RawRecord", "ReadResult"]
 
 
-class ReadResult(msgspec.Struct, frozen=True):
+class ReadResult(msgspec.Struct, frozen=True, gc=False):
     """One step of a stream: an envelope, or the events lost here.
 
     A drop gives the count and the inclusive seq range lost:
@@ -34,7 +36,7 @@ class ReadResult(msgspec.Struct, frozen=True):
     redelivered: bool = False
 
 
-class RawRecord(msgspec.Struct, frozen=True):
+class RawRecord(msgspec.Struct, frozen=True, gc=False):
     """One step of a stream, undecoded: an envelope's JSON as the writer encoded it, or a drop.
 
     A drop is ``RawRecord(seq=<last lost seq>, category="", payload=b"", dropped=N)``, with the

@@ -20,9 +20,9 @@ def make_event(i: int, category: str = "console", kind: str = "cdp", detail: str
                  data={"i": i, "pad": "p" * pad})
 
 
-def checksummed_event(i: int, size: int) -> Event:
+def checksummed_event(i: int, size: int, category: str = "console") -> Event:
     body = (f"{i}:" * (size // 4 + 1))[:size]
-    return Event(type="console.log", category="console", source=Source(kind="local_process"),
+    return Event(type="console.log", category=category, source=Source(kind="local_process"),
                  data={"i": i, "body": body, "crc": zlib.crc32(body.encode())})
 
 
@@ -80,6 +80,10 @@ def reader(name, results, ready, after_seq=None, filter_kwargs=None, read_timeou
     r.close()
 
 
+TORN_CATEGORIES = ("console", "network", "page")
+"""torn_read_writer's categories, in turn: seq i has TORN_CATEGORIES[i % 3]."""
+
+
 def torn_read_writer(name, ready, go, duration_s, kwargs):
     session = CaptureSession.create(name, **kwargs)
     ready.set()
@@ -90,32 +94,48 @@ def torn_read_writer(name, ready, go, duration_s, kwargs):
     while time.monotonic() < deadline:
         for _ in range(100):
             i += 1
-            session.publish(checksummed_event(i, sizes[i % len(sizes)]))
+            session.publish(checksummed_event(i, sizes[i % len(sizes)], TORN_CATEGORIES[i % 3]))
     session.close()
 
 
-def checking_reader(name, results, ready, slow_every):
-    """Verify every delivered event's checksum and the accounting invariants."""
-    r = Reader.attach(name, after_seq=0)
+def checking_reader(name, results, ready, slow_every, mode="iter", categories=None):
+    """Verify every delivered event's checksum, its category against the filter, and the accounting invariants.
+
+    mode: "iter" (``for res in r``) or "read" (``r.read()`` per event); categories: a Filter's, or None.
+    """
+    r = Reader.attach(name, after_seq=0, filter=None if categories is None else Filter(categories=categories))
     ready.set()
-    corrupt = not_increasing = 0
+    corrupt = not_increasing = off_filter = 0
     last = 0
     n = 0
-    for res in r:
+
+    def results_of(reader):
+        if mode == "iter":
+            yield from reader
+            return
+        while True:
+            try:
+                yield reader.read()
+            except RingClosed:
+                return
+
+    for res in results_of(r):
         if res.envelope is None:
             continue
         env = res.envelope
         data = msgspec.json.decode(env.event.data)
         if zlib.crc32(data["body"].encode()) != data["crc"] or data["i"] != env.seq:
             corrupt += 1
+        if env.event.category != TORN_CATEGORIES[env.seq % 3] or (categories and env.event.category not in categories):
+            off_filter += 1
         if env.seq <= last:
             not_increasing += 1
         last = env.seq
         n += 1
         if slow_every and n % slow_every == 0:
             sum(range(20000))  # a slow consumer: burn CPU, don't sleep
-    results.put(dict(corrupt=corrupt, not_increasing=not_increasing, delivered=r.delivered, dropped=r.dropped,
-                     filtered=r.filtered, cursor=r.cursor, start=r.start_seq))
+    results.put(dict(corrupt=corrupt, not_increasing=not_increasing, off_filter=off_filter, delivered=r.delivered,
+                     dropped=r.dropped, filtered=r.filtered, cursor=r.cursor, start=r.start_seq))
     r.close()
 
 

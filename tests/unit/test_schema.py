@@ -2,6 +2,8 @@
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shmring import Envelope, Event, EventTooLarge, InvalidEvent, Source
 from shmring.layout import MAX_RECORD_BYTES
@@ -224,3 +226,42 @@ def test_deeply_nested_ingest_line_is_an_invalid_event():
     with pytest.raises(InvalidEvent):
         nested = b"[" * 100000 + b"]" * 100000
         decode_event(b'{"type":"x","category":"console","source":{"kind":"cdp"},"data":' + nested + b"}")
+
+
+# -- what every decode runs: Source.__post_init__ and the GC ----------------------------------
+
+metadata_dicts = st.dictionaries(st.text(max_size=4), st.text(max_size=3), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(metadata=metadata_dicts)
+def test_a_source_holds_its_metadata_sorted_on_either_path(metadata):
+    compiled = Source.__post_init__
+    reference = getattr(compiled, "__wrapped__", compiled)  # the Python rule, where the accelerator wraps it
+    for post_init in {compiled, reference}:
+        source = Source(kind="cdp")
+        source.metadata = dict(metadata)  # assigned: no __post_init__ ran
+        post_init(source)
+        assert list(source.metadata) == sorted(metadata)
+        assert source.metadata == metadata
+    decoded = decode_envelope(encode_envelope(Envelope("s", 1, Event(type="t", category="console",
+                                                                     source=Source(kind="cdp", metadata=metadata)))))
+    assert list(decoded.event.source.metadata) == sorted(metadata)
+
+
+def test_metadata_that_is_not_a_dict_of_strings_is_left_to_prepare_on_either_path():
+    for metadata in ({"b": 1, "a": 2}, ["a"], {2: "x", 1: "y"}):
+        source = Source(kind="cdp", metadata=metadata)  # no error here: publish reports it
+        with pytest.raises(InvalidEvent, match="metadata"):
+            EventPreparer().prepare(Event(type="t", category="console", source=source))
+
+
+def test_decoded_envelopes_and_results_are_not_tracked_by_the_gc():
+    import gc
+
+    from shmring import RawRecord, ReadResult
+
+    envelope = decode_envelope(encode_envelope(Envelope("s", 1, Event(
+        type="t", category="console", source=Source(kind="cdp", metadata={"a": "b"}), data=msgspec.Raw(b"[1]")))))
+    for obj in (envelope, envelope.event, envelope.event.source, ReadResult(envelope), RawRecord(1, "console", b"{}")):
+        assert not gc.is_tracked(obj), type(obj).__name__

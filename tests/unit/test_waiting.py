@@ -2,7 +2,7 @@
 
 import pytest
 
-from shmring.waiting import BLOCK, DOZE, IDLE_CHECK_S, SPIN, BatchingWait, BlockingWait, SpinBackoff, wait_strategy
+from shmring.waiting import BLOCK, DOZE, IDLE_CHECK_S, BatchingWait, BlockingWait, SpinBackoff, wait_strategy
 
 
 def test_factory_picks_by_budget():
@@ -18,15 +18,25 @@ def test_an_idle_blocking_reader_blocks_for_the_idle_check():
     assert w.next_wait(11.0) == (BLOCK, IDLE_CHECK_S)
 
 
-def test_blocking_reader_spins_only_when_events_come_faster_than_a_wake():
+def test_a_hot_blocking_reader_that_finds_nothing_dozes_once_then_blocks():
     w = BlockingWait()
     w.taken(1.0)
     w.taken(1.0 + 5e-6)  # 5 µs apart: a hot stream
-    assert w.next_wait(1.00001) == (SPIN, BlockingWait.SPIN_S)
-    assert w.next_wait(1.00004) == (BLOCK, IDLE_CHECK_S)  # the spin found nothing: sleep
+    assert w.next_wait(1.00001) == (DOZE, BlockingWait.DOZE_S)  # the writer paused: take what comes meanwhile
+    assert w.next_wait(1.0002) == (BLOCK, IDLE_CHECK_S)  # the doze found nothing either: sleep until woken
 
 
-def test_blocking_reader_at_ten_thousand_a_second_never_spins():
+def test_a_hot_blocking_reader_dozes_each_time_it_catches_up():
+    w = BlockingWait()
+    t = 1.0
+    w.taken(t - 2e-6)
+    for _ in range(100):
+        w.taken(t)
+        assert w.next_wait(t + 1e-6) == (DOZE, BlockingWait.DOZE_S)
+        t += 2e-6
+
+
+def test_blocking_reader_at_ten_thousand_a_second_blocks_for_every_event():
     w = BlockingWait()
     t = 5.0
     for _ in range(100):
@@ -90,32 +100,16 @@ def test_blocking_reader_ignores_dozes():
     assert w.next_wait(3.0) == (BLOCK, IDLE_CHECK_S)
 
 
-def test_blocking_reader_backs_off_from_spins_that_find_nothing_and_resumes_when_one_does():
+def test_blocking_reader_after_a_burst_and_a_quiet_dozes_once_per_burst():
     w = BlockingWait()
     t = 1.0
-
-    def burst_then_wait():
-        nonlocal t
+    for _ in range(20):
         w.taken(t)
         w.taken(t + 2e-6)  # a burst: two takes 2 µs apart, then nothing for a while
+        assert w.next_wait(t + 3e-6) == (DOZE, BlockingWait.DOZE_S)
+        assert w.next_wait(t + 2e-4) == (BLOCK, IDLE_CHECK_S)
         t += 1e-3
-        return w.next_wait(t - 1e-3 + 3e-6)[0]
 
-    decisions = []
-    for _ in range(40):
-        action = burst_then_wait()
-        decisions.append(action)
-        if action == SPIN:
-            w.spun(False)
-    spins = [i for i, a in enumerate(decisions) if a == SPIN]
-    assert spins[:5] == [0, 2, 5, 10, 19]  # skipping 1, 2, 4, 8 chances after each failed spin
-    assert burst_then_wait() == BLOCK
-    waited = 1
-    while burst_then_wait() != SPIN:  # the back-off runs out: it is capped at MAX_SKIP chances
-        waited += 1
-    assert waited <= BlockingWait.MAX_SKIP
-    w.spun(True)  # this one found its event: a hot stream again
-    assert burst_then_wait() == SPIN
 
 
 def test_spin_backoff_skips_twice_as_many_chances_after_each_fruitless_spin_and_resets_on_a_find():
