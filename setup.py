@@ -13,8 +13,8 @@ import platform
 
 from setuptools import Extension, setup
 
-SOURCES = ["compact.c", "encode.c", "config.c", "fields.c", "writer.c", "taker.c", "metadata.c", "eventcount.c",
-           "module.c"]
+SOURCES = ["compact.c", "encode.c", "config.c", "fields.c", "writer.c", "taker.c", "metadata.c", "method.c",
+           "eventcount.c", "module.c"]
 
 ext_modules = []
 if platform.machine().lower() in ("x86_64", "amd64"):

@@ -33,6 +33,8 @@ The parts, one extension (setup.py builds them together):
 - taker.c: the RecordTaker type, the reader's take-and-decode, its cursor
   and its per-event read (ReadMethod) and iteration (ReadIterator);
 - metadata.c: Source.__post_init__ (MetadataOrder), which every decode calls;
+- method.c: what ReadMethod and MetadataOrder share (compiled methods with a
+  Python reference);
 - eventcount.c: the ring's wake word (one futex for every compiled sleeper);
 - module.c: the module, its functions and its initialisation.
 This header declares what one part uses of another; everything else is static.
@@ -155,19 +157,33 @@ extern PyMethodDef eventcount_methods[];
 #define WAIT_SEMAPHORE 1
 #define WAIT_FUTEX 2
 
+/* -- method.c -------------------------------------------------------------- */
+
+/* A compiled method with a Python reference: a method descriptor whose vectorcall runs the common case and calls
+   `reference` (the Python function it stands for) for the rest. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *reference;
+} CompiledMethod;
+
+/* A new CompiledMethod of `type` from args (reference), calling through `call`: a tp_new's body. */
+PyObject *compiled_method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs, vectorcallfunc call);
+
+/* Make and add to `module` the CompiledMethod type `qualified` (a static string: "shmring._hotpath.X"). */
+int add_compiled_method(PyObject *module, const char *qualified, const char *doc, newfunc new);
+
 /* -- metadata.c ------------------------------------------------------------ */
 
-int metadata_init(void);
-extern PyType_Spec MetadataOrder_spec;
+int metadata_init(PyObject *module);
 
 /* -- writer.c, taker.c, module.c ------------------------------------------- */
 
 int writer_init(void);
 extern PyType_Spec Writer_spec;
 extern PyType_Spec Taker_spec;
-extern PyType_Spec ReadMethod_spec;
 
-/* After the RecordTaker type is made: remembers it, and adds the ReadIterator type to `module`. */
+/* After the RecordTaker type is made: remembers it, and adds the ReadIterator and ReadMethod types to `module`. */
 int taker_init(PyObject *module, PyObject *taker_type);
 
 /* The tp_dealloc of both types (GC-tracked heap types): untrack, `clear`, free, release the type. */

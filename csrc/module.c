@@ -60,8 +60,7 @@ static int module_exec(PyObject *module) {
     PyObject *taker_type;
     if (add_type(module, &Writer_spec, "Writer") == NULL ||
         (taker_type = add_type(module, &Taker_spec, "RecordTaker")) == NULL ||
-        add_type(module, &ReadMethod_spec, "ReadMethod") == NULL || taker_init(module, taker_type) < 0 ||
-        metadata_init() < 0 || add_type(module, &MetadataOrder_spec, "MetadataOrder") == NULL)
+        taker_init(module, taker_type) < 0 || metadata_init(module) < 0)
         return -1;
     if (PyModule_AddFunctions(module, eventcount_methods) < 0) return -1;
     return 0;

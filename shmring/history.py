@@ -264,17 +264,20 @@ class ReplayMerge:
             state = self._state
             cursor = state.cursor
             seq = step.seq
-            if step.dropped:
-                state.dropped += step.dropped
-                state.filtered += step.dropped_from - 1 - cursor
+            if not step.dropped and seq == cursor + 1:  # the common case, in one call
+                if state.took(seq):
+                    self._publish_progress()
             else:
-                state.delivered += 1
-                if seq != cursor + 1:
+                if step.dropped:
+                    state.dropped += step.dropped
+                    state.filtered += step.dropped_from - 1 - cursor
+                else:
+                    state.delivered += 1
                     state.filtered += seq - 1 - cursor
-            state.cursor = seq
-            state.unpublished += 1
-            if state.unpublished >= state.progress_every:
-                self._publish_progress()
+                state.cursor = seq
+                state.unpublished += 1
+                if state.unpublished >= state.progress_every:
+                    self._publish_progress()
         if step.dropped:
             return ReadResult(dropped=step.dropped, dropped_from=step.dropped_from, dropped_to=step.dropped_to)
         try:  # _replay_decoded, inline: this is the per-event path of a decoding replay
