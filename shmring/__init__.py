@@ -26,7 +26,6 @@ from .errors import (
     UnsupportedPlatform,
     WriterGone,
 )
-from .flusher import Flusher
 from .producer import Producer
 from .reader import Filter, RawRecord, Reader, ReadResult
 from .schema import Envelope, Event, Source
@@ -68,14 +67,21 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    # AsyncReader is imported on first use: asyncio costs every process that never needs it ~50 ms to start.
-    if name == "AsyncReader":
-        from .aio import AsyncReader
+_LAZY = {"AsyncReader": "aio", "Flusher": "flusher"}
+"""Imported on first use. AsyncReader: asyncio costs every process that never needs it ~50 ms to start.
+Flusher: ``python -m shmring.flusher`` runs that module as ``__main__``, and runpy warns when importing the
+package has already imported the module it is about to run."""
 
-        return AsyncReader
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"AsyncReader"})
+    return sorted(set(globals()) | set(_LAZY))
