@@ -14,7 +14,12 @@ Rules:
   ``max_buffered_bytes``; the connection whose next bytes would take the
   total over it gets an error reply after the replies to its complete lines,
   and is closed, its partial line released. At most ``max_connections`` are
-  served at once; one more gets an error reply and is closed. Beyond that,
+  served at once; one more gets an error reply and is closed. Only
+  connections whose producer is still there count: before it refuses one,
+  the server looks for served connections whose peer has hung up (a burst
+  of connect-then-close leaves many whose tasks have not yet seen their
+  end), and counts those no more; their tasks still answer and publish the
+  complete lines they hold, then end. Beyond that,
   each connection's stream buffers are bounded on their own: the socket is
   not read past ``2 * READ_CHUNK_BYTES`` unread (plus one socket read), and
   its task reads nothing while ``WRITE_HIGH_WATER_BYTES`` of replies wait.
@@ -28,6 +33,7 @@ Rules:
 import asyncio
 import contextlib
 import os
+import select
 
 import msgspec
 
@@ -76,7 +82,8 @@ class IngestServer:
         self.max_connections = max_connections
         self.max_buffered_bytes = max_buffered_bytes
         self._server = None
-        self._tasks: set[asyncio.Task] = set()  # one per connection being served
+        self._tasks: dict[asyncio.Task, int] = {}  # one per connection being served: its socket's fd
+        self._hung_up: set[asyncio.Task] = set()  # served, but their producer has gone
         self.buffered_bytes = 0  # the partial lines held, summed over connections
         self.accepted = 0
         self.rejected = 0
@@ -85,6 +92,20 @@ class IngestServer:
     def connections(self) -> int:
         """The connections being served."""
         return len(self._tasks)
+
+    def _live_connections(self) -> int:
+        """The served connections whose producer is still there (those found hung up no longer count)."""
+        if len(self._tasks) - len(self._hung_up) >= self.max_connections:
+            poller = select.poll()
+            fds = {}
+            for task, fd in self._tasks.items():
+                if task not in self._hung_up and fd >= 0:
+                    poller.register(fd, select.POLLRDHUP)
+                    fds[fd] = task
+            for fd, events in poller.poll(0):
+                if events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    self._hung_up.add(fds[fd])
+        return len(self._tasks) - len(self._hung_up)
 
     async def start(self) -> None:
         prepare_socket_path(self.path)
@@ -128,13 +149,14 @@ class IngestServer:
         return b'{"seq":%d}\n' % seq
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.connections >= self.max_connections:
+        if self._live_connections() >= self.max_connections:
             writer.write(_error_line(f"too many connections: the server serves at most {self.max_connections} "
                                      "at once; retry later"))
             writer.close()
             return
         task = asyncio.current_task()
-        self._tasks.add(task)
+        sock = writer.get_extra_info("socket")
+        self._tasks[task] = sock.fileno() if sock is not None else -1
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
         pending = bytearray()  # its length is always counted in self.buffered_bytes
         overlong = False
@@ -183,7 +205,8 @@ class IngestServer:
         finally:
             # Released before the close: a producer that sees its end finds the server's count already down.
             self._release(pending)
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
+            self._hung_up.discard(task)
             writer.close()
 
     def _release(self, pending: bytearray) -> None:

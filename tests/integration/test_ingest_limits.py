@@ -11,6 +11,7 @@ ended, a complete line sent before the limit was hit left unanswered.
 """
 
 import asyncio
+import errno
 import json
 import socket
 import threading
@@ -196,3 +197,36 @@ def test_many_fragments_never_hold_more_than_the_limit(ingest, connect):
 def test_limits_must_be_positive_whole_numbers(tmp_path, limits):
     with pytest.raises(ConfigError, match="at least 1"):
         IngestServer(str(tmp_path / "x.sock"), Recorder(), **limits)
+
+
+def test_a_burst_of_closed_connections_does_not_refuse_a_live_producer(ingest, connect):
+    server, recorder = ingest()
+    deadline = time.monotonic() + DEADLINE_S
+    for _ in range(2000):  # connect, then hang up at once: none of these is a producer any more
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gone:
+            gone.setblocking(False)
+            while gone.connect_ex(server.path) == errno.EAGAIN:  # the accept backlog is full: the server catches up
+                assert time.monotonic() < deadline, "the server stopped accepting"
+                time.sleep(0.001)
+    producer = connect(server.path)
+    producer.sendall(line(1))
+    assert replies(producer, 1) == [{"seq": 1}]
+    wait_for(lambda: server.connections == 1, "the hung-up connections' tasks ended")
+    assert len(recorder.events) == 1
+
+
+def test_a_flood_of_open_connections_is_still_refused_and_the_served_still_served(ingest, connect):
+    server, recorder = ingest(max_connections=8)
+    served = [connect(server.path) for _ in range(8)]
+    wait_for(lambda: server.connections == 8, "eight connections served")
+    refused = connect(server.path)
+    answer = replies_until_end(refused)
+    assert len(answer) == 1 and answer[0]["error"].startswith("too many connections: the server serves at most 8")
+    for i, sock in enumerate(served):
+        sock.sendall(line(i))
+        assert "seq" in replies(sock, 1)[0]
+    served[0].close()  # one producer leaves: its place is free again, at once
+    late = connect(server.path)
+    late.sendall(line(99))
+    assert "seq" in replies(late, 1)[0]
+    assert len(recorder.events) == 9
