@@ -24,6 +24,12 @@ Rules:
   writer nothing.
 - With ``archive=``, a step that replays history reads the files on the loop,
   in batches of at most ``max_events``.
+- ``group=G`` makes it a member of consumer group G with Reader's rules
+  (claims, ``ack``, redelivery after ``claim_timeout_s`` or the member's
+  death; groups.py). A member, like a ``gating=True`` reader, keeps the
+  registry entry its attach claimed (the group and the gate are recorded
+  there): it counts against the 64, and the waker only wakes it. It waits
+  for its claim's rest, or for the group's next unclaimed seq.
 """
 
 import asyncio
@@ -33,6 +39,7 @@ import threading
 import time
 
 from .errors import ConfigError, RingClosed
+from .groups import DEFAULT_CLAIM_TIMEOUT_S
 from .reader import WRITER_LOOK_S, RawRecord, Reader, ReadResult
 from .ring import EMPTY, full_fence
 from .filters import Filter
@@ -47,7 +54,7 @@ ENDED_POLL_S = 0.05
 class AsyncReader:
     """A cursor over one ring for asyncio. Create with ``await AsyncReader.attach(name)``."""
 
-    def __init__(self, *, _reader: Reader, _waker: "_Waker", _token: int):
+    def __init__(self, *, _reader: Reader, _waker: "_Waker", _token: int | None):
         self._reader = _reader
         self._waker = _waker
         self._token = _token
@@ -57,18 +64,24 @@ class AsyncReader:
 
     @classmethod
     async def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None,
-                     archive: "str | os.PathLike | None" = None, max_delay_s: float = 0.0) -> "AsyncReader":
-        """Attach to ring `name`; the arguments are ``Reader.attach``'s (archive: a flusher's directory)."""
+                     archive: "str | os.PathLike | None" = None, max_delay_s: float = 0.0, group: str | None = None,
+                     gating: bool = False,
+                     claim_timeout_s: float | None = DEFAULT_CLAIM_TIMEOUT_S) -> "AsyncReader":
+        """Attach to ring `name`; the arguments are ``Reader.attach``'s (archive: a flusher's directory; group: a
+        consumer group to join, with ``ack``)."""
         loop = asyncio.get_running_loop()
         kwargs = dict(after_seq=after_seq, filter=filter, max_delay_s=max_delay_s)
         if archive is not None:
             if "archive" not in _reader_attach_parameters():
                 raise ConfigError("archive= needs replay-merge, which this shmring's Reader.attach lacks")
             kwargs["archive"] = archive
+        if group is not None or gating:
+            kwargs.update(group=group, gating=gating, claim_timeout_s=claim_timeout_s)
         reader = Reader.attach(name, **kwargs)
         try:
             waker = _Waker.of(reader)
-            token = waker.adopt(reader, loop)
+            # A plain reader hands its entry back; a member or a gating reader keeps it (its group or its gate).
+            token = waker.adopt(reader, loop) if group is None and not gating else None
         except BaseException:
             reader.close()
             raise
@@ -121,6 +134,15 @@ class AsyncReader:
     def filtered(self) -> int:
         return self._reader.filtered
 
+    @property
+    def group(self) -> str | None:
+        """The consumer group this reader is a member of, or None."""
+        return getattr(self._reader, "group", None)
+
+    def ack(self, seq: int | None = None) -> None:
+        """Acknowledge an event of this member's group (``Reader.ack``): `seq`, or all delivered so far."""
+        self._reader.ack(seq)
+
     # -- reading ---------------------------------------------------------------
     async def read(self, timeout: float | None = None) -> ReadResult | None:
         """The next ReadResult; None only if `timeout` seconds pass first (as ``Reader.read``)."""
@@ -141,6 +163,8 @@ class AsyncReader:
             result = poll()
             if got(result):
                 return result
+            if getattr(self._reader, "_refused", False):  # a member that must acknowledge first: no wait helps
+                raise self._reader._too_much_unacknowledged()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return nothing
@@ -306,8 +330,10 @@ class _Waker:
         self.progress[token] = (reader.cursor, reader.delivered, reader.dropped, reader.filtered)
         return token
 
-    def forget(self, token: int) -> None:
-        self.progress.pop(token, None)
+    def forget(self, token: int | None) -> None:
+        """An async reader of this waker closed (its adoption token, None if it kept its own entry)."""
+        if token is not None:
+            self.progress.pop(token, None)
         with _Waker._lock:
             self._users -= 1
             if self._users > 0:
@@ -331,7 +357,7 @@ class _Waker:
             self._waiting.setdefault(loop, []).append(future)
         self._wanted.set()
         # Registered before the last look: whatever is published after that look wakes this future.
-        if reader._slot_state(reader.cursor + 1) != EMPTY or self.ended:
+        if reader._slot_state(reader._awaited()) != EMPTY or self.ended:
             future.cancel()
             return
         try:

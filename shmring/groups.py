@@ -120,6 +120,7 @@ class GroupMember:
         self._runs: list[tuple[int, int]] = []  # as recorded in the group
         self._forfeited: set[int] = set()
         self._hint = self._state.cursor + 1
+        self._refused = False  # the last claim was refused: too much unacknowledged (see _take)
         self._last_sync = time.monotonic()
         self._last_reap = 0.0
         self._direct = self._take_decoded if self._filter is None else None
@@ -323,14 +324,13 @@ class GroupMember:
             seq = state.cursor + 1
             if seq > self._claim_hi:
                 got = self._sync(self._claim_max)
+                self._refused = got is None
                 if self._drops_due:
                     return self._pay_drop()
                 if got is None:  # too much unacknowledged to claim more
                     if timeout == 0:
                         return None  # a batch (read_many) ends here; the caller acknowledges, then reads on
-                    raise ConfigError(f"this member of group {self._group_name!r} holds {MAX_RUNS} separate ranges "
-                                      "of unacknowledged events, the most it may; acknowledge them (reader.ack()) "
-                                      "before reading more", name=self.name)
+                    raise self._too_much_unacknowledged()
                 if not got and not self._await(self._hint, deadline):
                     return None
                 continue
@@ -373,6 +373,17 @@ class GroupMember:
             if deadline is not None and now >= deadline:
                 return None
             time.sleep(0.0002)
+
+    def _too_much_unacknowledged(self) -> ConfigError:
+        return ConfigError(f"this member of group {self._group_name!r} holds {MAX_RUNS} separate ranges of "
+                           "unacknowledged events, the most it may; acknowledge them (reader.ack()) before reading "
+                           "more", name=self.name)
+
+    def _awaited(self) -> int:
+        """The seq whose publishing may give this member something to read: the rest of its claim, else the
+        group's next unclaimed seq (what an AsyncReader's waker looks at before it sleeps)."""
+        cursor = self._state.cursor
+        return cursor + 1 if cursor < self._claim_hi else self._hint
 
     # -- acknowledgement ------------------------------------------------------------
     def ack(self, seq: int | None = None) -> None:

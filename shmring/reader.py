@@ -547,6 +547,10 @@ class Reader(ReplayMerge):
             )
             raise self._end
 
+    def _awaited(self) -> int:
+        """The seq whose publishing gives this reader something to read (a group member's differs)."""
+        return self._state.cursor + 1
+
     def _slot_state(self, seq: int) -> int:
         """EMPTY, WRITING, LAPPED or FILTERED (= complete), without copying data."""
         return self._core.poll(seq, _reject_all)[0]

@@ -6,7 +6,12 @@ What runs, each in its own process:
 - ``--readers`` readers, kinds in turn: fast, slow (burns ``--slow-us`` of CPU
   per event), filtered (``Filter(categories=["network"])``), filtered and slow
   (``["console", "page"]``);
-- a flusher, ``python -m shmring flush NAME DIR`` (what ``serve --log-dir`` runs).
+- a flusher, ``python -m shmring flush NAME DIR`` (what ``serve --log-dir`` runs);
+- ``--members`` members of one gating consumer group, kinds in turn: a
+  ``Reader`` (``read_many``, ``ack(seq)`` per event) and an ``AsyncReader``
+  (``read_many``, ``ack()`` per batch), with a short ``claim_timeout_s``
+  (``MEMBER_CLAIM_TIMEOUT_S``). Each records every event it gets (seq,
+  redelivered) with one unbuffered write *before* it acknowledges it.
 
 Faults, injected at random (``--seed``) for a bounded time, then stopped:
 - SIGKILL of a reader, restarted 0.1-0.5 s later as a new reader: every other
@@ -17,7 +22,10 @@ Faults, injected at random (``--seed``) for a bounded time, then stopped:
 - SIGKILL of the flusher, restarted 0.1-0.6 s later (well inside the writer's
   ``--grace``, so nothing may be lost); in runs long enough, one long outage of
   grace + 1.5 s, after which the writer goes on and the gap must be recorded;
-- a burst of publishing (SIGUSR1 to the writer).
+- a burst of publishing (SIGUSR1 to the writer);
+- SIGKILL of a group member, restarted 0.1-0.5 s later (it joins the group
+  where it stands); SIGSTOP of a member for 0.3-1.0 s (past its claim
+  timeout: its claims go to the others, and it joins again when it wakes).
 
 What is verified (each failure is a violation; the exit status is 1 if any):
 - every reader instance that was not killed, read to ``RingClosed``:
@@ -34,6 +42,11 @@ What is verified (each failure is a violation; the exit status is 1 if any):
   ``_gaps.jsonl`` are exactly 1..last seq, without overlap; every gap falls in
   a flusher outage longer than the grace period (anything else was lost while
   the writer should have been waiting for the flusher); the checkpoint ends at the last seq; the last flusher exits 0;
+- the group, over the records of every member instance (killed ones too):
+  every seq 1..last went to some member (none lost: the group gates), no seq
+  went to two members fresh (every second delivery is marked redelivered),
+  no drop, no corrupt payload; each member that read to the end ended with
+  ``RingClosed``;
 - no process exits unexpectedly; nothing of the ring is left in /dev/shm.
 
 The report lists, per reader (summed over its instances that read to the
@@ -71,13 +84,17 @@ import zlib
 
 import msgspec
 
-from stress_checks import (CATEGORIES, KIND_FILTERS, READER_CHECKS, READER_KINDS, TYPES, Data, check_flusher_files,
-                           check_reader, check_writer, gap_explained, seqs_of_categories_in)
+from stress_checks import (CATEGORIES, KIND_FILTERS, MEMBER_KINDS, READER_CHECKS, READER_KINDS, TYPES, Data,
+                           check_flusher_files, check_group, check_member, check_reader, check_writer, gap_explained,
+                           payload_ok, seqs_of_categories_in)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STALL_S = 30.0
 """A reader that sees nothing for this long reports a stall (a violation)."""
 GO_TIMEOUT_S = 60.0
+GROUP = "stress"
+MEMBER_CLAIM_TIMEOUT_S = 0.5
+"""Shorter than a member's SIGSTOP (0.3-1.0 s), so some stops forfeit claims that the others then get redelivered."""
 BURST_SLOTS = 4
 """A burst publishes this many ring capacities flat out."""
 
@@ -202,7 +219,6 @@ def reader_main(cfg: dict) -> int:
     not_accepted = set(CATEGORIES) - accepted
     reader = Reader.attach(cfg["name"], after_seq=cfg["after_seq"], filter=filt)
     decode = msgspec.json.Decoder(Data).decode
-    crc32 = zlib.crc32
     perf = time.perf_counter
     read = reader.read
     out = {"pid": os.getpid(), "kind": cfg["kind"], "after_seq": cfg["after_seq"], "start": reader.start_seq,
@@ -247,14 +263,7 @@ def reader_main(cfg: dict) -> int:
                     note("order", f"seq {seq} after {last}")
                 last = seq
                 event = env.event
-                try:
-                    d = decode(event.data)
-                    ok = (d.i == seq and crc32(d.body.encode(), seq & 0xFFFFFFFF) == d.crc
-                          and event.category == CATEGORIES[seq % 3] and event.type == TYPES[event.category])
-                except Exception as exc:  # a torn or garbled payload
-                    ok = False
-                    note("corrupt", f"seq {seq}: {type(exc).__name__}: {exc}")
-                if not ok:
+                if not payload_ok(seq, event, decode):
                     out["corrupt"] += 1
                     note("corrupt", f"seq {seq}: {bytes(event.data)[:80]!r}")
                 if event.category not in accepted:
@@ -278,6 +287,84 @@ def reader_main(cfg: dict) -> int:
         out.update(cursor=reader.cursor, delivered=reader.delivered, dropped=reader.dropped,
                    filtered=reader.filtered, last_seq_seen=last)
         reader.close()
+        write_json_atomic(cfg["result"], out)
+    return 0
+
+
+# =============================================================================
+# Child: a consumer group member
+# =============================================================================
+
+def member_main(cfg: dict) -> int:
+    from shmring import AsyncReader, Reader, RingClosed, WriterGone
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    decode = msgspec.json.Decoder(Data).decode
+    fd = os.open(cfg["records"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    out = {"pid": os.getpid(), "kind": cfg["kind"], "events": 0, "redelivered": 0, "drops": 0, "corrupt": 0,
+           "ending": None, "examples": []}
+
+    def record(results) -> None:
+        """Check and record a batch (one write, before the acknowledgement)."""
+        lines = []
+        for r in results:
+            if r.dropped:
+                out["drops"] += r.dropped
+                lines.append(f"D {r.dropped_from} {r.dropped_to}\n")
+                continue
+            env = r.envelope
+            if not payload_ok(env.seq, env.event, decode):
+                out["corrupt"] += 1
+                if len(out["examples"]) < 5:
+                    out["examples"].append(f"corrupt seq {env.seq}: {bytes(env.event.data)[:80]!r}")
+            out["events"] += 1
+            out["redelivered"] += r.redelivered
+            lines.append(f"{env.seq} {int(r.redelivered)}\n")
+        if lines:
+            os.write(fd, "".join(lines).encode())
+
+    kwargs = dict(group=GROUP, gating=True, after_seq=0, claim_timeout_s=MEMBER_CLAIM_TIMEOUT_S)
+    try:
+        if cfg["kind"] == "member":
+            reader = Reader.attach(cfg["name"], **kwargs)
+            try:
+                while True:
+                    batch = reader.read_many(64, timeout=STALL_S)
+                    if not batch:
+                        out["ending"] = "stall"
+                        break
+                    record(batch)
+                    for r in batch:
+                        if not r.dropped:
+                            reader.ack(r.envelope.seq)
+            except RingClosed:
+                out["ending"] = "closed"
+            except WriterGone:
+                out["ending"] = "writer_gone"
+            finally:
+                reader.close()
+        else:
+            import asyncio
+
+            async def run():
+                reader = await AsyncReader.attach(cfg["name"], **kwargs)
+                try:
+                    while True:
+                        batch = await reader.read_many(64, timeout=STALL_S)
+                        if not batch:
+                            return "stall"
+                        record(batch)
+                        reader.ack()
+                except RingClosed:
+                    return "closed"
+                except WriterGone:
+                    return "writer_gone"
+                finally:
+                    reader.close()
+
+            out["ending"] = asyncio.run(run())
+    finally:
+        os.close(fd)
         write_json_atomic(cfg["result"], out)
     return 0
 
@@ -335,13 +422,15 @@ class Stress:
         self.pending: list[tuple[float, str, object]] = []  # (due, description, action)
         self.faults = {"reader_kills": 0, "reader_restarts_resuming": 0, "reader_restarts_at_head": 0,
                        "reader_stops": 0, "reader_stopped_s": 0.0, "flusher_kills": 0, "long_outages": 0,
-                       "bursts": 0}
+                       "bursts": 0, "member_kills": 0, "member_stops": 0}
         self.outages: list[dict] = []
         self.fault_log: list[str] = []
         self.t0 = time.monotonic()
         self.writer: Child | None = None
         self.flusher: Child | None = None
         self.readers: dict[str, Child] = {}
+        self.members: dict[str, Child] = {}
+        self.member_kinds = {f"g{i}": MEMBER_KINDS[i % len(MEMBER_KINDS)] for i in range(args.members)}
         self.reader_kinds = {f"r{i}": READER_KINDS[i % len(READER_KINDS)] for i in range(args.readers)}
         self.resume_next = {slot: (i % 2 == 0) for i, slot in enumerate(self.reader_kinds)}
         self.instance = 0
@@ -391,6 +480,18 @@ class Stress:
         child = self._spawn("reader", slot, self._child_argv("_reader", cfg), cfg)
         self.readers[slot] = child
         return child
+
+    def start_member(self, slot: str) -> Child:
+        base = self._next_base(slot)
+        cfg = dict(name=self.name, kind=self.member_kinds[slot], records=base + ".rec", result=base + ".json",
+                   base=base)
+        child = self._spawn("member", slot, self._child_argv("_member", cfg), cfg)
+        self.members[slot] = child
+        return child
+
+    def attached_children(self) -> list[Child]:
+        """Everyone who takes from the ring: the flusher, the readers, the members."""
+        return [c for c in (self.flusher, *self.readers.values(), *self.members.values()) if c is not None]
 
     def sample(self, child: Child) -> None:
         """psutil: CPU time so far and resident memory (peak of the samples)."""
@@ -475,8 +576,8 @@ class Stress:
             return None
         latest, entries = view
         now = time.monotonic()
-        for child in [self.flusher, *self.readers.values()]:
-            if child is not None and child.attached_at is None and child.pid in entries:
+        for child in self.attached_children():
+            if child.attached_at is None and child.pid in entries:
                 child.attached_at = now
                 if child.role == "flusher":
                     self.flusher_attached(child, latest)
@@ -500,10 +601,34 @@ class Stress:
         return False
 
     # -- faults -------------------------------------------------------------------------
-    def running_readers(self) -> list[str]:
+    def running_readers(self, children: dict[str, Child] | None = None) -> list[str]:
         busy = {desc.split()[1] for _, desc, _ in self.pending if desc.startswith(("restart", "cont"))}
-        return [slot for slot, c in self.readers.items()
+        return [slot for slot, c in (self.readers if children is None else children).items()
                 if not c.reaped and not c.stopped and c.attached_at is not None and slot not in busy]
+
+    def fault_kill_member(self) -> bool:
+        slots = self.running_readers(self.members)
+        if len(slots) < 2:  # one member at least keeps going, or the group would hold the writer back
+            return False
+        slot = self.rng.choice(slots)
+        child = self.members[slot]
+        self.kill(child)
+        delay = self.rng.uniform(0.1, 0.5)
+        self.faults["member_kills"] += 1
+        self.log(f"SIGKILL member {slot} pid {child.pid}; restart in {delay:.2f} s")
+
+        def restart():
+            c = self.start_member(slot)
+            self.log(f"restarted member {slot} as pid {c.pid}")
+
+        self.pending.append((time.monotonic() + delay, f"restart {slot}", restart))
+        return True
+
+    def fault_stop_member(self) -> bool:
+        slots = self.running_readers(self.members)
+        if len(slots) < 2:
+            return False
+        return self._stop(self.members[self.rng.choice(slots)], "member_stops")
 
     def fault_kill_reader(self) -> bool:
         slots = self.running_readers()
@@ -533,13 +658,17 @@ class Stress:
         slots = self.running_readers()
         if not slots:
             return False
-        slot = self.rng.choice(slots)
-        child = self.readers[slot]
+        return self._stop(self.readers[self.rng.choice(slots)], "reader_stops")
+
+    def _stop(self, child: Child, counter: str) -> bool:
+        """SIGSTOP `child` for 0.3-1.0 s (a SIGCONT is scheduled)."""
+        slot = child.slot
         duration = self.rng.uniform(0.3, 1.0)
         self.signal(child, signal.SIGSTOP)
         child.stopped = True
-        self.faults["reader_stops"] += 1
-        self.faults["reader_stopped_s"] += duration
+        self.faults[counter] += 1
+        if counter == "reader_stops":
+            self.faults["reader_stopped_s"] += duration
         self.log(f"SIGSTOP {slot} pid {child.pid} for {duration:.2f} s")
 
         def cont():
@@ -609,6 +738,8 @@ class Stress:
                     self.start_flusher()
                 elif self.readers.get(child.slot) is child:
                     self.start_reader(child.slot, None)
+                elif self.members.get(child.slot) is child:
+                    self.start_member(child.slot)
         return True
 
     # -- the run --------------------------------------------------------------------------
@@ -626,7 +757,9 @@ class Stress:
             self.start_flusher()
             for slot in self.reader_kinds:
                 self.start_reader(slot, 0)
-            if not self.wait_attached([self.flusher, *self.readers.values()], 30):
+            for slot in self.member_kinds:
+                self.start_member(slot)
+            if not self.wait_attached(self.attached_children(), 30):
                 return self.finish()
             startup = time.monotonic() - self.t0
             window = max(2.0, a.seconds - startup - (2.0 + 0.1 * a.seconds))
@@ -639,16 +772,19 @@ class Stress:
                      + (f", a long flusher outage at {0.45 * window:.1f} s" if long_outage else ""))
             # The first four faults cover every kind; then at random.
             plan = [self.fault_stop_reader, self.fault_kill_reader, self.fault_kill_flusher, self.fault_burst]
-            self.rng.shuffle(plan)
             choices = [self.fault_kill_reader, self.fault_stop_reader, self.fault_stop_reader,
                        self.fault_kill_flusher, self.fault_burst]
+            if len(self.member_kinds) >= 2:  # one member keeps going through each fault
+                plan += [self.fault_kill_member, self.fault_stop_member]
+                choices += [self.fault_kill_member, self.fault_stop_member]
+            self.rng.shuffle(plan)
             next_fault = t_go + 0.3
             long_at = t_go + 0.45 * window if long_outage else None
             while time.monotonic() < fault_end:
                 self.run_due()
                 if not self.check_unexpected_exits():
                     return self.finish()
-                if any(c.attached_at is None and not c.reaped for c in [self.flusher, *self.readers.values()]):
+                if any(c.attached_at is None and not c.reaped for c in self.attached_children()):
                     self.update_attached()
                 now = time.monotonic()
                 if long_at is not None and now >= long_at:
@@ -673,7 +809,7 @@ class Stress:
             self.run_due(force=True)
             if not self.check_unexpected_exits():
                 return self.finish()
-            if not self.wait_attached([self.flusher, *self.readers.values()], 20):
+            if not self.wait_attached(self.attached_children(), 20):
                 return self.finish()
             time.sleep(0.5)  # a little undisturbed flow
             self.signal(self.writer, signal.SIGUSR2)
@@ -683,7 +819,7 @@ class Stress:
                 return self.finish()
             if self.writer.rc != 0:
                 self.violation(f"writer: exited with {self.writer.rc}: {self.writer.stderr_tail()}")
-            for child in [self.flusher, *self.readers.values()]:
+            for child in self.attached_children():
                 if not self.try_reap(child, 20):
                     self.violation(f"{child.slot} pid {child.pid} still running 20 s after the ring closed")
             self.log("all processes ended; verifying")
@@ -734,6 +870,8 @@ class Stress:
         for child in self.children:
             if child.role == "reader" and not child.killed:
                 self.verify_reader(child, last)
+        if self.member_kinds:
+            self.verify_group(last)
 
         def explained(lo: int, hi: int) -> bool:
             return gap_explained(lo, hi, self.outages, self.args.capacity, self.args.grace)
@@ -759,6 +897,26 @@ class Stress:
         for p in problems:
             self.violation(f"{child.slot} ({r['kind']}) pid {child.pid}: {p}"
                            + (f" (e.g. {r['examples']})" if r["examples"] else ""))
+
+    def verify_group(self, last: int) -> None:
+        members = [c for c in self.children if c.role == "member"]
+        for child in members:
+            if child.killed:
+                continue
+            try:
+                with open(child.cfg["result"]) as f:
+                    child.result = json.load(f)
+            except (OSError, ValueError) as exc:
+                self.violation(f"{child.slot} pid {child.pid}: no result ({exc}): {child.stderr_tail()}")
+                continue
+            problems = check_member(child.result)
+            if child.rc != 0:
+                problems.append(f"exit status {child.rc}: {child.stderr_tail()}")
+            for p in problems:
+                self.violation(f"{child.slot} ({child.result['kind']}) pid {child.pid}: {p}")
+        self.group_summary, problems = check_group([c.cfg["records"] for c in members], last)
+        for p in problems:
+            self.violation(f"group {GROUP}: {p}")
 
     # -- report -------------------------------------------------------------------------------
     def report(self, rc: int, elapsed: float) -> dict:
@@ -793,6 +951,14 @@ class Stress:
             counts = "/".join(str(sum(r[k] for r in done)) for k in ("delivered", "dropped", "filtered"))
             checks = {name: sum(r[key] for r in done) for name, key in READER_CHECKS}
             row(f"reader {slot} {kind}", insts, counts, verdict_of((f"{slot} ",)), checks)
+        members = [c for c in self.children if c.role == "member"]
+        if members:
+            gs = getattr(self, "group_summary", None)
+            counts = (f"{gs['deliveries']} deliveries, {gs['redelivered']} redelivered" if gs else "?")
+            checks = ({k: gs[k] for k in ("seqs", "lost", "fresh_twice", "drops", "corrupt")} if gs else None)
+            kinds = "+".join(sorted(set(self.member_kinds.values())))
+            row(f"group {GROUP} ({kinds})", members, counts, verdict_of(("group", *(f"{s} " for s in self.members))),
+                checks)
         me = self.psutil.Process()
         import resource
 
@@ -810,7 +976,8 @@ class Stress:
                 "flusher": getattr(self, "flush_summary", None), "writer": w.result if w else None,
                 "reader_instances": [dict(slot=c.slot, pid=c.pid, killed=c.killed, rc=c.rc, cpu_s=c.cpu_s,
                                           peak_rss_mb=c.peak_rss / 2**20, result=c.result)
-                                     for c in self.children if c.role == "reader"]}
+                                     for c in self.children if c.role == "reader"],
+                "group": getattr(self, "group_summary", None)}
 
 
 def print_report(rep: dict, out) -> None:
@@ -823,7 +990,8 @@ def print_report(rep: dict, out) -> None:
     p(f"shmring stress: ring {rep['ring']}, seed {rep['seed']}, rate {rate}, "
       f"{rep['readers']} readers, capacity {rep['capacity']}, flusher grace {rep['grace_s']} s")
     p(f"faults: reader_kills={f['reader_kills']} reader_stops={f['reader_stops']} "
-      f"flusher_kills={f['flusher_kills']} long_outages={f['long_outages']} bursts={f['bursts']}")
+      f"flusher_kills={f['flusher_kills']} long_outages={f['long_outages']} bursts={f['bursts']} "
+      f"member_kills={f['member_kills']} member_stops={f['member_stops']}")
     p(f"  readers restarted resuming after their cursor: {f['reader_restarts_resuming']}, at the head: "
       f"{f['reader_restarts_at_head']}; readers stopped {f['reader_stopped_s']:.1f} s in all")
     for o in rep["outages"]:
@@ -854,6 +1022,9 @@ def print_report(rep: dict, out) -> None:
         if r["role"] == "flusher":
             p(f"  {r['role']:<25} {c['lines']:>9} lines:  {c['corrupt']} corrupt, {c['out_of_order']} out of order, "
               f"{c['duplicates']} duplicated, {c['missing']} missing")
+        elif r["role"].startswith("group"):
+            p(f"  {r['role'][:25]:<25} {c['seqs']:>9} seqs:   {c['lost']} lost, {c['fresh_twice']} given fresh twice, "
+              f"{c['drops']} dropped, {c['corrupt']} corrupt")
         else:
             p(f"  {r['role']:<25} {c['events']:>9} events: {c['corrupt']} corrupt, {c['out_of_order']} out of order, "
               f"{c['bad_steps']} bad cursor steps, {c['off_filter']} off filter")
@@ -867,14 +1038,16 @@ def print_report(rep: dict, out) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("_writer", "_reader"):
+    if argv and argv[0] in ("_writer", "_reader", "_member"):
         cfg = json.loads(argv[1])
-        return writer_main(cfg) if argv[0] == "_writer" else reader_main(cfg)
+        return {"_writer": writer_main, "_reader": reader_main, "_member": member_main}[argv[0]](cfg)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="the whole run, start to verdict (default 60)")
     parser.add_argument("--rate", type=int, default=5000, help="events/s; 0 = flat out (default 5000)")
     parser.add_argument("--readers", type=int, default=4, help="readers (default 4: fast, slow, filtered, both)")
+    parser.add_argument("--members", type=int, default=2,
+                        help="members of one gating consumer group (default 2: a Reader and an AsyncReader; 0: none)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault schedule (default: random)")
     parser.add_argument("--capacity", type=int, default=2048,
                         help="ring slots (default 2048: about what the 1 MiB data area holds, so either laps)")
@@ -889,6 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.readers < 1 or args.readers > 32:
         parser.error("--readers must be between 1 and 32")
+    if args.members < 0 or args.members > 16:
+        parser.error("--members must be between 0 and 16")
     if args.seed is None:
         args.seed = random.randrange(1 << 30)
 

@@ -14,8 +14,9 @@ import zlib
 
 import msgspec
 
-__all__ = ["CATEGORIES", "KIND_FILTERS", "READER_CHECKS", "READER_KINDS", "TYPES", "Data", "check_flusher_files",
-           "check_reader", "check_writer", "gap_explained", "seqs_of_categories_in"]
+__all__ = ["CATEGORIES", "KIND_FILTERS", "MEMBER_KINDS", "READER_CHECKS", "READER_KINDS", "TYPES", "Data",
+           "check_flusher_files", "check_group", "check_member", "check_reader", "check_writer", "gap_explained",
+           "payload_ok", "seqs_of_categories_in"]
 
 # Category of seq s is CATEGORIES[s % 3]; both sides know it, so a misplaced
 # or misdelivered event is caught.
@@ -23,6 +24,8 @@ CATEGORIES = ("page", "console", "network")
 TYPES = {"page": "page.load", "console": "console.log", "network": "network.response"}
 READER_KINDS = ("fast", "slow", "filtered", "filtered-slow")
 KIND_FILTERS = {"fast": None, "slow": None, "filtered": ["network"], "filtered-slow": ["console", "page"]}
+MEMBER_KINDS = ("member", "async-member")
+"""A group member: a Reader, or an AsyncReader."""
 READER_CHECKS = (("events", "events"), ("corrupt", "corrupt"), ("out_of_order", "order_violations"),
                  ("bad_steps", "step_violations"), ("off_filter", "filter_violations"))
 """(report name, reader result key) of what each reader checked, summed over its instances."""
@@ -43,6 +46,68 @@ class FlushedLine(msgspec.Struct):
     capture_session_id: str
     seq: int
     event: FlushedEvent
+
+
+def payload_ok(seq: int, event, decode) -> bool:
+    """Whether an event delivered as `seq` carries seq's payload, checksum, category and type."""
+    try:
+        d = decode(event.data)
+    except Exception:  # a torn or garbled payload
+        return False
+    return (d.i == seq and zlib.crc32(d.body.encode(), seq & 0xFFFFFFFF) == d.crc
+            and event.category == CATEGORIES[seq % 3] and event.type == TYPES[event.category])
+
+
+def check_member(r: dict) -> list[str]:
+    """A group member instance that read to the end."""
+    problems = []
+    if r["ending"] != "closed":
+        problems.append(f"ended with {r['ending']}, not RingClosed")
+    if r["corrupt"]:
+        problems.append(f"{r['corrupt']} corrupt payloads (e.g. {r['examples']})")
+    return problems
+
+
+def check_group(record_paths: list[str], last: int) -> tuple[dict, list[str]]:
+    """(summary, problems) of a gating group's members' records (every instance's, killed ones too; each line
+    ``seq redelivered`` or ``D from to``, written before the acknowledgement): every seq 1..last went to a
+    member, none to two members fresh, nothing dropped."""
+    fresh = bytearray(last + 1)
+    seen = bytearray(last + 1)
+    summary = {"seqs": last, "deliveries": 0, "redelivered": 0, "lost": 0, "fresh_twice": 0, "drops": 0,
+               "corrupt": 0}
+    problems = []
+    for path in record_paths:
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if parts[0] == "D":
+                    summary["drops"] += int(parts[2]) - int(parts[1]) + 1
+                    continue
+                seq, redelivered = int(parts[0]), parts[1] == "1"
+                if not 1 <= seq <= last:
+                    summary["corrupt"] += 1
+                    continue
+                summary["deliveries"] += 1
+                seen[seq] = 1
+                if redelivered:
+                    summary["redelivered"] += 1
+                elif fresh[seq]:
+                    summary["fresh_twice"] += 1
+                    if summary["fresh_twice"] <= 3:
+                        problems.append(f"seq {seq} went to two members fresh (the second not marked redelivered)")
+                else:
+                    fresh[seq] = 1
+    summary["lost"] = seen.count(0) - 1
+    if summary["lost"]:
+        problems.append(f"{summary['lost']} seqs went to no member (the first: {seen.index(0, 1)})")
+    if summary["drops"]:
+        problems.append(f"{summary['drops']} events dropped: the group gates, it must lose nothing")
+    if summary["corrupt"]:
+        problems.append(f"{summary['corrupt']} records of seqs outside 1..{last}")
+    return summary, problems
 
 
 def seqs_of_categories_in(first_excl: int, last_incl: int, categories) -> int:

@@ -6,7 +6,10 @@ Writers run in their own processes (real shared memory); every wait is bounded.
 import asyncio
 import json
 import multiprocessing
+import os
+import signal
 import threading
+import time
 
 import pytest
 
@@ -154,7 +157,8 @@ def test_under_overwrite_the_same_semantics_as_reader(ring_name, raw):
                 assert reader.delivered == len(delivered)
                 assert reader.delivered + reader.dropped + reader.filtered == reader.cursor - reader.start_seq == count
                 if not raw:
-                    assert all(json.loads(bytes(r.envelope.event.data))["i"] == r.envelope.seq for r in results if not r.dropped)
+                    assert all(json.loads(bytes(r.envelope.event.data))["i"] == r.envelope.seq
+                               for r in results if not r.dropped)
                 reader.close()
             return outs
 
@@ -255,5 +259,197 @@ def test_archive_replays_what_left_the_ring_then_joins_it(ring_name, tmp_path):
             session.close()
             flushing.join(TIMEOUT_S)
             flusher.close()
+
+    run(main())
+
+
+# -- consumer groups: asyncio members, the same rules as Reader's ---------------------------------------------------
+
+def assert_joined(proc, joined) -> None:
+    """Until the members process `proc` says all its members joined; a process that ended first fails the test."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not joined.wait(0.05):
+        assert proc.is_alive(), f"the members process ended with exit code {proc.exitcode} before joining"
+        assert time.monotonic() < deadline, f"the members process did not join within {TIMEOUT_S} s"
+
+
+def group_writer(name, count, ready, go, per_event_s, resume=None):
+    """Publish `count` events (`per_event_s` apart, roughly), then close once the gating group has acked them all.
+    With `resume`, publish the second half only once it is set (so the ring outlives a member's replacement)."""
+    session = CaptureSession.create(name, capacity=1024, flusher_grace_s=30.0)
+    ready.set()
+    if go.wait(TIMEOUT_S):
+        for i in range(1, count + 1):
+            session.publish(make_event(i))
+            if per_event_s and i % 50 == 0:
+                time.sleep(50 * per_event_s)
+            if resume is not None and i == count // 2 and not resume.wait(TIMEOUT_S):
+                break
+    session.close(timeout=TIMEOUT_S)
+
+
+def async_members(name, paths, ready, claim_timeout_s, ack_delay_s=0.0):
+    """Several AsyncReader members of group "g" on one loop, each recording every event (seq, redelivered) with one
+    unbuffered write before it acknowledges it (`ack_delay_s` later, on the loop): one with ``async for`` and
+    ack(seq), the others read_many and ack()."""
+
+    async def member(path, style):
+        reader = await AsyncReader.attach(name, group="g", gating=True, after_seq=0, claim_timeout_s=claim_timeout_s)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        joined.append(reader)
+        try:
+            if style == "for":
+                async for r in reader:
+                    os.write(fd, f"{r.envelope.seq} {int(r.redelivered)}\n".encode())
+                    if ack_delay_s:
+                        await asyncio.sleep(ack_delay_s)
+                    reader.ack(r.envelope.seq)
+            else:
+                while True:
+                    try:
+                        batch = await reader.read_many(32, timeout=TIMEOUT_S)
+                    except RingClosed:
+                        break
+                    os.write(fd, b"".join(f"{r.envelope.seq} {int(r.redelivered)}\n".encode() for r in batch))
+                    if ack_delay_s:
+                        await asyncio.sleep(ack_delay_s)
+                    reader.ack()
+        finally:
+            os.close(fd)
+            reader.close()
+
+    async def main():
+        tasks = [asyncio.ensure_future(member(path, "for" if i == 0 else "many")) for i, path in enumerate(paths)]
+        while len(joined) < len(paths):
+            for task in tasks:
+                if task.done():
+                    task.result()  # a member that could not join ends the process with its traceback
+            await asyncio.sleep(0.01)
+        ready.set()
+        await asyncio.gather(*tasks)
+
+    joined = []
+    asyncio.run(main())
+
+
+def group_records(paths):
+    got = []
+    for path in paths:
+        if os.path.exists(path):
+            with open(path) as f:
+                got += [(int(seq), flag == "1") for seq, flag in (line.split() for line in f)]
+    return got
+
+
+def test_asyncio_members_in_two_processes_share_the_stream_exactly_once(ring_name, tmp_path):
+    count = 6000
+    ready, go = CTX.Event(), CTX.Event()
+    writer_proc = CTX.Process(target=group_writer, args=(ring_name, count, ready, go, 0.0))
+    writer_proc.start()
+    procs = []
+    try:
+        assert ready.wait(TIMEOUT_S)
+        paths = [[str(tmp_path / f"p{p}m{m}") for m in range(2)] for p in range(2)]
+        for member_paths in paths:
+            joined = CTX.Event()
+            procs.append(CTX.Process(target=async_members, args=(ring_name, member_paths, joined, 10.0)))
+            procs[-1].start()
+            assert_joined(procs[-1], joined)
+        go.set()
+        writer_proc.join(TIMEOUT_S)
+        assert writer_proc.exitcode == 0
+        for proc in procs:
+            proc.join(TIMEOUT_S)
+            assert proc.exitcode == 0
+    finally:
+        for proc in [writer_proc, *procs]:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(10)
+    got = group_records([p for member_paths in paths for p in member_paths])
+    assert sorted(seq for seq, _ in got) == list(range(1, count + 1))  # each seq once, to one member
+    assert not any(redelivered for _, redelivered in got)
+    per_process = [len(group_records(member_paths)) for member_paths in paths]
+    assert all(n > 0 for n in per_process), per_process
+
+
+def test_an_asyncio_member_killed_mid_claim_loses_nothing_and_its_events_are_redelivered(ring_name, tmp_path):
+    count = 20_000
+    ready, go, resume = CTX.Event(), CTX.Event(), CTX.Event()
+    writer_proc = CTX.Process(target=group_writer, args=(ring_name, count, ready, go, 20e-6, resume))
+    writer_proc.start()
+    procs = []
+    try:
+        assert ready.wait(TIMEOUT_S)
+        paths = [[str(tmp_path / f"p{p}m{m}") for m in range(2)] for p in range(3)]
+        for member_paths, ack_delay_s in zip(paths[:2], (0.02, 0.0)):  # the first, the victim, acks late
+            joined = CTX.Event()
+            procs.append(CTX.Process(target=async_members, args=(ring_name, member_paths, joined, 10.0, ack_delay_s)))
+            procs[-1].start()
+            assert_joined(procs[-1], joined)
+        go.set()
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(group_records(paths[0])) < 100:  # the victim holds delivered, unacknowledged events now
+            assert time.monotonic() < deadline and writer_proc.is_alive()
+            time.sleep(0.005)
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].join(10)
+        joined = CTX.Event()  # a replacement joins; the dead member's claims go to the living
+        procs.append(CTX.Process(target=async_members, args=(ring_name, paths[2], joined, 10.0)))
+        procs[-1].start()
+        assert_joined(procs[-1], joined)
+        published_at_kill = ring_stats(ring_name)["latest_seq"]
+        resume.set()  # the writer publishes its second half to the survivor and the replacement
+        writer_proc.join(TIMEOUT_S)
+        assert writer_proc.exitcode == 0
+        for proc in procs[1:]:
+            proc.join(TIMEOUT_S)
+            assert proc.exitcode == 0
+    finally:
+        for proc in [writer_proc, *procs]:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(10)
+    assert published_at_kill <= count // 2  # killed while events flowed
+    got = group_records([p for member_paths in paths for p in member_paths])
+    assert {seq for seq, _ in got} == set(range(1, count + 1))  # nothing lost
+    fresh = [seq for seq, redelivered in got if not redelivered]
+    assert len(fresh) == len(set(fresh))  # every duplicate is a redelivery, marked
+    assert any(redelivered for _, redelivered in got)  # the victim died holding unacknowledged events
+
+
+def test_asyncio_member_misuse_gets_clear_errors(ring_name):
+    async def main():
+        with CaptureSession.create(ring_name, capacity=1024):
+            plain = await AsyncReader.attach(ring_name)
+            with pytest.raises(ConfigError, match="in no consumer group"):
+                plain.ack()
+            assert plain.group is None
+            plain.close()
+            with pytest.raises(ConfigError, match="claim_timeout_s"):
+                await AsyncReader.attach(ring_name, group="g", claim_timeout_s=-1)
+            member = await AsyncReader.attach(ring_name, group="g", after_seq=0)
+            assert member.group == "g"
+            with pytest.raises(ConfigError, match="not an unacknowledged event"):
+                member.ack(5)
+            member.close()
+
+    run(main())
+
+
+def test_an_idle_asyncio_member_sleeps_and_is_woken_by_a_publish(ring_name):
+    async def main():
+        with CaptureSession.create(ring_name, capacity=1024) as session:
+            member = await AsyncReader.attach(ring_name, group="g", after_seq=0)
+            cpu = time.process_time()
+            assert await member.read(timeout=0.5) is None  # nothing to claim: it waits, not spins
+            assert time.process_time() - cpu < 0.1
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.1, session.publish, make_event(1))
+            started = time.monotonic()
+            result = await member.read(timeout=5)
+            assert result.envelope.seq == 1 and time.monotonic() - started < 1.0
+            member.ack()
+            member.close()
 
     run(main())
