@@ -1,8 +1,9 @@
 """Producer control: read and change a running native producer's config, by ring name.
 
 Rules:
-- ``serve NAME --cdp`` listens on ``control_socket_path(NAME)`` (mode 0600,
-  next to the ring in /dev/shm); only processes of the same user are served,
+- ``serve NAME --cdp``, or a standalone ``capture-cdp NAME``, listens on
+  ``control_socket_path(NAME)`` (mode 0600, next to the ring in /dev/shm);
+  one producer per ring serves it. Only processes of the same user are served,
   and a client talks only to a server of its own user (SO_PEERCRED, both ways).
 - The protocol: one JSON object per line, one reply line per request, in
   order. Requests: ``{"op": "get", "producer": "cdp"}``, ``{"op": "stats",
@@ -14,7 +15,7 @@ Rules:
   "kind": "config" | "not_running" | "timeout" | "control"}``.
 - A change is validated here before anything is sent, and again by the
   server; a bad field, category or level is a one-line ``ConfigError``.
-- No server at the path (no serve, or one without ``--cdp``): the client
+- No server at the path (no producer, or a serve without ``--cdp``): the client
   raises ``ProducerNotRunning``. A server (or the producer behind it) that
   does not answer within the timeout: ``ControlTimeout``; any other failure
   of the channel: ``ControlError``.
@@ -74,7 +75,8 @@ def _check_producer(producer: str) -> None:
 
 def _not_running(name: str, producer: str) -> ProducerNotRunning:
     return ProducerNotRunning(f"no {producer.upper()} producer is running for ring {name!r}: start one with "
-                              f"`shmring serve {name} --socket PATH --cdp URL`", name=name, producer=producer)
+                              f"`shmring serve {name} --socket PATH --cdp URL`, or `shmring capture-cdp {name} "
+                              "--cdp URL --socket PATH` beside a running serve", name=name, producer=producer)
 
 
 def _request(name: str, request: dict, timeout_s: float) -> dict:
@@ -123,13 +125,13 @@ def _request(name: str, request: dict, timeout_s: float) -> dict:
 
 
 def get_config(name: str, producer: str = "cdp", *, timeout_s: float = DEFAULT_TIMEOUT_S) -> ProducerConfig:
-    """The config of the producer that ``serve NAME --cdp`` runs."""
+    """The config of ring `name`'s producer (``serve NAME --cdp``, or a standalone ``capture-cdp NAME``)."""
     return ProducerConfig.from_dict(_request(name, {"op": "get", "producer": producer}, timeout_s)["config"])
 
 
 def set_config(name: str, config: dict | ProducerConfig, producer: str = "cdp", *, replace: bool = False,
                timeout_s: float = DEFAULT_TIMEOUT_S) -> ConfigChange:
-    """Change the config of the producer that ``serve NAME --cdp`` runs; return what changed.
+    """Change the config of ring `name`'s producer (``serve NAME --cdp``, or ``capture-cdp NAME``); return what changed.
 
     `config`: a patch of some fields (``{"categories": ["console"]}``), or with
     ``replace=True`` the whole config. The producer applies it to every target

@@ -14,8 +14,12 @@ Rules:
 - What is captured is the producer's own config (``ProducerConfig``:
   enabled, categories, detail level); readers filter on their side and
   nothing here is reconfigured by a subscriber. The config changes at run
-  time only through the control channel (``control_fd``, serve's end of a
-  socket pair; see ``set_config``): the change is applied to the mapper at
+  time only through the control channel: under ``serve --cdp``, serve's end
+  of a socket pair (``control_fd``; serve owns the ring's control socket and
+  the config); standalone (``control_socket=True``), the ring's control
+  socket itself (``shmring.control``'s server, the same protocol and the
+  same ``shmring producer NAME cdp``), refused at start if a live producer
+  already serves it. Either way (see ``set_config``) the change is applied to the mapper at
   once (events of a category turned off stop there), published as one
   ``system.producer_config`` event with the old and the new config, then
   sent to every followed target at once (``domains.py``: ``Network.disable``
@@ -25,7 +29,7 @@ Rules:
   changed; the browser connection is kept throughout.
 - The CDP messages received are counted per domain (``stats()["received"]``),
   so what the browser still sends after a domain is disabled can be seen.
-- The control channel closing means serve is gone: the producer stops.
+- serve's control channel closing means serve is gone: the producer stops.
 - Browser gone: one line through ``log`` when the connection is lost (not one
   per retry), reconnection with back-off capped at ``max_backoff_s``, a fresh
   websocket URL resolved each time, so a restarted browser on the same port
@@ -50,8 +54,11 @@ import threading
 
 import msgspec
 
-from ..errors import CdpError, MalformedCdp
+from ..control import ControlServer
+from ..errors import CdpError, ConfigError, MalformedCdp, SocketPathError
 from ..producer_config import ProducerConfig
+from ..segment import control_socket_path
+from ..unix_socket import prepare_socket_path
 from .connection import _Connection, _http_base, resolve_browser_ws
 from .domains import change_commands, console_hook_stacks, hook_script_params, hook_stacks_expression, setup_commands
 from .mapper import CdpMapper
@@ -71,8 +78,12 @@ class CdpCapture:
 
     def __init__(self, cdp_url: str, socket_path: str, *, detail_level: str = "standard", log=lambda msg: None,
                  max_backoff_s: float = 3.0, name: str | None = None, console_hook: bool | None = None,
-                 config: ProducerConfig | None = None, control_fd: int | None = None):
+                 config: ProducerConfig | None = None, control_fd: int | None = None,
+                 control_socket: bool = False):
         _http_base(cdp_url)  # reject a bad URL now
+        if control_socket and (name is None or control_fd is not None):
+            raise ConfigError("a capture serves its ring's control socket only standalone: with a ring name, "
+                              "and without serve's control channel")
         self.cdp_url = cdp_url
         self.config = ProducerConfig(detail_level=detail_level) if config is None else config
         # By default console calls go through the in-page hook; at detail level
@@ -86,6 +97,7 @@ class CdpCapture:
         self.mapper = CdpMapper(self.config.detail_level)
         self.mapper.configure(self.config)
         self.control_fd = control_fd
+        self.control_socket = control_socket
         self.received = collections.Counter()  # CDP events received, per domain (Network, Runtime, Page, ...)
         self.connected = threading.Event()
         self.counts = collections.Counter(published=0, rejected=0, truncated=0, lost=0, malformed=0,
@@ -325,6 +337,30 @@ class CdpCapture:
                      f"{failure['error']}")
         return reply
 
+    async def handle(self, request: dict) -> dict:
+        """A request on the ring's control socket (``shmring.control``'s protocol), for a standalone capture:
+        get, stats, or set (a patch, or with ``replace`` the whole config), as serve answers for its child."""
+        if request["op"] == "get":
+            return {"config": self.config.to_dict()}
+        if request["op"] == "stats":
+            return {"stats": self.stats()}
+        config = request.get("config")
+        new = ProducerConfig.from_dict(config) if request.get("replace") else self.config.patched(config)
+        return await self.set_config(new)
+
+    async def _serve_control_socket(self) -> ControlServer:
+        path = control_socket_path(self.name)
+        try:
+            prepare_socket_path(path)
+        except SocketPathError:
+            raise SocketPathError(f"a producer already serves the control socket of ring {self.name!r} ({path}): "
+                                  "`shmring serve --cdp` or another `shmring capture-cdp`; stop it first, or change "
+                                  f"that one's config with `shmring producer {self.name} cdp`",
+                                  name=self.name, path=path) from None
+        server = ControlServer(self.name, self.handle)
+        await server.start()
+        return server
+
     async def _control(self, fd: int, stopping: asyncio.Event) -> None:
         """Serve's control channel: one JSON request per line (set, get, stats), one reply line each."""
         encode, decode = msgspec.json.Encoder().encode, msgspec.json.Decoder(dict).decode
@@ -372,6 +408,7 @@ class CdpCapture:
             if conn is not None:
                 await conn.ws.close()
 
+        control_server = await self._serve_control_socket() if self.control_socket else None
         watcher = asyncio.create_task(watch())
         control = None if self.control_fd is None else asyncio.create_task(self._control(self.control_fd, stopping))
         loop = asyncio.get_running_loop()
@@ -419,6 +456,8 @@ class CdpCapture:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            if control_server is not None:
+                await control_server.stop()
 
     async def _follow(self, ws, ws_url: str, stopping: asyncio.Event) -> str:
         conn = _Connection(ws, self._on_message, self._malformed)
@@ -482,7 +521,7 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
 def capture(cdp_url: str, socket_path: str, *, stop: threading.Event, detail_level: str = "standard",
             log=lambda msg: None, name: str | None = None, max_backoff_s: float = 3.0,
             console_hook: bool | None = None, config: ProducerConfig | None = None,
-            control_fd: int | None = None) -> dict:
+            control_fd: int | None = None, control_socket: bool = False) -> dict:
     """Capture the browser at `cdp_url` into serve's ingest socket until `stop` is set; return counts.
 
     `cdp_url`: ``http://127.0.0.1:PORT`` or the browser's ``ws://…/devtools/browser/…`` URL.
@@ -494,10 +533,11 @@ def capture(cdp_url: str, socket_path: str, *, stop: threading.Event, detail_lev
     level raw. See the module docstring.
     `config`: what to capture (default: everything at `detail_level`).
     `control_fd`: a connected socket's fd on which serve sends config changes.
+    `control_socket`: standalone, serve ring `name`'s control socket itself (``shmring producer NAME cdp``).
     """
     return CdpCapture(cdp_url, socket_path, detail_level=detail_level, log=log, name=name,
                       max_backoff_s=max_backoff_s, console_hook=console_hook, config=config,
-                      control_fd=control_fd).run(stop)
+                      control_fd=control_fd, control_socket=control_socket).run(stop)
 
 
 def capture_command(name: str, cdp_url: str, socket_path: str, detail_level: str = "standard",

@@ -285,3 +285,49 @@ def test_console_stacks_interaction_and_console_switch_in_open_documents(ring_na
                                       for e in events.after(config_events(envs)[-1].seq, tab)), "console back")
     finally:
         events.close()
+
+
+@needs_chromium
+def test_a_standalone_capture_cdp_is_controlled_as_serves_producer_is(ring_name, serve, procs, browser, site):
+    srv = serve(ring_name)  # a plain serve: the producer runs beside it, not under it
+    with pytest.raises(ProducerNotRunning):
+        get_config(ring_name)
+    capture = procs("capture-cdp", ring_name, "--cdp", browser.cdp_url, "--socket", srv.socket,
+                    "--categories", "console,network")
+    stats_when_ready(ring_name)
+    assert producer_cli(ring_name) == {"enabled": True, "categories": ["console", "network"],
+                                       "detail_level": "standard"}
+    events = Events(ring_name)
+    try:
+        tab = open_loop_tab(browser.cdp_url, ring_name, site)
+        events.until(flowing(tab, "console", "network"), "console and network events from the standalone producer")
+        network_before = producer_stats(ring_name)["received"]["Network"]
+        assert producer_cli(ring_name, "--categories", "console", "--detail-level", "verbose") == {
+            "enabled": True, "categories": ["console"], "detail_level": "verbose"}
+        network_after_off = producer_stats(ring_name)["received"]["Network"]
+        assert network_after_off >= network_before
+        events.until(lambda envs: config_events(envs) and len([
+            e for e in events.after(config_events(envs)[0].seq, tab) if e.event.type == "console.log"]) >= 3,
+            "console lines after the change")
+        [change] = config_events(events.envelopes)
+        assert data(change) == {"producer": "cdp",
+                                "old": {"enabled": True, "categories": ["console", "network"],
+                                        "detail_level": "standard"},
+                                "new": {"enabled": True, "categories": ["console"], "detail_level": "verbose"}}
+        later = events.after(change.seq, tab)
+        assert not [e for e in later if e.event.category == "network"]
+        assert all(e.event.detail_level == "verbose" for e in later if e.event.type == "console.log")
+        assert producer_stats(ring_name)["received"]["Network"] == network_after_off  # the browser stopped sending
+        # The same config through the library, and a bad one refused in one line with nothing asked.
+        assert get_config(ring_name) == ProducerConfig(True, ["console"], "verbose")
+        assert_one_line_error(run("producer", ring_name, "cdp", "--categories", "bogus!"), "categor")
+        # One producer per ring serves its control socket: a second capture-cdp is refused in one line.
+        second = run("capture-cdp", ring_name, "--cdp", browser.cdp_url, "--socket", srv.socket)
+        assert_one_line_error(second, "already serves the control socket", ring_name)
+        assert capture.popen.poll() is None and get_config(ring_name).categories == ("console",)
+    finally:
+        events.close()
+    capture.signal(15)
+    assert capture.wait() == 0
+    with pytest.raises(ProducerNotRunning):  # its control socket went with it
+        get_config(ring_name)
