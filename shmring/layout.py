@@ -72,6 +72,11 @@ process killed mid-change leaves the old state intact.
 The magic of each segment is written last at creation, so nobody attaches to
 a half-built segment. All multi-byte fields are little-endian and 8-byte
 aligned, so each ``struct`` field access is one machine load or store.
+
+Every record below is declared the same way: its offset, its ``struct``
+format and a docstring naming the fields in order. Runs of those lines look
+alike (the ring header's and a registry entry's, say), but they describe
+different bytes; the likeness is the descriptor's form, not code to share.
 """
 
 import struct

@@ -68,8 +68,9 @@ def cmd_capture_cdp(args) -> int:
     stop = _stop_on_signals()
     config = ProducerConfig(not args.disabled, CATEGORIES if args.categories is None else args.categories,
                             args.detail_level)
+    # Standalone, it serves the ring's control socket itself; under serve --cdp, serve does (--control-fd).
     capture(args.cdp, args.socket, stop=stop, name=args.name, log=_err, console_hook=args.console_hook,
-            config=config, control_fd=args.control_fd)
+            config=config, control_fd=args.control_fd, control_socket=args.control_fd is None)
     return 0
 
 
@@ -91,6 +92,9 @@ def cmd_producer(args) -> int:
 
 
 def add_parsers(sub) -> None:
+    # One add_argument per option, each with its own help: runs of these calls look alike from one command
+    # family to the next (serve, edge, capture-cdp, producer here), but no two declare the same option.
+    # Options that are the same wherever they appear take their type and help from cli/common.py.
     s = sub.add_parser("serve", help="run a ring's writer (with ingest socket and flusher)")
     s.add_argument("name", type=_ring_name, help=NAME_HELP)
     s.add_argument("--socket", metavar="PATH",
@@ -140,7 +144,8 @@ def add_parsers(sub) -> None:
     s.set_defaults(func=cmd_edge)
 
     s = sub.add_parser("capture-cdp", help="publish a live Chromium's events (CDP) through a serve socket")
-    s.add_argument("name", type=_ring_name, help="the ring (for messages; events go through --socket)")
+    s.add_argument("name", type=_ring_name, help="the ring: events go through --socket; its control socket (`shmring "
+                   "producer NAME cdp`) is served here unless serve passes --control-fd")
     s.add_argument("--cdp", metavar="URL", required=True,
                    help="http://127.0.0.1:PORT or the browser's ws://.../devtools/browser/... URL")
     s.add_argument("--socket", metavar="PATH", required=True, help="the socket of `shmring serve NAME --socket PATH`")
@@ -160,7 +165,8 @@ def add_parsers(sub) -> None:
                    help="a connected socket on which config changes arrive (serve --cdp passes it); default: none")
     s.set_defaults(func=cmd_capture_cdp)
 
-    s = sub.add_parser("producer", help="show or change the config of the producer `serve NAME --cdp` runs")
+    s = sub.add_parser("producer", help="show or change the config of ring NAME's CDP producer (`serve NAME --cdp`, "
+                       "or a standalone `capture-cdp NAME`)")
     s.add_argument("name", type=_ring_name, help=NAME_HELP)
     s.add_argument("producer", choices=("cdp",), help="which producer")
     on = s.add_mutually_exclusive_group()

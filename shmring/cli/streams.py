@@ -216,6 +216,9 @@ def cmd_replay(args) -> int:
 
 
 def add_parsers(sub) -> None:
+    # One add_argument per option, each with its own help: runs of these calls look alike from one command
+    # family to the next (publish, tail, replay here), but no two declare the same option. Options that are the same
+    # wherever they appear take their type and help from cli/common.py.
     s = sub.add_parser("publish", help="send JSON Event lines from stdin to a serve socket")
     s.add_argument("--socket", metavar="PATH", required=True, help="the socket of `shmring serve NAME --socket PATH`")
     s.add_argument("--print-seqs", action="store_true",

@@ -366,7 +366,7 @@ def test_hostile_clients_do_not_hurt_others_or_the_ring(ring_name, edge):
 
 
 def test_a_publish_waiting_for_its_reply_leaves_the_edge_serving_others(ring_name, tmp_path):
-    """The edge polls the ingest socket for a publish's reply only briefly (httpd.REPLY_SPIN_S): while the writer
+    """The edge polls the ingest socket for a publish's reply only briefly (edge_publish.REPLY_SPIN_S): while the writer
     withholds the reply, the edge answers other requests, and the publish gets its envelope once it comes. The
     writer's ingest side is played by the test, so that the reply can be held until the edge is seen serving."""
     path = str(tmp_path / "ingest.sock")

@@ -153,7 +153,8 @@ LAYERS = {
     "forward_redis": 9, "forward_nats": 9,
     "render": 9, "doctor": 9, "flusher": 9, "ingest": 9, "producer": 9, "stats": 9, "cleanup": 9,
     "aio": 9,
-    "cdp": 10, "resume": 10, "forward": 10, "sse": 10, "edge": 10,
+    "cdp": 10, "resume": 10, "forward": 10, "sse": 10, "edge": 10, "edge_publish": 10, "edge_protocol": 10,
+    "edge_control": 10,
     "serve": 11, "demo": 11, "httpd": 11,
     "cli": 12, "__main__": 13, "__init__": 13,
 }
