@@ -11,7 +11,9 @@ What runs, each in its own process:
   ``Reader`` (``read_many``, ``ack(seq)`` per event) and an ``AsyncReader``
   (``read_many``, ``ack()`` per batch), with a short ``claim_timeout_s``
   (``MEMBER_CLAIM_TIMEOUT_S``). Each records every event it gets (seq,
-  redelivered) with one unbuffered write *before* it acknowledges it.
+  redelivered) with one unbuffered write *before* it acknowledges it, and
+  works on each batch ``MEMBER_WORK_S`` before acknowledging, so kills and
+  stops land while it holds claims.
 
 Faults, injected at random (``--seed``) for a bounded time, then stopped:
 - SIGKILL of a reader, restarted 0.1-0.5 s later as a new reader: every other
@@ -95,6 +97,8 @@ GO_TIMEOUT_S = 60.0
 GROUP = "stress"
 MEMBER_CLAIM_TIMEOUT_S = 0.5
 """Shorter than a member's SIGSTOP (0.3-1.0 s), so some stops forfeit claims that the others then get redelivered."""
+MEMBER_WORK_S = 0.002
+"""A member's work on each batch between recording it and acknowledging it (the window a fault lands in)."""
 BURST_SLOTS = 4
 """A burst publishes this many ring capacities flat out."""
 
@@ -334,6 +338,7 @@ def member_main(cfg: dict) -> int:
                         out["ending"] = "stall"
                         break
                     record(batch)
+                    time.sleep(MEMBER_WORK_S)
                     for r in batch:
                         if not r.dropped:
                             reader.ack(r.envelope.seq)
@@ -354,6 +359,7 @@ def member_main(cfg: dict) -> int:
                         if not batch:
                             return "stall"
                         record(batch)
+                        await asyncio.sleep(MEMBER_WORK_S)
                         reader.ack()
                 except RingClosed:
                     return "closed"
