@@ -962,8 +962,7 @@ class Stress:
             gs = getattr(self, "group_summary", None)
             counts = (f"{gs['deliveries']} deliveries, {gs['redelivered']} redelivered" if gs else "?")
             checks = ({k: gs[k] for k in ("seqs", "lost", "fresh_twice", "drops", "corrupt")} if gs else None)
-            kinds = "+".join(sorted(set(self.member_kinds.values())))
-            row(f"group {GROUP} ({kinds})", members, counts, verdict_of(("group", *(f"{s} " for s in self.members))),
+            row(f"group {GROUP}", members, counts, verdict_of(("group", *(f"{s} " for s in self.members))),
                 checks)
         me = self.psutil.Process()
         import resource
@@ -983,7 +982,7 @@ class Stress:
                 "reader_instances": [dict(slot=c.slot, pid=c.pid, killed=c.killed, rc=c.rc, cpu_s=c.cpu_s,
                                           peak_rss_mb=c.peak_rss / 2**20, result=c.result)
                                      for c in self.children if c.role == "reader"],
-                "group": getattr(self, "group_summary", None)}
+                "group": getattr(self, "group_summary", None), "member_kinds": self.member_kinds}
 
 
 def print_report(rep: dict, out) -> None:
@@ -1005,6 +1004,8 @@ def print_report(rep: dict, out) -> None:
             p(f"  flusher outage {o['outage_s']:.2f} s{' (long)' if o['long'] else ''}: killed at seq "
               f"{o['seq_at_kill']}, back at seq {o['seq_at_attach']}")
     p(f"last seq {rep['last_seq']}")
+    if rep.get("member_kinds"):
+        p(f"group {GROUP}: members {', '.join(f'{slot} {kind}' for slot, kind in rep['member_kinds'].items())}")
     p("")
     header = (f"{'process':<27} {'pid(s)':<34} {'CPU s':>7} {'peak RSS MB':>11}  "
               f"{'delivered/dropped/filtered':<44} verdict")
@@ -1029,7 +1030,7 @@ def print_report(rep: dict, out) -> None:
             p(f"  {r['role']:<25} {c['lines']:>9} lines:  {c['corrupt']} corrupt, {c['out_of_order']} out of order, "
               f"{c['duplicates']} duplicated, {c['missing']} missing")
         elif r["role"].startswith("group"):
-            p(f"  {r['role'][:25]:<25} {c['seqs']:>9} seqs:   {c['lost']} lost, {c['fresh_twice']} given fresh twice, "
+            p(f"  {r['role']:<25} {c['seqs']:>9} seqs:   {c['lost']} lost, {c['fresh_twice']} given fresh twice, "
               f"{c['drops']} dropped, {c['corrupt']} corrupt")
         else:
             p(f"  {r['role']:<25} {c['events']:>9} events: {c['corrupt']} corrupt, {c['out_of_order']} out of order, "
