@@ -96,6 +96,20 @@ targets"), each member a process of its own:
    max_delay_s=0.005, the flusher's budget) and with a flusher attached
    (target: the gating reader costs no more than the flusher).
 
+Measures 17 are issue 25's (``--only plain``, tools/plain_flat_out.py has
+the workload): the plain reader flat out, 1, 2 and 4 processes each taking
+100,000 events of 593 bytes with ``read(timeout=1)`` per event
+(``plain_read_N``) or ``for result in reader`` (``plain_iter_N``), against a
+pure-Python seqlock reader over mmap in the same run (``floor_N``; target:
+2 readers >= 1.4x the floor, and >= 1.3x b9a4714 under ``--baseline``).
+
+``--baseline REV`` (tools/baseline.py) builds REV into a temporary virtual
+environment, its dependencies pinned to this one's, and runs the chosen
+measures (by default ``plain,idle,reader``: issue 25's figures) alternating
+the two builds run by run; one table gives each figure for REV, for the
+working tree and their ratio, then issue 25's verdicts. ``--quick`` with it
+runs 2 readers and 10k/s only, in under two minutes.
+
 Readers are separate processes (spawn). Each attaches, then says so over a
 queue before the writer starts; each reads until ``RingClosed`` and sends
 back what it counted. Delivered rate = delivered / (end of stream - first
@@ -111,6 +125,9 @@ Run from the repository root:
     python tools/bench.py --only classic  # measures 1-6, ~100 s (3 s phases)
     python tools/bench.py --only replay   # issue 13's replay-merge (12-13), ~40 s
     python tools/bench.py --quick         # shorter phases (1 s; 2 s idle)
+    python tools/bench.py --only plain    # issue 25's plain reader flat out against the floor (17)
+    python tools/bench.py --baseline b9a4714 --runs 5   # issue 25's figures, this tree against b9a4714
+    python tools/bench.py --baseline HEAD~1 --quick     # the same guard in under two minutes
     python tools/bench.py --only rate_10k_0,writer_* --runs 5 --json
 """
 
