@@ -124,7 +124,7 @@ def shmring_reader_main(name: str, idx: int, results, mode: str) -> None:
         stalled = False
         clock = time.perf_counter
         sleeps0 = _sleeps()
-        try:
+        try:  # the two loops repeat their body: a shared helper would add a call per event to what is measured
             if mode == "read":
                 read = reader.read
                 while True:

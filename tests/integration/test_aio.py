@@ -273,6 +273,20 @@ def assert_joined(proc, joined) -> None:
         assert time.monotonic() < deadline, f"the members process did not join within {TIMEOUT_S} s"
 
 
+def assert_all_ended_well(procs) -> None:
+    for proc in procs:
+        proc.join(TIMEOUT_S)
+        assert proc.exitcode == 0, (proc.name, proc.exitcode)
+
+
+def kill_alive(procs) -> None:
+    """Teardown: SIGKILL (by pid) whichever of these processes, all started here, is still running."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+
+
 def group_writer(name, count, ready, go, per_event_s, resume=None):
     """Publish `count` events (`per_event_s` apart, roughly), then close once the gating group has acked them all.
     With `resume`, publish the second half only once it is set (so the ring outlives a member's replacement)."""
@@ -356,16 +370,9 @@ def test_asyncio_members_in_two_processes_share_the_stream_exactly_once(ring_nam
             procs[-1].start()
             assert_joined(procs[-1], joined)
         go.set()
-        writer_proc.join(TIMEOUT_S)
-        assert writer_proc.exitcode == 0
-        for proc in procs:
-            proc.join(TIMEOUT_S)
-            assert proc.exitcode == 0
+        assert_all_ended_well([writer_proc, *procs])
     finally:
-        for proc in [writer_proc, *procs]:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(10)
+        kill_alive([writer_proc, *procs])
     got = group_records([p for member_paths in paths for p in member_paths])
     assert sorted(seq for seq, _ in got) == list(range(1, count + 1))  # each seq once, to one member
     assert not any(redelivered for _, redelivered in got)
@@ -400,16 +407,9 @@ def test_an_asyncio_member_killed_mid_claim_loses_nothing_and_its_events_are_red
         assert_joined(procs[-1], joined)
         published_at_kill = ring_stats(ring_name)["latest_seq"]
         resume.set()  # the writer publishes its second half to the survivor and the replacement
-        writer_proc.join(TIMEOUT_S)
-        assert writer_proc.exitcode == 0
-        for proc in procs[1:]:
-            proc.join(TIMEOUT_S)
-            assert proc.exitcode == 0
+        assert_all_ended_well([writer_proc, *procs[1:]])  # procs[0] was the victim
     finally:
-        for proc in [writer_proc, *procs]:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(10)
+        kill_alive([writer_proc, *procs])
     assert published_at_kill <= count // 2  # killed while events flowed
     got = group_records([p for member_paths in paths for p in member_paths])
     assert {seq for seq, _ in got} == set(range(1, count + 1))  # nothing lost
