@@ -493,6 +493,8 @@ class Reader(ReplayMerge):
             self._publish_progress()
             # No wait flag raised: publishes post nothing. A gating reader dozes on its
             # semaphore, which a writer it holds back posts to hurry it.
+            if strategy.YIELD_BEFORE_DOZE:
+                os.sched_yield()
             self._doze(wait_s)
             strategy.dozed(now + wait_s, time.monotonic())
         else:

@@ -132,3 +132,7 @@ def test_spin_backoff_skips_twice_as_many_chances_after_each_fruitless_spin_and_
     while not b.allowed():
         skipped += 1
     assert skipped == SpinBackoff.MAX_SKIP
+
+
+def test_only_a_hot_blocking_reader_yields_before_its_doze():
+    assert BlockingWait.YIELD_BEFORE_DOZE and not BatchingWait.YIELD_BEFORE_DOZE
