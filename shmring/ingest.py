@@ -16,7 +16,7 @@ Rules:
   and is closed, its partial line released. At most ``max_connections`` are
   served at once; one more gets an error reply and is closed. Only
   connections whose producer is still there count: before it refuses one,
-  the server looks for served connections whose peer has hung up (a burst
+  the server looks for served connections whose peer has closed (a burst
   of connect-then-close leaves many whose tasks have not yet seen their
   end), and counts those no more; their tasks still answer and publish the
   complete lines they hold, then end. Beyond that,
@@ -100,10 +100,12 @@ class IngestServer:
             fds = {}
             for task, fd in self._tasks.items():
                 if task not in self._hung_up and fd >= 0:
-                    poller.register(fd, select.POLLRDHUP)
+                    poller.register(fd, select.POLLHUP)  # reported whatever is asked
                     fds[fd] = task
             for fd, events in poller.poll(0):
-                if events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                # POLLHUP: the peer closed both ways. One that only shut its writing side (POLLRDHUP) still
+                # counts: it may wait for its replies, and a flood of those must stay bounded.
+                if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
                     self._hung_up.add(fds[fd])
         return len(self._tasks) - len(self._hung_up)
 
