@@ -153,6 +153,12 @@ def producer_stats(name: str, producer: str = "cdp", *, timeout_s: float = DEFAU
     return _request(name, {"op": "stats", "producer": producer}, timeout_s)["stats"]
 
 
+def requested_config(current: ProducerConfig, request: dict) -> ProducerConfig:
+    """The config a "set" request asks for: its whole ``config`` with ``replace``, else `current` patched by it."""
+    config = request.get("config")
+    return ProducerConfig.from_dict(config) if request.get("replace") else current.patched(config)
+
+
 def error_reply(exc: Exception) -> dict:
     """The reply line for an error a request handler raised."""
     kind = {ConfigError: "config", ProducerNotRunning: "not_running", ControlTimeout: "timeout"}

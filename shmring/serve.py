@@ -36,7 +36,7 @@ import time
 import msgspec
 
 from .edge import EdgeConfig, EdgeSupervisor
-from .control import ControlServer
+from .control import ControlServer, requested_config
 from .errors import ConfigError, ControlError, ControlTimeout, ProducerNotRunning, RingNotFound, ServeError
 from .forward import REPLAY_MERGE, open_sink
 from .logdir import prepare_log_directory
@@ -308,8 +308,7 @@ class CaptureChild:
                 return {"config": self.config.to_dict()}
             if request["op"] == "stats":
                 return await self._ask({"op": "stats"})
-            config = request.get("config")
-            new = ProducerConfig.from_dict(config) if request.get("replace") else self.config.patched(config)
+            new = requested_config(self.config, request)
             reply = await self._ask({"op": "set", "config": new.to_dict()})
             self.config = ProducerConfig.from_dict(reply["new"])
             return reply

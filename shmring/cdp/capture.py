@@ -54,7 +54,7 @@ import threading
 
 import msgspec
 
-from ..control import ControlServer
+from ..control import ControlServer, requested_config
 from ..errors import CdpError, ConfigError, MalformedCdp, SocketPathError
 from ..producer_config import ProducerConfig
 from ..segment import control_socket_path
@@ -344,9 +344,7 @@ class CdpCapture:
             return {"config": self.config.to_dict()}
         if request["op"] == "stats":
             return {"stats": self.stats()}
-        config = request.get("config")
-        new = ProducerConfig.from_dict(config) if request.get("replace") else self.config.patched(config)
-        return await self.set_config(new)
+        return await self.set_config(requested_config(self.config, request))
 
     async def _serve_control_socket(self) -> ControlServer:
         path = control_socket_path(self.name)
