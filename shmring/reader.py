@@ -195,7 +195,7 @@ class Reader(ReplayMerge):
         if after_seq is not None and (type(after_seq) is not int or after_seq < 0):
             raise ConfigError(f"after_seq must be None or a seq >= 0, not {after_seq!r}")
         check_memory_model()
-        ring = open_segment(ring_shm_name(name), writable=False)
+        ring = open_segment(ring_shm_name(name), writable=False, populate=True)
         registry = None
         try:
             info = open_ring_info(name, ring)

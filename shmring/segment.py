@@ -11,6 +11,9 @@ Rules:
   to find it, and ``serve --cdp`` without ``--socket`` takes its ingest
   socket at ``/dev/shm/shmring.NAME+ingest``; a name too long for a socket
   path gets a hashed one.
+- The writer's and each reader's mapping of a ring is populated when made
+  (``populate``): the first lap takes no page fault per 4 KiB page, and a
+  68 MB ring costs ~25 ms more to create and ~8 ms more to attach to.
 - Every ``/dev/shm`` path is built here: other modules ask ``ring_exists``,
   ``ring_age_s`` and ``orphaned_ring_names`` rather than look for files.
 - File descriptors are closed as soon as they are not needed, except the
@@ -55,6 +58,9 @@ __all__ = [
     "control_socket_path",
     "default_ingest_socket_path",
 ]
+
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+"""Linux: map the pages at mmap time (0 where there is no such flag: they are mapped at first touch)."""
 
 _RING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _SHM_DIR = "/dev/shm"
@@ -125,8 +131,11 @@ class Mapping:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
-def create_segment(shm_name: str, size: int, *, keep_fd: bool = False) -> Mapping:
-    """Create a new segment exclusively; raises FileExistsError if the name is taken."""
+def create_segment(shm_name: str, size: int, *, keep_fd: bool = False, populate: bool = False) -> Mapping:
+    """Create a new segment exclusively; raises FileExistsError if the name is taken.
+
+    With `populate`, the mapping's pages are mapped now (see ``open_segment``).
+    """
     try:
         shm = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=0o600, size=size)
     except posix_ipc.ExistentialError:
@@ -135,7 +144,7 @@ def create_segment(shm_name: str, size: int, *, keep_fd: bool = False) -> Mappin
         raise _permission_denied(shm_name) from None
     try:
         _reserve(shm.fd, shm_name, size)
-        buf = mmap.mmap(shm.fd, size)
+        buf = mmap.mmap(shm.fd, size, mmap.MAP_SHARED | (_POPULATE if populate else 0))
     except BaseException:
         shm.close_fd()
         posix_ipc.unlink_shared_memory(shm_name)
@@ -189,8 +198,14 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):,.1f} MiB"
 
 
-def open_segment(shm_name: str, *, writable: bool, keep_fd: bool = False) -> Mapping:
-    """Map an existing segment; raises RingNotFound if the name does not exist."""
+def open_segment(shm_name: str, *, writable: bool, keep_fd: bool = False, populate: bool = False) -> Mapping:
+    """Map an existing segment; raises RingNotFound if the name does not exist.
+
+    With `populate`, every page is mapped now rather than at its first touch
+    (a fault per 4 KiB page, ~1 µs here: a 68 MB ring's first lap costs its
+    writer ~20 ms of faults and each reader ~9 ms). For the writer and the
+    readers, which walk the whole ring; not for a look at its header.
+    """
     try:
         shm = posix_ipc.SharedMemory(shm_name, read_only=not writable)
     except posix_ipc.ExistentialError:
@@ -203,7 +218,7 @@ def open_segment(shm_name: str, *, writable: bool, keep_fd: bool = False) -> Map
             raise RingNotFound(f"ring {ring_name_of(shm_name)!r} is still being created; retry in a moment "
                                "(`shmring gc` removes it if its writer died)", name=ring_name_of(shm_name))
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        buf = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, prot)
+        buf = mmap.mmap(shm.fd, size, mmap.MAP_SHARED | (_POPULATE if populate else 0), prot)
     except BaseException:
         shm.close_fd()
         raise

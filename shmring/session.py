@@ -403,7 +403,7 @@ class CaptureSession:
         total = ring_bytes(capacity, data_bytes)
         for _ in range(5):
             try:
-                res.ring = create_segment(ring_shm_name(name), total)
+                res.ring = create_segment(ring_shm_name(name), total, populate=True)
                 break
             except FileExistsError:
                 _reclaim_stale(name)
