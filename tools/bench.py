@@ -1811,13 +1811,26 @@ def baseline_main(parser, args) -> int:
     notes = []
     for label, build_runs in runs.items():
         notes += [f"{label}: {n}" for n in accounting_problems(build_runs)]
-        for i, r in enumerate(build_runs):
-            notes += [f"{label}, run {i + 1}: {key}: {x['error']}" for key, x in r.items()
-                      if isinstance(x, dict) and "error" in x]
+        notes += _failures(label, build_runs)
         notes += [f"{label}: {n}" for n in noisy_steps(build_runs)]
     for n in notes:
         print(f"- {n}")
     return 0
+
+
+def _failures(label: str, build_runs: list[dict]) -> list[str]:
+    """One line per measure and error: in which runs it failed (an older build may lack what a measure uses)."""
+    runs_of: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(build_runs):
+        for key, x in r.items():
+            if isinstance(x, dict) and "error" in x:
+                runs_of.setdefault((key, x["error"]), []).append(i + 1)
+    lines = []
+    for (key, error), failed in runs_of.items():
+        which = f"all {len(build_runs)} runs" if len(failed) == len(build_runs) else \
+            "run" + ("s " if len(failed) > 1 else " ") + ", ".join(map(str, failed))
+        lines.append(f"{label}: {key} failed in {which}: {error}")
+    return lines
 
 
 def comparison_table(base_runs: list[dict], work_runs: list[dict], base_label: str) -> str:
