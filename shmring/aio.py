@@ -66,11 +66,12 @@ class AsyncReader:
     async def attach(cls, name: str, *, after_seq: int | None = None, filter: Filter | None = None,
                      archive: "str | os.PathLike | None" = None, max_delay_s: float = 0.0, group: str | None = None,
                      gating: bool = False,
-                     claim_timeout_s: float | None = DEFAULT_CLAIM_TIMEOUT_S) -> "AsyncReader":
+                     claim_timeout_s: float | None = DEFAULT_CLAIM_TIMEOUT_S,
+                     populate: bool = True) -> "AsyncReader":
         """Attach to ring `name`; the arguments are ``Reader.attach``'s (archive: a flusher's directory; group: a
-        consumer group to join, with ``ack``)."""
+        consumer group to join, with ``ack``; populate=False: a cheap attach, pages mapped as first read)."""
         loop = asyncio.get_running_loop()
-        kwargs = dict(after_seq=after_seq, filter=filter, max_delay_s=max_delay_s)
+        kwargs = dict(after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, populate=populate)
         if archive is not None:
             if "archive" not in _reader_attach_parameters():
                 raise ConfigError("archive= needs replay-merge, which this shmring's Reader.attach lacks")

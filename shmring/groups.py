@@ -72,7 +72,8 @@ class GroupMember:
     _results = None  # (ReadResult, RawRecord), set by reader.py
 
     @classmethod
-    def _join(cls, name, *, after_seq, filter, max_delay_s, group, gating, claim_timeout_s, role):
+    def _join(cls, name, *, after_seq, filter, max_delay_s, group, gating, claim_timeout_s, role,
+              populate=True):
         validate_group_name(group)
         if type(gating) is not bool:
             raise ConfigError(f"gating must be True or False, not {gating!r}")
@@ -81,7 +82,7 @@ class GroupMember:
             raise ConfigError(f"claim_timeout_s must be None or a number of seconds > 0, not {claim_timeout_s!r}")
         try:
             reader = cls._open(name, after_seq=after_seq, filter=filter, max_delay_s=max_delay_s, role=role,
-                               gating=False)
+                               gating=False, populate=populate)
         except RegistryFull as full:
             raise RegistryFull(f"cannot join group {group!r}: all {MAX_READERS} reader entries of ring {name!r} are "
                                "held by live readers and group members; close one first", name=name,

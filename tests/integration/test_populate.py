@@ -4,9 +4,12 @@ A fresh ring's first lap otherwise costs a fault per page to the writer (~20 ms 
 and to each reader (~9 ms), in the middle of the stream. Counted with the process's minor faults.
 """
 
+import asyncio
 import resource
 
-from shmring import CaptureSession, Reader
+import pytest
+
+from shmring import AsyncReader, CaptureSession, ConfigError, Reader
 from shmring.segment import create_segment, open_segment, ring_shm_name, unlink_segment
 from tests.procs import make_event
 
@@ -65,3 +68,25 @@ def test_a_fresh_rings_first_lap_costs_its_writer_and_its_reader_no_fault_per_pa
             reader_faults = touch_every_page(reader._ring.buf, write=False)
     assert writer_faults < PAGES // 8, (writer_faults, PAGES)
     assert reader_faults < PAGES // 64, (reader_faults, PAGES)
+
+
+def test_populate_false_maps_pages_as_they_are_read_for_sync_and_asyncio_readers(ring_name):
+    with CaptureSession.create(ring_name, capacity=4096, data_bytes=DATA_BYTES):
+        with Reader.attach(ring_name, populate=False) as reader:
+            assert touch_every_page(reader._ring.buf, write=False) >= PAGES // 32  # a fault per 16 pages
+
+        async def attach_lazily():
+            lazy = await AsyncReader.attach(ring_name, populate=False)
+            try:
+                return touch_every_page(lazy._reader._ring.buf, write=False)
+            finally:
+                lazy.close()
+
+        assert asyncio.run(attach_lazily()) >= PAGES // 32
+
+
+@pytest.mark.parametrize("bad", [0, 1, "no", None])
+def test_populate_must_be_a_bool(ring_name, bad):
+    with CaptureSession.create(ring_name, capacity=8, data_bytes=1 << 20):
+        with pytest.raises(ConfigError, match="populate must be True or False"):
+            Reader.attach(ring_name, populate=bad)
