@@ -13,7 +13,8 @@ Rules:
   path gets a hashed one.
 - The writer's and each reader's mapping of a ring is populated when made
   (``populate``): the first lap takes no page fault per 4 KiB page, and a
-  68 MB ring costs ~25 ms more to create and ~8 ms more to attach to.
+  68 MB ring costs ~25 ms more to create and ~8 ms more to attach to. A
+  reader may opt out (``Reader.attach(populate=False)``, the edge's streams).
 - Every ``/dev/shm`` path is built here: other modules ask ``ring_exists``,
   ``ring_age_s`` and ``orphaned_ring_names`` rather than look for files.
 - File descriptors are closed as soon as they are not needed, except the
