@@ -890,16 +890,23 @@ class Stress:
         for p in problems:
             self.violation(f"flusher: {p}")
 
-    def verify_reader(self, child: Child, last: int) -> None:
+    def load_result(self, child: Child) -> list[str] | None:
+        """A reader's or member's result into child.result, and its exit-status problem if any; None (a violation)
+        when it left no result."""
         try:
             with open(child.cfg["result"]) as f:
-                r = child.result = json.load(f)
+                child.result = json.load(f)
         except (OSError, ValueError) as exc:
             self.violation(f"{child.slot} pid {child.pid}: no result ({exc}): {child.stderr_tail()}")
+            return None
+        return [f"exit status {child.rc}: {child.stderr_tail()}"] if child.rc != 0 else []
+
+    def verify_reader(self, child: Child, last: int) -> None:
+        exited = self.load_result(child)
+        if exited is None:
             return
-        problems = check_reader(r, last)
-        if child.rc != 0:
-            problems.append(f"exit status {child.rc}: {child.stderr_tail()}")
+        r = child.result
+        problems = check_reader(r, last) + exited
         for p in problems:
             self.violation(f"{child.slot} ({r['kind']}) pid {child.pid}: {p}"
                            + (f" (e.g. {r['examples']})" if r["examples"] else ""))
@@ -909,15 +916,10 @@ class Stress:
         for child in members:
             if child.killed:
                 continue
-            try:
-                with open(child.cfg["result"]) as f:
-                    child.result = json.load(f)
-            except (OSError, ValueError) as exc:
-                self.violation(f"{child.slot} pid {child.pid}: no result ({exc}): {child.stderr_tail()}")
+            exited = self.load_result(child)
+            if exited is None:
                 continue
-            problems = check_member(child.result)
-            if child.rc != 0:
-                problems.append(f"exit status {child.rc}: {child.stderr_tail()}")
+            problems = check_member(child.result) + exited
             for p in problems:
                 self.violation(f"{child.slot} ({child.result['kind']}) pid {child.pid}: {p}")
         self.group_summary, problems = check_group([c.cfg["records"] for c in members], last)
