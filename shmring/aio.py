@@ -171,8 +171,8 @@ class AsyncReader:
                 return nothing
             strategy = self._strategy
             if self._reader.cursor != self._cursor_at_wait:
+                strategy.taken(now, self._reader.cursor - self._cursor_at_wait)
                 self._cursor_at_wait = self._reader.cursor
-                strategy.taken(now)
             action, wait_s = strategy.next_wait(now)
             if deadline is not None:
                 wait_s = min(wait_s, deadline - now)

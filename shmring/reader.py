@@ -492,8 +492,8 @@ class Reader(ReplayMerge):
             return False
         strategy = self._strategy
         if self._state.cursor != self._cursor_at_wait:
+            strategy.taken(now, self._state.cursor - self._cursor_at_wait)
             self._cursor_at_wait = self._state.cursor
-            strategy.taken(now)
         action, wait_s = strategy.next_wait(now)
         if deadline is not None:
             wait_s = min(wait_s, deadline - now)
@@ -501,7 +501,7 @@ class Reader(ReplayMerge):
             self._publish_progress()
             # No wait flag raised: publishes post nothing. A gating reader dozes on its
             # semaphore, which a writer it holds back posts to hurry it.
-            if strategy.YIELD_BEFORE_DOZE:
+            if strategy.yield_first:
                 os.sched_yield()
             self._doze(wait_s)
             strategy.dozed(now + wait_s, time.monotonic())
