@@ -124,11 +124,12 @@ class BlockingWait(WaitStrategy):
     """How long a hot stream's reader dozes when it finds nothing (a timer here ends 50-100 µs late)."""
 
     LONG_RUN = 256
-    """Events taken between two waits that show a writer publishing flat out (16 readers at 10k events/s, late
-    as they are, took as many 0.1% of the times they dozed; two readers flat out, before 74% of their dozes)."""
+    """Events taken between two waits that show a writer publishing flat out."""
 
     YIELD_WAITS = 8
-    """For how many waits after a long run a doze yields first (a flat-out reader's dozes came within 6)."""
+    """For how many waits after a long run a doze yields first. Logged: of 16 readers' 7,117 dozes at 10k
+    events/s (late as they are, they take up to a few hundred at a time) 86 came this soon after a long run;
+    of two flat-out readers' 23 dozes, all did (within 4 waits)."""
 
     __slots__ = ("_waits_since_run",)
 
@@ -143,7 +144,8 @@ class BlockingWait(WaitStrategy):
 
     def next_wait(self, now: float) -> tuple[str, float]:
         took, self._took_since_wait = self._took_since_wait, False
-        after_run, self._waits_since_run = self._waits_since_run < self.YIELD_WAITS, self._waits_since_run + 1
+        after_run = self._waits_since_run < self.YIELD_WAITS
+        self._waits_since_run += 1
         if took and self._gap_s is not None and self._gap_s < self.HOT_GAP_S:
             self.yield_first = after_run
             return DOZE, self.DOZE_S
